@@ -1,0 +1,14 @@
+"""skincli: the whole lifecycle of dermoscopic skin-lesion classification behind one `skin` command."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("skincli")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+DISCLAIMER = (
+    "Decision support only, not a diagnosis: a clinician must confirm every result."
+)
+
+__all__ = ["__version__", "DISCLAIMER"]

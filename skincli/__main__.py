@@ -1,0 +1,3 @@
+from skincli.cli import main
+
+main()

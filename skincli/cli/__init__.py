@@ -1,0 +1,115 @@
+"""The `skin` command: the root app only wires the command modules together."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+import yaml
+
+from skincli import __version__, ui
+from skincli.cli import demo, eda, evaluate, monitor, predict, serve, split, train
+from skincli.errors import SkinError
+
+app = typer.Typer(
+    name="skin",
+    help="Classify dermoscopic skin-lesion images: eda, split, train, evaluate, predict, "
+    "serve, monitor.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+app.command("demo", help=demo.HELP)(demo.command)
+app.command("eda", help=eda.HELP)(eda.command)
+app.command("split", help=split.HELP)(split.command)
+app.command("train", help=train.HELP)(train.command)
+app.command("evaluate", help=evaluate.HELP)(evaluate.command)
+app.command("predict", help=predict.HELP)(predict.command)
+app.command("serve", help=serve.HELP)(serve.command)
+for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
+    app.command(extra_name, help=extra_help)(extra_cmd)
+app.add_typer(monitor.app, name="monitor")
+
+
+def _version(value: bool) -> None:
+    if value:
+        ui.console.print(f"skin {__version__}")
+        raise typer.Exit()
+
+
+def load_config(path: Path, root: click.Group) -> dict[str, Any]:
+    """Read a YAML config whose sections are command names and keys are option names.
+
+    Unknown sections or keys raise SkinError with the closest valid name.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise SkinError(f"Cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise SkinError(f"Config {path} is not valid YAML{where}",
+                        hint="Fix the syntax; see examples/*.yaml") from exc
+    if not isinstance(data, dict):
+        raise SkinError(f"Config {path} must be a mapping of command names to options",
+                        hint="See examples/fast-cpu.yaml")
+    return _check_section(data, root, str(path), prefix="")
+
+
+def _check_section(data: dict[str, Any], cmd: click.Command, path: str,
+                   prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    subcommands = getattr(cmd, "commands", {}) or {}
+    params = {p.name: p for p in cmd.params if p.name and isinstance(p, click.Option)}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        label = f"{prefix}{raw_key}"
+        sub_key = str(raw_key)
+        if sub_key in subcommands and isinstance(value, dict):
+            out[sub_key] = _check_section(value, subcommands[sub_key], path, prefix=f"{label}.")
+        elif key in params:
+            out[key] = value
+        else:
+            choices = list(subcommands) + [n.replace("_", "-") for n in params]
+            close = difflib.get_close_matches(str(raw_key), choices, n=3, cutoff=0.5)
+            hint = f"Did you mean: {', '.join(close)}?" if close else (
+                f"Valid keys here: {', '.join(sorted(choices))}")
+            raise SkinError(f"Unknown key '{label}' in config {path}", hint=hint)
+    return out
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML file whose sections mirror the commands' "
+                     "options (e.g. train: {epochs: 10}).", dir_okay=False),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """skincli: one command for the whole skin-lesion classification lifecycle."""
+    if config is None:
+        return
+    try:
+        if not config.exists():
+            raise SkinError(f"Config file {config} does not exist",
+                            hint="Pass a YAML file, e.g. examples/fast-cpu.yaml")
+        ctx.default_map = load_config(config, ctx.command)  # type: ignore[arg-type]
+    except SkinError as exc:
+        ui.error(str(exc))
+        raise typer.Exit(code=1) from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
