@@ -1,4 +1,4 @@
-"""skincli: the whole lifecycle of dermoscopic skin-lesion classification behind one `skin` command."""
+"""skincli: the whole skin-lesion classification lifecycle behind one `skin` command."""
 
 from importlib.metadata import PackageNotFoundError, version
 
