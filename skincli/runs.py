@@ -1,0 +1,156 @@
+"""The run folder: everything later commands need, written by `skin train`.
+
+Layout of `runs/<name>/` (nothing machine-specific in it):
+
+- `model.keras`    Keras model. Input: float32 (N, S, S, 3) RGB in 0..255 (normalisation is inside
+                   the model). Output: logits (N, C) in the order of `run.json: classes`.
+- `run.json`       RunInfo below: classes, architecture, preprocessing, calibration, metrics.
+- `config.yaml`    the resolved training options.
+- `history.csv`, `history.png`   per-epoch training history.
+- `split.csv`, `split.json`      the split the model was trained on (its hash is in run.json).
+- `versions.json`  package versions.
+
+A folder without `run.json` is not a finished run: `run.json` is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from skincli.errors import SkinError
+from skincli.fsutil import write_json, write_text
+
+DEFAULT_RUNS_DIR = Path("runs")
+RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+CURRENT_FILE = "CURRENT"  # names the run that `serve`/`predict` use by default once promoted
+
+
+@dataclass
+class RunInfo:
+    """The self-description of a trained model."""
+
+    name: str
+    arch: str
+    classes: list[str]
+    input_size: int
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0  # fitted by calibration; probabilities = softmax(logits / T)
+    uncertain_threshold: float | None = None  # top probability below this = "uncertain"
+    created: str = ""
+    split_sha256: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        """A short model version string: run name plus creation date."""
+        return f"{self.name}@{self.created[:19]}" if self.created else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunInfo:
+        """Build from a dict, keeping unknown keys in `extra` (forward compatible)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        unknown = {k: v for k, v in data.items() if k not in names}
+        info = cls(**known)
+        info.extra.update(unknown)
+        return info
+
+
+def save_run_info(run_dir: str | Path, info: RunInfo) -> Path:
+    """Write run.json atomically."""
+    return write_json(Path(run_dir) / RUN_FILE, info.to_dict())
+
+
+def load_run_info(run_dir: str | Path) -> RunInfo:
+    """Read run.json of a finished run, with a clear error if it is not one."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        if not Path(run_dir).exists():
+            raise SkinError(f"Run folder {run_dir} does not exist",
+                            hint="Train one with `skin train` or pass an existing runs/<name>")
+        raise SkinError(f"{run_dir} is not a finished run (no {RUN_FILE})",
+                        hint="Pick another run or train again with `skin train`")
+    try:
+        return RunInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SkinError(f"{path} is damaged ({exc})", hint="Train the run again") from exc
+
+
+def update_run_info(run_dir: str | Path, **changes: Any) -> RunInfo:
+    """Change fields of run.json (e.g. temperature, test_metrics) atomically."""
+    info = load_run_info(run_dir)
+    for key, value in changes.items():
+        if not hasattr(info, key):
+            raise KeyError(key)
+        setattr(info, key, value)
+    save_run_info(run_dir, info)
+    return info
+
+
+def finished_runs(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[Path]:
+    """Finished run folders, oldest first (by creation time in run.json)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+            and (p / RUN_FILE).exists()]
+
+    def created(p: Path) -> tuple[str, float]:
+        try:
+            return (json.loads((p / RUN_FILE).read_text()).get("created", ""),
+                    p.stat().st_mtime)
+        except (OSError, json.JSONDecodeError):
+            return ("", p.stat().st_mtime)
+
+    return sorted(runs, key=created)
+
+
+def resolve_run(run: str | Path | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
+    """Find a run folder: an explicit path, a name under runs_dir, or the current/latest one."""
+    root = Path(runs_dir)
+    if run is not None:
+        for candidate in (Path(run), root / str(run)):
+            if (candidate / RUN_FILE).exists():
+                return candidate
+        load_run_info(run)  # raises the precise error
+    current = root / CURRENT_FILE
+    if current.exists():
+        name = current.read_text(encoding="utf-8").strip()
+        if name and (root / name / RUN_FILE).exists():
+            return root / name
+    runs = finished_runs(root)
+    if not runs:
+        raise SkinError(f"No trained run in {root}/",
+                        hint="Train one with `skin train` or pass a run folder")
+    return runs[-1]
+
+
+def set_current(run_dir: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> None:
+    """Atomically make `run_dir` the run that serve/predict use by default."""
+    write_text(Path(runs_dir) / CURRENT_FILE, Path(run_dir).name + "\n")
+
+
+def next_run_dir(name: str = "train", runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
+    """Auto-increment: runs/train, runs/train2, runs/train3 ... (first free name)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise SkinError(f"Run name {name!r} may only contain letters, digits, '.', '_' and '-'")
+    root = Path(runs_dir)
+    candidate = root / name
+    i = 2
+    while candidate.exists() or (root / f".{candidate.name}.tmp").exists():
+        candidate = root / f"{name}{i}"
+        i += 1
+    return candidate
