@@ -1,0 +1,127 @@
+"""Temperature scaling and the "uncertain" threshold, both chosen on validation data.
+
+Temperature scaling divides the logits by one number T > 0 fitted to minimise the validation
+negative log-likelihood. The NLL of softmax(beta * z) is convex in beta = 1/T, so it is unimodal
+in log T and a golden-section search on log T finds the optimum without scipy or gradients.
+Argmax (and so accuracy and F1) does not change; only the probabilities do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from skincli.predictor import softmax
+
+T_MIN, T_MAX = 0.05, 20.0
+# Default rule for the uncertain verdict: the confident predictions should be right this often,
+# but never more than this share of validation images may be called uncertain.
+TARGET_ACCURACY = 0.90
+MAX_UNCERTAIN_SHARE = 0.5
+
+
+def temperature_nll(logits: np.ndarray, y: Sequence[int] | np.ndarray, temperature: float) -> float:
+    """Mean NLL of the true class under softmax(logits / T)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    logsum = np.log(np.exp(z).sum(axis=1))
+    t = np.asarray(y, dtype=np.int64)
+    return float((logsum - z[np.arange(t.size), t]).mean())
+
+
+def fit_temperature(logits: np.ndarray, y: Sequence[int] | np.ndarray,
+                    t_min: float = T_MIN, t_max: float = T_MAX, tol: float = 1e-4) -> float:
+    """The temperature in [t_min, t_max] that minimises validation NLL."""
+    logits = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(y, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) == 0 or len(logits) != t.size:
+        raise ValueError("fit_temperature needs (N, C) logits and N labels, N > 0")
+    lo, hi = math.log(t_min), math.log(t_max)
+    g = (math.sqrt(5) - 1) / 2
+
+    def f(log_t: float) -> float:
+        return temperature_nll(logits, t, math.exp(log_t))
+
+    a, b = lo + (1 - g) * (hi - lo), lo + g * (hi - lo)
+    fa, fb = f(a), f(b)
+    while hi - lo > tol:
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - g) * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = f(b)
+    best = (lo + hi) / 2
+    # Keep T = 1 when it is (numerically) as good: no change without evidence.
+    return 1.0 if f(0.0) <= f(best) + 1e-12 else float(math.exp(best))
+
+
+def choose_uncertain_threshold(probs: np.ndarray, y: Sequence[int] | np.ndarray,
+                               target_accuracy: float = TARGET_ACCURACY,
+                               max_uncertain_share: float = MAX_UNCERTAIN_SHARE
+                               ) -> dict[str, Any]:
+    """Pick the top-probability threshold below which a prediction is called "uncertain".
+
+    Rule: the lowest threshold at which the predictions at or above it are right at least
+    `target_accuracy` of the time on validation data; if that would call more than
+    `max_uncertain_share` of the images uncertain, the threshold is capped there instead.
+    Returns the threshold with what it means on the validation data.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(y, dtype=np.int64)
+    n = t.size
+    if n == 0:
+        raise ValueError("choose_uncertain_threshold needs at least one validation image")
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == t
+    order = np.argsort(-conf, kind="mergesort")
+    conf_sorted, correct_sorted = conf[order], correct[order]
+    # Accuracy of the k most confident predictions, k = 1..n.
+    acc_top = np.cumsum(correct_sorted) / np.arange(1, n + 1)
+    min_keep = int(math.ceil((1.0 - max_uncertain_share) * n))
+    ok = np.flatnonzero(acc_top >= target_accuracy)
+    # Candidates are cut points where the next image is strictly less confident (ties stay
+    # together, because a threshold cannot split equal probabilities).
+    cut_ok = np.r_[conf_sorted[1:] < conf_sorted[:-1], True]
+    ok = ok[cut_ok[ok]]
+    keep = int(ok.max()) + 1 if ok.size else 0
+    capped = keep < min_keep
+    if capped:
+        keep = max(min_keep, 1)
+        while keep < n and not cut_ok[keep - 1]:
+            keep += 1
+    threshold = float(conf_sorted[keep - 1])
+    confident = conf >= threshold
+    return {
+        "threshold": threshold,
+        "target_accuracy": target_accuracy,
+        "max_uncertain_share": max_uncertain_share,
+        "capped": bool(capped),
+        "uncertain_share": float(1.0 - confident.mean()),
+        "accuracy_confident": float(correct[confident].mean()) if confident.any() else None,
+        "accuracy_uncertain": float(correct[~confident].mean()) if (~confident).any() else None,
+        "n": int(n),
+    }
+
+
+def calibrate(val_logits: np.ndarray, val_y: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    """Fit T on validation logits, then choose the uncertain threshold on calibrated probs."""
+    temperature = fit_temperature(val_logits, val_y)
+    probs_before = softmax(val_logits, 1.0)
+    probs_after = softmax(val_logits, temperature)
+    from skincli.metrics import expected_calibration_error
+
+    rule = choose_uncertain_threshold(probs_after, val_y)
+    return {
+        "temperature": temperature,
+        "val_nll_before": temperature_nll(val_logits, val_y, 1.0),
+        "val_nll_after": temperature_nll(val_logits, val_y, temperature),
+        "val_ece_before": expected_calibration_error(probs_before, val_y)["ece"],
+        "val_ece_after": expected_calibration_error(probs_after, val_y)["ece"],
+        "uncertain": rule,
+    }
