@@ -2,13 +2,29 @@
 
 The run folder is loaded once; the model is called through a `tf.function` with a fixed input
 signature, so there is no per-call `model.predict` overhead and no retracing.
+
+Besides the logits, one forward pass can also return the pooled backbone embedding (the input
+of the final "logits" layer): monitoring uses it for drift, and `predict` uses it, with cheap
+colour statistics, to warn when an input does not look like the training images.
+
+Out-of-distribution reference (run.json `extra["reference"]`, written by `skin evaluate
+--calibrate` from the run's validation images when missing, or by `build_reference`):
+
+- colour: per-channel mean and standard deviation and the mean saturation of the model-input
+  image; an image is flagged when any of these is more than `threshold` reference standard
+  deviations from the reference mean (max |z|).
+- embedding: root-mean-square of the per-dimension z-scores of the embedding; flagged above
+  `threshold`.
+- each threshold is 1.25 x the 99th percentile of the reference images' own scores (colour:
+  at least 4), so about 1% of images like the reference set come close and almost none cross.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from skincli import DISCLAIMER
-from skincli.imageio import DEFAULT_MAX_PIXELS, load_rgb, resize_rgb
+from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
 from skincli.runs import DEFAULT_RUNS_DIR, MODEL_FILE, RunInfo, load_run_info, resolve_run
 
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray | Image.Image
@@ -35,10 +51,14 @@ class Prediction:
     model: str
     warnings: list[str] = field(default_factory=list)
     disclaimer: str = DISCLAIMER
+    source: str | None = None  # the file it came from (predict_paths)
+    embedding: np.ndarray | None = field(default=None, repr=False)  # pooled backbone features
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)  # e.g. latency_ms, hook output
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return {
+        """A JSON-able dict (with "file" when the prediction came from a file)."""
+        head = {"file": self.source} if self.source is not None else {}
+        return head | {
             "label": self.label,
             "probability": round(self.probability, 6),
             "top_k": [{"label": k, "probability": round(p, 6)} for k, p in self.top_k],
@@ -84,6 +104,9 @@ class Predictor:
         self._lock = threading.Lock()
         spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
         self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        self._spec = spec
+        self._embed_fn: Any = None  # built on first use; False when the model has no embedding
+        self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
 
     @classmethod
     def from_run(cls, run: str | Path | None = None,
@@ -152,7 +175,306 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3,
                 tta: bool = False) -> list[Prediction]:
-        """Predict already-readable images (errors in reading raise ImageError)."""
+        """Predict already-readable images (errors in reading raise ImageError).
+
+        Each Prediction carries its embedding and, when run.json has a reference, a warning
+        for images that look unlike the training images.
+        """
         batch = np.stack([self.preprocess(im) for im in images]) if images else np.zeros(
             (0, self.input_size, self.input_size, 3), np.float32)
-        return self.verdicts(self.probabilities(batch, tta=tta), top_k=top_k)
+        return self._predict_batch(batch, top_k, tta)
+
+    # --- one pass for logits and the pooled embedding ----------------------------------------
+
+    def _embedding_fn(self) -> Any:
+        """The tf.function returning [logits, embedding], or False if the model has none."""
+        if self._embed_fn is None:
+            with self._lock:
+                if self._embed_fn is None:
+                    import tensorflow as tf
+
+                    both = embedding_model(self.model)
+                    self._embed_fn = False if both is None else tf.function(
+                        lambda x: both(x, training=False), input_signature=[self._spec])
+        return self._embed_fn
+
+    @property
+    def has_embeddings(self) -> bool:
+        """True when the model exposes a pooled embedding (every registry model does)."""
+        return self._embedding_fn() is not False
+
+    def logits_and_embeddings(self, batch: np.ndarray, batch_size: int = 32
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (N, C) and pooled backbone embeddings (N, D) from one forward pass.
+
+        The embedding is None when the model has no recognisable pooled layer.
+        """
+        fn = self._embedding_fn()
+        if fn is False:
+            return self.logits(batch, batch_size), None
+        batch = np.asarray(batch, dtype=np.float32)
+        logits, embs = [], []
+        for start in range(0, len(batch), batch_size):
+            out = fn(batch[start:start + batch_size])
+            logits.append(np.asarray(out[0]))
+            embs.append(np.asarray(out[1]))
+        if not logits:
+            return (np.zeros((0, len(self.classes)), np.float32), None)
+        return np.concatenate(logits), np.concatenate(embs)
+
+    def tta_logits(self, batch: np.ndarray, batch_size: int = 32
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits of all 8 TTA views (8, N, C) (view 0 = the image as is) and its embeddings."""
+        views = tta_views(np.asarray(batch, dtype=np.float32))
+        first, emb = self.logits_and_embeddings(views[0], batch_size)
+        rest = [self.logits(v, batch_size) for v in views[1:]]
+        return np.stack([first, *rest]), emb
+
+    def probabilities_and_embeddings(self, batch: np.ndarray, tta: bool = False,
+                                     batch_size: int = 32
+                                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N, C) and embeddings (N, D) of the untransformed images."""
+        if tta:
+            views, emb = self.tta_logits(batch, batch_size)
+            return np.mean([softmax(v, self.temperature) for v in views], axis=0), emb
+        logits, emb = self.logits_and_embeddings(batch, batch_size)
+        return softmax(logits, self.temperature), emb
+
+    # --- "does this look like the training images?" ------------------------------------------
+
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """The out-of-distribution reference statistics from run.json, as arrays (or None)."""
+        raw = (self.info.extra or {}).get("reference")
+        if self._ref_cache[0] != id(raw):
+            self._ref_cache = (id(raw), _parse_reference(raw))
+        return self._ref_cache[1]
+
+    def input_warnings(self, batch: np.ndarray, embeddings: np.ndarray | None = None
+                       ) -> list[list[str]]:
+        """Per image, warnings when it looks unlike the reference (training/validation) images."""
+        n = len(batch)
+        out: list[list[str]] = [[] for _ in range(n)]
+        ref = self.reference
+        if ref is None or n == 0:
+            return out
+        scores = reference_scores(ref, batch, embeddings)
+        for i in range(n):
+            reasons = []
+            if scores["colour"] is not None and scores["colour"][i] > ref["colour_threshold"]:
+                reasons.append("colours")
+            if scores["embedding"] is not None and scores["embedding"][i] > ref[
+                    "embedding_threshold"]:
+                reasons.append("image features")
+            if reasons:
+                out[i].append(f"{OOD_WARNING} ({' and '.join(reasons)} far outside the "
+                              "training images); treat this result with extra caution")
+        return out
+
+    def _predict_batch(self, batch: np.ndarray, top_k: int, tta: bool,
+                       batch_size: int = 32) -> list[Prediction]:
+        probs, emb = self.probabilities_and_embeddings(batch, tta=tta, batch_size=batch_size)
+        preds = self.verdicts(probs, top_k=top_k)
+        for i, (pred, warns) in enumerate(zip(preds, self.input_warnings(batch, emb))):
+            pred.warnings.extend(warns)
+            if emb is not None:
+                pred.embedding = emb[i]
+        return preds
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 32,
+                      tta: bool = False, top_k: int = 3,
+                      progress: Callable[[int, int], None] | None = None,
+                      image_hook: Callable[[np.ndarray], dict[str, Any]] | None = None,
+                      ) -> list[Prediction | ImageError]:
+        """Read and predict files in batches; a file that cannot be read becomes its ImageError.
+
+        Results keep the order of `paths`. `progress(done, total)` is called after each batch.
+        `image_hook(uint8 model-input image)` results are stored in `Prediction.meta`.
+        """
+        total = len(paths)
+        results: list[Prediction | ImageError] = []
+        batch_size = max(1, int(batch_size))
+        for start in range(0, total, batch_size):
+            chunk = paths[start:start + batch_size]
+            slots: list[Prediction | ImageError | None] = []
+            arrays: list[np.ndarray] = []
+            for p in chunk:
+                try:
+                    arrays.append(resize_rgb(load_rgb(p, max_pixels=self.max_pixels),
+                                             self.input_size))
+                    slots.append(None)
+                except ImageError as exc:
+                    slots.append(exc)
+                except OSError as exc:  # a folder, a permission problem...
+                    slots.append(ImageError(f"{p}: cannot read ({exc.strerror or exc})",
+                                            code="unreadable"))
+            if arrays:
+                t0 = time.perf_counter()
+                batch = np.stack(arrays).astype(np.float32)
+                preds = iter(self._predict_batch(batch, top_k, tta, batch_size=batch_size))
+                latency_ms = (time.perf_counter() - t0) * 1000.0 / len(arrays)
+                hooks = iter(arrays)
+            for p, slot in zip(chunk, slots):
+                if slot is not None:
+                    results.append(slot)
+                    continue
+                pred = next(preds)
+                arr = next(hooks)
+                pred.source = str(p)
+                pred.meta["latency_ms"] = latency_ms
+                if image_hook is not None:
+                    pred.meta.update(image_hook(arr))
+                results.append(pred)
+            if progress is not None:
+                progress(min(start + batch_size, total), total)
+        return results
+
+
+OOD_WARNING = "does not look like a dermoscopic image"
+_COLOUR_FEATURES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation")
+
+
+def colour_features(batch: np.ndarray) -> np.ndarray:
+    """Cheap colour statistics (N, 7) of model-input images (N, S, S, 3) in 0..255."""
+    x = np.asarray(batch, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros((0, len(_COLOUR_FEATURES)), np.float64)
+    flat = x.reshape(len(x), -1, 3)
+    mean = flat.mean(axis=1)
+    std = flat.std(axis=1)
+    hi, lo = flat.max(axis=2), flat.min(axis=2)
+    sat = ((hi - lo) / np.maximum(hi, 1.0)).mean(axis=1, keepdims=True)
+    return np.concatenate([mean, std, sat], axis=1).astype(np.float64)
+
+
+def _threshold(scores: np.ndarray, floor: float = 0.0) -> float:
+    return float(max(1.25 * np.quantile(scores, 0.99), floor))
+
+
+def build_reference(batch_features: np.ndarray, embeddings: np.ndarray | None,
+                    source: str = "") -> dict[str, Any]:
+    """Reference statistics for `input_warnings` from colour features (N, 7) and embeddings.
+
+    Store the result in run.json `extra["reference"]`.
+    """
+    feats = np.asarray(batch_features, dtype=np.float64)
+    if len(feats) < 10:
+        raise ValueError("a reference needs at least 10 images")
+    mu, sd = feats.mean(axis=0), feats.std(axis=0)
+    ref: dict[str, Any] = {
+        "version": 1, "n": int(len(feats)), "source": source,
+        "colour": {"features": list(_COLOUR_FEATURES), "mean": mu.tolist(),
+                   "std": sd.tolist()},
+    }
+    if embeddings is not None and len(embeddings) == len(feats):
+        e = np.asarray(embeddings, dtype=np.float64)
+        ref["embedding"] = {"dims": int(e.shape[1]), "mean": e.mean(axis=0).tolist(),
+                            "std": e.std(axis=0).tolist()}
+    parsed = _parse_reference(ref, thresholds=False)
+    assert parsed is not None
+    scores = _scores_from_features(parsed, feats, embeddings)
+    ref["colour"]["threshold"] = _threshold(scores["colour"], floor=4.0)
+    if "embedding" in ref and scores["embedding"] is not None:
+        ref["embedding"]["threshold"] = _threshold(scores["embedding"])
+    return _round(ref)
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+def _parse_reference(raw: Any, thresholds: bool = True) -> dict[str, Any] | None:
+    """run.json's reference -> arrays; None when absent or unusable (never raises)."""
+    try:
+        colour = raw["colour"]
+        mu = np.asarray(colour["mean"], dtype=np.float64)
+        sd = np.asarray(colour["std"], dtype=np.float64)
+        # A floor on the spread so a constant feature in the reference does not explode z.
+        ref: dict[str, Any] = {
+            "colour_mean": mu, "colour_std": np.maximum(sd, 1.0),
+            "colour_threshold": float(colour["threshold"]) if thresholds else np.inf,
+            "embedding_mean": None, "embedding_std": None, "embedding_threshold": np.inf,
+        }
+        emb = raw.get("embedding")
+        if emb:
+            esd = np.asarray(emb["std"], dtype=np.float64)
+            ref["embedding_mean"] = np.asarray(emb["mean"], dtype=np.float64)
+            ref["embedding_std"] = np.maximum(esd, 1e-3 * max(float(esd.mean()), 1e-6))
+            if thresholds:
+                ref["embedding_threshold"] = float(emb["threshold"])
+        return ref
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _scores_from_features(ref: dict[str, Any], feats: np.ndarray,
+                          embeddings: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    z = np.abs((feats - ref["colour_mean"]) / ref["colour_std"])
+    out: dict[str, np.ndarray | None] = {"colour": z.max(axis=1), "embedding": None}
+    mu = ref["embedding_mean"]
+    if mu is not None and embeddings is not None and np.shape(embeddings)[1:] == mu.shape:
+        ez = (np.asarray(embeddings, dtype=np.float64) - mu) / ref["embedding_std"]
+        out["embedding"] = np.sqrt((ez * ez).mean(axis=1))
+    return out
+
+
+def reference_scores(ref: dict[str, Any], batch: np.ndarray,
+                     embeddings: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+    """Per-image distance scores to a parsed reference: {"colour": (N,), "embedding": (N,)}."""
+    return _scores_from_features(ref, colour_features(batch), embeddings)
+
+
+def find_backbone(model: Any) -> Any | None:
+    """The nested backbone sub-model: the layer named "backbone", else the last nested model."""
+    import keras
+
+    try:
+        return model.get_layer("backbone")
+    except ValueError:
+        nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+        return nested[-1] if nested else None
+
+
+def outer_node(layer: Any, model: Any) -> Any | None:
+    """The call node of `layer` inside `model`'s graph (Keras 3 keeps one per call)."""
+    import keras
+
+    for node in reversed(getattr(layer, "_inbound_nodes", [])):
+        try:
+            keras.Model(model.inputs, node.output_tensors)
+            return node
+        except Exception:  # the node belongs to another graph
+            continue
+    return None
+
+
+def embedding_model(model: Any) -> Any | None:
+    """A keras.Model from the model's input to [logits, pooled embedding], or None.
+
+    The embedding is the input of the final "logits" Dense layer (after dropout, which is the
+    identity at inference, i.e. the backbone's pooled output).
+    """
+    import keras
+
+    try:
+        head = model.get_layer("logits")
+    except ValueError:
+        head = model.layers[-1]
+    node = outer_node(head, model)
+    if node is None or not node.input_tensors:
+        return None
+    feat = node.input_tensors[0]
+    if len(feat.shape) != 2:
+        return None
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    try:
+        return keras.Model(inputs, [model.outputs[0], feat])
+    except Exception:
+        return None
+
