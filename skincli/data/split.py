@@ -1,0 +1,390 @@
+"""Leakage-proof stratified train/val/test split and the split file every later step reads.
+
+Images that share a content hash, a group (e.g. HAM10000 lesion_id) or, by default, a
+near-duplicate suspect link form one "unit"; whole units are assigned to splits, class by
+class, so a lesion never sits on both sides. The split file stores paths relative to the data
+root; the root, seed, ratios, policy, counts and every dropped file (with the reason) go to a
+JSON sidecar (splits/split.csv -> splits/split.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skincli import __version__
+from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
+from skincli.errors import SkinError
+from skincli.fsutil import write_text
+
+DEFAULT_SPLIT_PATH = Path("splits/split.csv")
+SPLITS = ("train", "val", "test")
+CONFLICT_POLICIES = ("drop", "keep-first", "error")
+# Fewer images than this for a class in a split make its metrics too noisy to read.
+MIN_PER_SPLIT = 5
+# Columns written to the split file, in order (the manifest's, minus what is true of every
+# row that survives: readable, no error).
+SPLIT_COLUMNS = ["path", "label", "split", "given_split", "group", "sha256", "width", "height",
+                 "size_bytes", "phash", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b",
+                 "brightness", "sharpness"]
+_STR_COLUMNS = ["path", "label", "split", "given_split", "group", "sha256", "phash"]
+
+
+@dataclass
+class SplitResult:
+    """A computed split: the kept rows (with a `split` column), metadata and warnings."""
+
+    frame: pd.DataFrame
+    meta: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> pd.DataFrame:
+        """Class x split image counts (all three splits as columns)."""
+        table = pd.crosstab(self.frame["label"], self.frame["split"])
+        return table.reindex(columns=list(SPLITS), fill_value=0)
+
+
+def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15, seed: int = 42,
+               keep_given_test: bool = False, conflicts: str = "drop",
+               keep_duplicates: bool = False, group_near_dups: bool = True,
+               near_dup_params: NearDupParams | None = None,
+               min_per_split: int = MIN_PER_SPLIT) -> SplitResult:
+    """Split a manifest (from build_manifest) into train/val/test without leakage.
+
+    With keep_given_test the given Test rows are the test split, `val` is the fraction of the
+    remaining images, and Train images that duplicate (or share a group / near-duplicate link
+    with) a test image are dropped from Train.
+    """
+    _check_ratios(val, 0.0 if keep_given_test else test)
+    if conflicts not in CONFLICT_POLICIES:
+        raise SkinError(f"Unknown conflicts policy '{conflicts}'",
+                        hint=f"Use one of: {', '.join(CONFLICT_POLICIES)}")
+    df = manifest.reset_index(drop=True).copy()
+    df["_order"] = np.arange(len(df))
+    dropped: list[dict[str, str]] = []
+
+    def drop(rows: pd.DataFrame, kind: str, reasons: list[str] | str) -> None:
+        reasons = [reasons] * len(rows) if isinstance(reasons, str) else reasons
+        for (_, r), why in zip(rows.iterrows(), reasons, strict=True):
+            dropped.append({"path": r["path"], "label": r["label"],
+                            "given_split": r["given_split"], "kind": kind, "reason": why})
+
+    bad = df[~df["readable"]]
+    drop(bad, "unreadable", [f"unreadable: {e}" for e in bad["error"]])
+    df = df[df["readable"]]
+
+    df = _apply_conflict_policy(df, conflicts, drop)
+
+    if keep_given_test and not (df["given_split"] == "test").any():
+        raise SkinError("--keep-given-test needs a given Test folder, and this data set has "
+                        "none", hint="Use the Train/ + Test/ layout, or drop --keep-given-test")
+
+    if not keep_duplicates:
+        df = _drop_exact_copies(df, keep_given_test, drop)
+
+    if df.empty:
+        raise SkinError("No usable images left to split",
+                        hint="Run `skin eda DATA` to see which files are unreadable or conflicting")
+
+    # Units: connected components over shared hash, shared group and near-duplicate links.
+    df = df.reset_index(drop=True)
+    uf = UnionFind(len(df))
+    for col in ("sha256", "group"):
+        for idx in df[df[col] != ""].groupby(col).indices.values():
+            for other in idx[1:]:
+                uf.union(int(idx[0]), int(other))
+    near = pd.DataFrame()
+    if group_near_dups:
+        near = near_duplicate_pairs(df, near_dup_params)
+        first_of = {s: i for i, s in zip(range(len(df) - 1, -1, -1), df["sha256"][::-1],
+                                         strict=True)}
+        for a, b in zip(near["sha_a"], near["sha_b"], strict=True):
+            uf.union(first_of[a], first_of[b])
+    df["_unit"] = uf.components()
+
+    if keep_given_test:
+        df = _keep_given_test(df, drop)
+        ratios = {"train": 1.0 - val, "val": val, "test": 0.0}
+        pool = df["split"] == ""
+        df.loc[pool, "split"] = _assign(df[pool], ratios, seed)
+    else:
+        ratios = {"train": 1.0 - val - test, "val": val, "test": test}
+        df["split"] = _assign(df, ratios, seed)
+
+    result = SplitResult(frame=_finish(df), meta={})
+    counts = result.counts()
+    before = manifest.loc[manifest["readable"], "label"].value_counts()
+    losses = pd.Series([d["label"] for d in dropped if d["kind"] == "label_conflict"],
+                       dtype=object).value_counts()
+    result.warnings = _warnings(counts, ratios, min_per_split, before, losses)
+    result.meta = {
+        "skincli_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "root": manifest.attrs.get("root", ""),
+        "layout": manifest.attrs.get("layout", ""),
+        "seed": seed,
+        "ratios": ratios,
+        "keep_given_test": keep_given_test,
+        "conflicts": conflicts,
+        "keep_duplicates": keep_duplicates,
+        "group_near_dups": group_near_dups,
+        "near_dup_params": (near_dup_params or NearDupParams()).__dict__,
+        "near_dup_links": int(len(near)),
+        "classes": sorted(result.frame["label"].unique().tolist()),
+        "n_images": int(len(result.frame)),
+        "n_units": int(df["_unit"].nunique()),
+        "counts": {c: {s: int(counts.loc[c, s]) for s in SPLITS} for c in counts.index},
+        "totals": {s: int(counts[s].sum()) for s in SPLITS},
+        "dropped_counts": pd.Series([d["kind"] for d in dropped], dtype=object)
+        .value_counts().to_dict() if dropped else {},
+        "dropped": dropped,
+        "skipped_at_listing": list(manifest.attrs.get("skipped", [])),
+        "warnings": result.warnings,
+    }
+    return result
+
+
+def _check_ratios(val: float, test: float) -> None:
+    for name, value in (("--val", val), ("--test", test)):
+        if not 0.0 <= value < 1.0:
+            raise SkinError(f"{name} {value} must be a fraction between 0 and 1",
+                            hint="e.g. --val 0.15 --test 0.15")
+    if val + test >= 0.9:
+        raise SkinError(f"--val {val} + --test {test} leaves less than 10% for training",
+                        hint="Use smaller fractions, e.g. --val 0.15 --test 0.15")
+
+
+def _apply_conflict_policy(df: pd.DataFrame, policy: str, drop: Any) -> pd.DataFrame:
+    labels = df.groupby("sha256")["label"].nunique()
+    conflicted = labels[labels > 1].index
+    if len(conflicted) == 0:
+        return df
+    rows = df[df["sha256"].isin(conflicted)].sort_values("_order")
+    if policy == "error":
+        first = rows[rows["sha256"] == rows["sha256"].iloc[0]]
+        example = " = ".join(f"{p} ({lab})" for p, lab in zip(first["path"], first["label"],
+                                                               strict=True))
+        raise SkinError(f"{len(conflicted)} label conflicts (the same image under different "
+                        f"classes), e.g. {example}",
+                        hint="Fix the labels, or use --conflicts drop or --conflicts keep-first")
+    reasons: dict[int, str] = {}
+    for _, grp in rows.groupby("sha256", sort=False):
+        names = sorted(grp["label"].unique())
+        if policy == "drop":
+            for i in grp.index:
+                reasons[i] = f"label conflict: the same image is filed as {' and '.join(names)}"
+        else:
+            first_label, first_path = grp["label"].iloc[0], grp["path"].iloc[0]
+            for i, lab in zip(grp.index, grp["label"], strict=True):
+                if lab != first_label:
+                    reasons[i] = (f"label conflict: the same image is kept as '{first_label}' "
+                                  f"({first_path})")
+    gone = df.loc[list(reasons)]
+    drop(gone, "label_conflict", [reasons[i] for i in gone.index])
+    return df.drop(index=list(reasons))
+
+
+def _drop_exact_copies(df: pd.DataFrame, prefer_test: bool, drop: Any) -> pd.DataFrame:
+    """Keep one file per content hash (a test copy first when the given test is kept)."""
+    rank = (df["given_split"] != "test").astype(int) if prefer_test else 0
+    ordered = df.assign(_rank=rank).sort_values(["_rank", "_order"])
+    keep = ordered.drop_duplicates("sha256")
+    kept = {sha: (path, given) for sha, path, given in
+            zip(keep["sha256"], keep["path"], keep["given_split"], strict=True)}
+    extra = ordered[ordered.duplicated("sha256")]
+    leak = [prefer_test and kept[sha][1] == "test" and given != "test"
+            for sha, given in zip(extra["sha256"], extra["given_split"], strict=True)]
+    leak_mask = np.array(leak, dtype=bool)
+    drop(extra[leak_mask], "leaks_into_test",
+         [f"exact copy of test image {kept[sha][0]} (would leak into training)"
+          for sha in extra["sha256"][leak_mask]])
+    drop(extra[~leak_mask], "duplicate",
+         [f"exact duplicate of {kept[sha][0]}" for sha in extra["sha256"][~leak_mask]])
+    return keep.drop(columns="_rank").sort_values("_order")
+
+
+def _keep_given_test(df: pd.DataFrame, drop: Any) -> pd.DataFrame:
+    """Test rows stay test; Train rows in a unit with a test image are dropped from Train."""
+    df = df.copy()
+    df["split"] = np.where(df["given_split"] == "test", "test", "")
+    test_units = set(df.loc[df["split"] == "test", "_unit"])
+    leaking = df[(df["split"] == "") & df["_unit"].isin(test_units)]
+    if len(leaking):
+        test_rows = df[df["split"] == "test"]
+        example = dict(zip(test_rows["_unit"], test_rows["path"], strict=True))
+        reasons = []
+        for _, r in leaking.iterrows():
+            tr = test_rows[test_rows["_unit"] == r["_unit"]]
+            same_hash = (tr["sha256"] == r["sha256"]).any()
+            same_group = r["group"] != "" and (tr["group"] == r["group"]).any()
+            how = ("exact copy of" if same_hash else "same group as" if same_group
+                   else "near-duplicate of")
+            reasons.append(f"{how} test image {example[r['_unit']]} (would leak into training)")
+        drop(leaking, "leaks_into_test", reasons)
+        df = df.drop(index=leaking.index)
+    return df
+
+
+def _assign(df: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
+    """Assign whole units to splits, class by class, filling the split with the largest deficit.
+
+    Units are taken in a seeded random order, largest first, so the split is reproducible for
+    a seed and big groups are placed while there is room.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: dict[int, str] = {}
+    # A unit's class is its most common label (ties: alphabetical), for stratification.
+    unit_label = (df.groupby(["_unit", "label"]).size().reset_index(name="n")
+                  .sort_values(["_unit", "n", "label"], ascending=[True, False, True])
+                  .drop_duplicates("_unit").set_index("_unit")["label"])
+    sizes = df.groupby("_unit").size()
+    # Stable unit keys independent of row order: the smallest path in the unit.
+    keys = df.groupby("_unit")["path"].min()
+    active = [s for s in SPLITS if ratios[s] > 0]
+    for label in sorted(unit_label.unique()):
+        units = sorted(unit_label.index[unit_label == label], key=lambda u: keys[u])
+        units = [units[i] for i in rng.permutation(len(units))]
+        units.sort(key=lambda u: -sizes[u])  # stable: random order within equal sizes
+        total = float(sizes[units].sum())
+        target = {s: ratios[s] * total for s in active}
+        have = dict.fromkeys(active, 0.0)
+        for u in units:
+            best = max(active, key=lambda s: (target[s] - have[s], -SPLITS.index(s)))
+            have[best] += sizes[u]
+            chosen[u] = best
+    return df["_unit"].map(chosen).astype(object)
+
+
+def _finish(df: pd.DataFrame) -> pd.DataFrame:
+    order = {s: i for i, s in enumerate(SPLITS)}
+    df = df.assign(_s=df["split"].map(order)).sort_values(["_s", "label", "path"])
+    return df.reindex(columns=SPLIT_COLUMNS).reset_index(drop=True)
+
+
+def _warnings(counts: pd.DataFrame, ratios: dict[str, float], minimum: int,
+              before: pd.Series, conflict_losses: pd.Series) -> list[str]:
+    out = []
+    for label in counts.index:
+        lost = int(conflict_losses.get(label, 0))
+        if lost * 2 > int(before.get(label, 0)):
+            out.append(f"class '{label}' lost {lost} of {int(before[label])} images to label "
+                       "conflicts; review them with `skin eda`, or use --conflicts keep-first")
+        for s in SPLITS:
+            n = int(counts.loc[label, s])
+            if s == "train":
+                if n < minimum:
+                    out.append(f"class '{label}' has only {n} training image"
+                               f"{'s' if n != 1 else ''}: too few to learn it")
+            elif (ratios.get(s, 0) > 0 or n > 0) and n < minimum:
+                out.append(f"class '{label}' has only {n} image{'s' if n != 1 else ''} in "
+                           f"{s} (fewer than {minimum}): its {s} metrics will be noisy")
+    return out
+
+
+# --- the split file -----------------------------------------------------------------------------
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """splits/split.csv -> splits/split.json."""
+    return Path(path).with_suffix(".json")
+
+
+def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> Path:
+    """Write the split CSV and its JSON sidecar atomically; return the CSV path."""
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise SkinError(f"Split file {out} must end in .csv", hint="e.g. --out splits/split.csv")
+    text = result.frame.to_csv(index=False)
+    meta = dict(result.meta)
+    root = Path(meta.get("root", ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta["root_relative"] = os.path.relpath(root, out.parent.resolve()) if str(root) else ""
+    meta["csv_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    meta["csv_file"] = out.name
+    # Sidecar first: if the CSV write then fails, load_split sees the mismatch and says so.
+    write_text(sidecar_path(out), json.dumps(meta, indent=2, default=str) + "\n")
+    write_text(out, text)
+    return out
+
+
+def split_file_sha256(path: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> str:
+    """sha256 of the split CSV file (recorded in training run folders)."""
+    p = Path(path)
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except FileNotFoundError as exc:
+        raise SkinError(f"No split file at {path}", hint="Run `skin split DATA` first") from exc
+
+
+def load_split(path: str | os.PathLike[str] = DEFAULT_SPLIT_PATH,
+               root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Read a split file: one row per image with an absolute `filepath` and a `split` column.
+
+    df.attrs: "classes" (sorted class names, the model's class order), "root" (data root),
+    "meta" (the sidecar: seed, ratios, policy, counts, dropped files...). `root` overrides
+    the recorded data root (e.g. the data moved to another machine).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SkinError(f"No split file at {path}", hint="Run `skin split DATA` first")
+    side = sidecar_path(p)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SkinError(f"Split file {p} has no {side.name} beside it",
+                        hint="Re-run `skin split DATA`") from exc
+    except (OSError, ValueError) as exc:
+        raise SkinError(f"Cannot read {side}: {exc}", hint="Re-run `skin split DATA`") from exc
+    raw = p.read_bytes()
+    if meta.get("csv_sha256") and hashlib.sha256(raw).hexdigest() != meta["csv_sha256"]:
+        raise SkinError(f"{p} does not match {side.name} (edited, or only one of them copied)",
+                        hint="Re-run `skin split DATA`")
+    try:
+        df = pd.read_csv(p, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SkinError(f"Split file {p} cannot be parsed", hint="Re-run `skin split DATA`") \
+            from exc
+    missing = [c for c in ("path", "label", "split", "sha256") if c not in df.columns]
+    if missing:
+        raise SkinError(f"Split file {p} lacks column(s) {', '.join(missing)}",
+                        hint="Re-run `skin split DATA`")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise SkinError(f"Split file {p} has unknown split value(s) {', '.join(bad)}",
+                        hint="Re-run `skin split DATA`")
+    data_root = _resolve_root(meta, p, side, root)
+    for col in ("group", "given_split"):
+        if col not in df:
+            df[col] = ""
+    df.insert(0, "filepath", [str(data_root / q) if not Path(q).is_absolute() else q
+                              for q in df["path"]])
+    df.attrs["classes"] = sorted(df["label"].unique().tolist())
+    df.attrs["root"] = str(data_root)
+    df.attrs["meta"] = meta
+    return df
+
+
+def _resolve_root(meta: dict[str, Any], csv: Path, side: Path,
+                  override: str | os.PathLike[str] | None) -> Path:
+    if override is not None:
+        r = Path(override).expanduser()
+        if not r.is_dir():
+            raise SkinError(f"Data folder {r} does not exist")
+        return r.resolve()
+    recorded = Path(meta.get("root", ""))
+    if str(recorded) and recorded.is_dir():
+        return recorded
+    rel = meta.get("root_relative")
+    if rel:
+        cand = (csv.parent / rel).resolve()
+        if cand.is_dir():
+            return cand
+    raise SkinError(f"Data folder {recorded} recorded in {side} does not exist",
+                    hint="Move the data back, or re-run `skin split DATA`")

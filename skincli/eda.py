@@ -1,0 +1,261 @@
+"""Exploratory data analysis of a data set: the facts behind `skin eda`, as a JSON-ready dict.
+
+Counts and balance, image properties per class, unreadable files, exact duplicates, label
+conflicts, Train/Test leakage and near-duplicate suspects. Plots live in skincli.eda_plots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from skincli.data.dataset import Dataset, load_dataset
+from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
+from skincli.data.manifest import build_manifest
+from skincli.fsutil import atomic_dir, write_json
+
+DEFAULT_OUT = Path("reports/eda")
+# Lists in report.json are complete; these only bound the extremes lists.
+N_EXTREMES = 10
+
+
+def _files(rows: pd.DataFrame) -> list[dict[str, str]]:
+    return [{"path": p, "label": lab, "given_split": g}
+            for p, lab, g in zip(rows["path"], rows["label"], rows["given_split"], strict=True)]
+
+
+def _describe(values: pd.Series) -> dict[str, float]:
+    v = values.astype(float)
+    if v.empty:
+        return {}
+    return {"min": float(v.min()), "p10": float(v.quantile(0.10)), "median": float(v.median()),
+            "mean": float(v.mean()), "p90": float(v.quantile(0.90)), "max": float(v.max())}
+
+
+def class_balance(ok: pd.DataFrame) -> dict[str, Any]:
+    """Counts per class (and per given split), imbalance ratio and balancing class weights."""
+    counts = ok["label"].value_counts().sort_index()
+    n, k = int(counts.sum()), len(counts)
+    # The usual "balanced" weights: n / (k * n_c), so every class weighs the same in the loss.
+    weights = {c: round(n / (k * int(m)), 4) for c, m in counts.items()}
+    per_split: dict[str, dict[str, int]] = {}
+    if (ok["given_split"] != "").any():
+        table = pd.crosstab(ok["label"], ok["given_split"])
+        per_split = {s: {c: int(table.loc[c, s]) if c in table.index else 0 for c in counts.index}
+                     for s in table.columns}
+    largest, smallest = counts.idxmax(), counts.idxmin()
+    return {
+        "classes": [{"name": c, "count": int(m), "share": round(int(m) / n, 4),
+                     "weight": weights[c],
+                     **{f"given_{s}": per_split[s][c] for s in per_split}}
+                    for c, m in counts.items()],
+        "per_given_split": per_split,
+        "imbalance_ratio": round(float(counts.max()) / float(counts.min()), 3),
+        "largest_class": {"name": largest, "count": int(counts[largest])},
+        "smallest_class": {"name": smallest, "count": int(counts[smallest])},
+        "class_weights": weights,
+    }
+
+
+def image_properties(ok: pd.DataFrame) -> dict[str, Any]:
+    """Sizes, aspect ratios, file sizes, colour, brightness and sharpness (overall, per class)."""
+    aspect = ok["width"] / ok["height"].where(ok["height"] > 0)
+    sizes = ok.groupby(["width", "height"]).size().sort_values(ascending=False)
+    per_class: dict[str, dict[str, Any]] = {}
+    for label, g in ok.groupby("label"):
+        per_class[str(label)] = {
+            "colour_mean": {c: round(float(g[f"mean_{c}"].mean()), 2) for c in "rgb"},
+            "colour_std": {c: round(float(g[f"std_{c}"].mean()), 2) for c in "rgb"},
+            "brightness": _describe(g["brightness"]),
+            "sharpness": _describe(g["sharpness"]),
+            "width": _describe(g["width"]),
+            "height": _describe(g["height"]),
+        }
+    def extremes(col: str, ascending: bool) -> list[dict[str, Any]]:
+        rows = ok.sort_values(col, ascending=ascending).head(N_EXTREMES)
+        return [{"path": p, "label": lab, col: round(float(v), 2)}
+                for p, lab, v in zip(rows["path"], rows["label"], rows[col], strict=True)]
+
+    return {
+        "width": _describe(ok["width"]), "height": _describe(ok["height"]),
+        "aspect_ratio": _describe(aspect.dropna()),
+        "file_size_bytes": _describe(ok["size_bytes"]),
+        "distinct_sizes": int(len(sizes)),
+        "most_common_sizes": [{"width": int(w), "height": int(h), "count": int(c)}
+                              for (w, h), c in sizes.head(5).items()],
+        "brightness": _describe(ok["brightness"]),
+        "sharpness": _describe(ok["sharpness"]),
+        "per_class": per_class,
+        "blurriest": extremes("sharpness", True),
+        "darkest": extremes("brightness", True),
+        "brightest": extremes("brightness", False),
+    }
+
+
+def exact_duplicates(ok: pd.DataFrame) -> dict[str, Any]:
+    """Same content hash: copies within a class, label conflicts and Train/Test leakage."""
+    multi = ok[ok.duplicated("sha256", keep=False)].sort_values(["sha256", "path"])
+    within, conflicts, leakage = [], [], []
+    pair_counts: dict[tuple[str, str], int] = {}
+    for sha, g in multi.groupby("sha256", sort=False):
+        labels = sorted(g["label"].unique())
+        for label, gl in g.groupby("label"):
+            if len(gl) > 1:
+                within.append({"sha256": sha, "label": label, "files": _files(gl)})
+        if len(labels) > 1:
+            conflicts.append({"sha256": sha, "labels": labels, "files": _files(g)})
+            for i, a in enumerate(labels):
+                for b in labels[i + 1:]:
+                    pair_counts[(a, b)] = pair_counts.get((a, b), 0) + 1
+        splits = set(g["given_split"]) - {""}
+        if len(splits) > 1:
+            leakage.append({"sha256": sha, "same_label": len(labels) == 1,
+                            "train": _files(g[g["given_split"] == "train"]),
+                            "test": _files(g[g["given_split"] == "test"])})
+    return {
+        "duplicates_within_class": {
+            "groups": len(within),
+            "extra_copies": int(sum(len(d["files"]) - 1 for d in within)),
+            "items": within},
+        "label_conflicts": {
+            "images": len(conflicts),
+            "files": int(sum(len(c["files"]) for c in conflicts)),
+            "by_class_pair": [{"classes": list(k), "images": v} for k, v in
+                              sorted(pair_counts.items(), key=lambda kv: -kv[1])],
+            "items": conflicts},
+        "leakage": {
+            "images": len(leakage),
+            "test_files": int(sum(len(x["test"]) for x in leakage)),
+            "items": leakage},
+    }
+
+
+def near_duplicates(ok: pd.DataFrame, params: NearDupParams) -> dict[str, Any]:
+    """Near-duplicate suspects (perceptual hash), as pairs and as clusters of files."""
+    pairs = near_duplicate_pairs(ok, params)
+    by_sha = {sha: g for sha, g in ok.groupby("sha256")}
+    shas = sorted(set(pairs["sha_a"]) | set(pairs["sha_b"]))
+    index = {s: i for i, s in enumerate(shas)}
+    uf = UnionFind(len(shas))
+    for a, b in zip(pairs["sha_a"], pairs["sha_b"], strict=True):
+        uf.union(index[a], index[b])
+    members: dict[int, list[str]] = {}
+    for s, root in zip(shas, uf.components(), strict=True):
+        members.setdefault(root, []).append(s)
+    max_dist = {}
+    for a, d in zip(pairs["sha_a"], pairs["distance"], strict=True):
+        r = uf.find(index[a])
+        max_dist[r] = max(max_dist.get(r, 0), int(d))
+    clusters = []
+    for root, group in members.items():
+        rows = pd.concat([by_sha[s] for s in group]).sort_values("path")
+        clusters.append({
+            "files": _files(rows), "max_distance": max_dist.get(root, 0),
+            "cross_class": rows["label"].nunique() > 1,
+            "cross_split": len(set(rows["given_split"]) - {""}) > 1})
+    clusters.sort(key=lambda c: (c["max_distance"], c["files"][0]["path"]))
+
+    def first(sha: str) -> dict[str, str]:
+        return _files(by_sha[sha].sort_values("path").head(1))[0]
+
+    pair_list = [{"a": first(a), "b": first(b), "distance": int(d), "colour_diff": float(c)}
+                 for a, b, d, c in zip(pairs["sha_a"], pairs["sha_b"], pairs["distance"],
+                                       pairs["colour_diff"], strict=True)]
+    return {
+        "params": asdict(params),
+        "method": "64-bit DCT perceptual hash; suspect if Hamming distance <= strict_distance, "
+                  "or <= max_distance with mean colours within max_colour_diff per channel",
+        "pairs": len(pair_list), "clusters": len(clusters),
+        "cross_class_clusters": sum(c["cross_class"] for c in clusters),
+        "cross_split_clusters": sum(c["cross_split"] for c in clusters),
+        "items": clusters, "pair_list": pair_list,
+    }
+
+
+def analyse(manifest: pd.DataFrame, dataset: Dataset,
+            params: NearDupParams | None = None) -> dict[str, Any]:
+    """The full report (without plots or timings) for a manifest of `dataset`."""
+    params = params or NearDupParams()
+    ok = manifest[manifest["readable"]]
+    bad = manifest[~manifest["readable"]]
+    report: dict[str, Any] = {
+        "data": {
+            "source": str(dataset.source), "root": str(dataset.root), "layout": dataset.layout,
+            "layout_description": dataset.describe(), "csv_columns": dataset.columns or None,
+            "files": int(len(manifest)), "readable": int(len(ok)), "unreadable": int(len(bad)),
+            "skipped": len(dataset.skipped), "classes": sorted(ok["label"].unique().tolist()),
+            "groups": int(ok.loc[ok["group"] != "", "group"].nunique()),
+        },
+        "unreadable": [{"path": p, "label": lab, "reason": e, "code": c} for p, lab, e, c in
+                       zip(bad["path"], bad["label"], bad["error"], bad["error_code"],
+                           strict=True)],
+        "skipped": list(dataset.skipped),
+    }
+    if ok.empty:
+        return report
+    report["balance"] = class_balance(ok)
+    report["images"] = image_properties(ok)
+    report.update(exact_duplicates(ok))
+    report["near_duplicates"] = near_duplicates(ok, params)
+    return report
+
+
+def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = DEFAULT_OUT,
+            *, images: str | os.PathLike[str] | None = None, label_col: str | None = None,
+            image_col: str | None = None, group_col: str | None = None,
+            workers: int | None = None, plots: bool = True, cache: bool = True,
+            params: NearDupParams | None = None, seed: int = 0,
+            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """List, read and analyse a data set; write report.json, manifest.csv and plots to `out`.
+
+    The report folder is swapped in atomically: a failure never leaves a half-written report.
+    Returns the report dict (with timings and the written plot names).
+    """
+    t0 = time.perf_counter()
+    dataset = load_dataset(source, csv_image_dir=images, label_col=label_col,
+                           image_col=image_col, group_col=group_col)
+    t1 = time.perf_counter()
+    manifest = build_manifest(dataset, workers=workers, cache=cache, progress=progress)
+    t2 = time.perf_counter()
+    report = analyse(manifest, dataset, params)
+    t3 = time.perf_counter()
+    timing = {"list_s": t1 - t0, "manifest_s": t2 - t1, "analysis_s": t3 - t2,
+              "files_read": int(manifest.attrs.get("files_read", 0)),
+              "cache_hits": int(manifest.attrs.get("cache_hits", 0))}
+    report["plots"] = []
+    if out is not None:
+        with atomic_dir(out) as tmp:
+            if plots and report["data"]["readable"]:
+                from skincli import eda_plots  # matplotlib is slow to import; only when needed
+
+                report["plots"] = eda_plots.write_all(report, manifest, tmp, seed=seed)
+            manifest.to_csv(tmp / "manifest.csv", index=False)
+            timing["plots_s"] = time.perf_counter() - t3
+            timing["total_s"] = time.perf_counter() - t0
+            report["timing"] = {k: round(v, 3) if isinstance(v, float) else v
+                                for k, v in timing.items()}
+            write_json(tmp / "report.json", report)
+        report["out"] = str(out)
+    else:
+        timing["total_s"] = time.perf_counter() - t0
+        report["timing"] = {k: round(v, 3) if isinstance(v, float) else v
+                            for k, v in timing.items()}
+    return report
+
+
+def summary_numbers(report: dict[str, Any]) -> dict[str, int]:
+    """The data-quality counts shown at the top of the CLI output."""
+    return {
+        "unreadable": len(report.get("unreadable", [])),
+        "duplicate_groups": report.get("duplicates_within_class", {}).get("groups", 0),
+        "label_conflicts": report.get("label_conflicts", {}).get("images", 0),
+        "leakage": report.get("leakage", {}).get("images", 0),
+        "near_duplicate_clusters": report.get("near_duplicates", {}).get("clusters", 0),
+    }
+
