@@ -1,0 +1,337 @@
+"""The FastAPI app factory behind `skin serve` (usable by any ASGI server).
+
+    uvicorn --factory skincli.serve.app:create_app     # settings from SKIN_* variables
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from skincli import DISCLAIMER, __version__
+from skincli.errors import did_you_mean
+from skincli.imageio import ImageError
+from skincli.serve import schemas
+from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
+from skincli.serve.explaining import heatmap_for, render
+from skincli.serve.metrics import CONTENT_TYPE
+from skincli.serve.middleware import RequestContext
+from skincli.serve.model import LoadedModel, Prepared, Row
+from skincli.serve.settings import Settings
+from skincli.serve.state import ServerState
+from skincli.serve.uploads import Upload, read_uploads
+
+log = logging.getLogger("skincli.serve")
+
+STATIC_DIR = Path(str(resources.files("skincli") / "static"))
+
+_ERRORS_DOC = "\n".join(f"- `{code}` ({status}): {text}"
+                        for code, (status, text) in ERROR_CODES.items())
+DESCRIPTION = f"""Calibrated skin-lesion classification of dermoscopic images.
+
+{DISCLAIMER}
+
+Every response carries `X-Request-ID` (an incoming one is kept), `X-Model-Name`,
+`X-Model-Version` and `X-Latency-Ms`. Every error is JSON
+`{{"error": code, "message": text, "request_id": id}}` with one of these stable codes:
+
+{_ERRORS_DOC}
+
+When the server has API keys, `/v1/*` needs `X-API-Key: <key>` (or `Authorization: Bearer`).
+"""
+
+
+def _upload_body(many: bool) -> dict[str, Any]:
+    """OpenAPI requestBody for an image upload (the route parses it itself, safely)."""
+    field = "files" if many else "file"
+    item = {"type": "string", "format": "binary"}
+    prop = {"type": "array", "items": item} if many else item
+    content: dict[str, Any] = {"multipart/form-data": {"schema": {
+        "type": "object", "required": [field], "properties": {field: prop}}}}
+    if not many:
+        content["application/octet-stream"] = {"schema": item}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        status, text = ERROR_CODES[code]
+        entry = out.setdefault(status, {"model": schemas.ErrorOut, "description": ""})
+        entry["description"] = (entry["description"] + "; " if entry["description"] else "") + \
+            f"`{code}`: {text}"
+    return out
+
+
+_IMAGE_ERRORS = ("invalid_request", "missing_file", "empty", "corrupt", "unsupported_type",
+                 "payload_too_large", "too_many_pixels", "unauthorized", "overloaded", "timeout")
+
+
+def _configure_logging() -> None:
+    """Request lines to stderr, unless the host application configured logging already."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings default to the SKIN_* environment (for `uvicorn --factory`)."""
+    settings = settings or Settings.from_env()
+    _configure_logging()
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(state.start)  # load + warm; the port opens only after this
+        loop = asyncio.get_running_loop()
+        hup = False
+        try:
+            loop.add_signal_handler(signal.SIGHUP,
+                                    lambda: loop.create_task(state.reload_from_signal()))
+            hup = True
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass  # not the main thread (tests) or no SIGHUP on this platform
+        try:
+            yield
+        finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            # Uvicorn has already waited for in-flight requests; finish queued work and flush.
+            await run_in_threadpool(state.stop)
+
+    app = FastAPI(title="skin: skin-lesion classification API", version=__version__,
+                  description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
+    app.state.skin = state
+    install_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type",
+                                          "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "X-Model-Name", "X-Model-Version",
+                                           "X-Latency-Ms"], max_age=600)
+    app.add_middleware(RequestContext, state=state)  # added last = outermost
+    _routes(app, state)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _elapsed_ms(request: Request) -> float:
+    return round((time.perf_counter() - request.scope["skin.start"]) * 1000, 1)
+
+
+def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
+                filename: str | None) -> dict[str, Any]:
+    verdict = model.predictor.verdicts(row.probabilities[None, :], top_k=top_k)[0]
+    out = verdict.to_dict()
+    out.pop("model", None)
+    out["image_sha256"] = prepared.sha256
+    out["filename"] = filename
+    return out
+
+
+def _routes(app: FastAPI, state: ServerState) -> None:
+    settings = state.settings
+
+    def begin(request: Request, *, admin: bool = False) -> float:
+        """Auth, then the request's deadline."""
+        state.keys.require(request, always=admin)
+        return request.scope["skin.start"] + settings.timeout_s
+
+    async def prepare(model: LoadedModel, upload: Upload, display: bool = False) -> Prepared:
+        try:
+            return await run_in_threadpool(model.prepare, upload.data, display)
+        except ImageError as exc:
+            state.metrics.rejected.inc(reason=exc.code)
+            raise from_image_error(exc) from None
+
+    def record(request: Request, model: LoadedModel, prepared: Prepared, row: Row,
+               pred: dict[str, Any]) -> None:
+        state.metrics.predictions.inc(label=pred["label"])
+        if pred["uncertain"]:
+            state.metrics.uncertain.inc()
+        request.scope["skin.images"].append(prepared.sha256)
+        state.predlog.submit({
+            "time": time.time(), "request_id": request.scope["skin.request_id"],
+            "model_version": model.version, "image_sha256": prepared.sha256,
+            "predicted": pred["label"], "probabilities": pred["probabilities"],
+            "top_probability": pred["probability"], "uncertain": pred["uncertain"],
+            "latency_ms": _elapsed_ms(request), "source": "api",
+        }, image=prepared.array.astype("uint8"), embedding=row.embedding)
+
+    top_k_query = Query(None, ge=1, le=1000, description="How many classes to list "
+                        f"(default {settings.top_k})")
+
+    @app.post("/v1/predict", response_model=schemas.PredictResponse, tags=["predict"],
+              summary="Classify one image", openapi_extra=_upload_body(False),
+              responses=_error_responses(*_IMAGE_ERRORS))
+    async def predict(request: Request, top_k: int | None = top_k_query) -> dict[str, Any]:
+        """One image (multipart field `file`, or the raw body): calibrated top-k classes, the
+        uncertain flag, and the model that answered."""
+        deadline = begin(request)
+        uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
+                                     max_files=1, many=False)
+        model = state.model()
+        with state.batcher.arriving():
+            prepared = await prepare(model, uploads[0])
+            row = (await state.infer(model, [prepared.array], deadline))[0]
+        pred = _prediction(model, row, top_k or settings.top_k, prepared, uploads[0].filename)
+        record(request, model, prepared, row, pred)
+        return {"request_id": request.scope["skin.request_id"], "model": model.ref(),
+                "latency_ms": _elapsed_ms(request), "prediction": pred}
+
+    @app.post("/v1/predict/batch", response_model=schemas.BatchResponse, tags=["predict"],
+              summary="Classify several images", openapi_extra=_upload_body(True),
+              responses=_error_responses(*_IMAGE_ERRORS, "too_many_files"))
+    async def predict_batch(request: Request, top_k: int | None = top_k_query) -> dict[str, Any]:
+        """Several images (repeated multipart field `files`). A bad file gets its own error
+        entry; the others are still classified."""
+        deadline = begin(request)
+        uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
+                                     max_files=settings.max_files, many=True)
+        model = state.model()
+        rid = request.scope["skin.request_id"]
+        with state.batcher.arriving():
+            prepared = await asyncio.gather(*(prepare(model, up) for up in uploads),
+                                            return_exceptions=True)
+            good = [p for p in prepared if isinstance(p, Prepared)]
+            rows = await state.infer(model, [p.array for p in good], deadline) if good else []
+        by_id = {id(p): r for p, r in zip(good, rows)}
+        results = []
+        for up, p in zip(uploads, prepared):
+            if isinstance(p, Prepared):
+                pred = _prediction(model, by_id[id(p)], top_k or settings.top_k, p, up.filename)
+                record(request, model, p, by_id[id(p)], pred)
+                results.append({"filename": up.filename, "prediction": pred})
+            elif isinstance(p, ApiError):
+                results.append({"filename": up.filename, "error": {
+                    "error": p.code, "message": p.message, "request_id": rid}})
+            else:
+                raise p
+        return {"request_id": rid, "model": model.ref(), "latency_ms": _elapsed_ms(request),
+                "results": results}
+
+    @app.post("/v1/explain", tags=["predict"], summary="Grad-CAM heat map for one image",
+              openapi_extra=_upload_body(False),
+              responses={200: {"model": schemas.ExplainResponse,
+                               "content": {"image/png": {}},
+                               "description": "PNG overlay (default) or JSON with base64 PNGs"},
+                  **_error_responses(*_IMAGE_ERRORS, "invalid_request")})
+    async def explain(request: Request,
+                      format: Literal["png", "json"] = Query(
+                          "png", description="png: the overlay image; json: base64 PNGs plus "
+                          "the prediction"),
+                      target: str | None = Query(None, max_length=200, description=(
+                          "Class to explain (default: the predicted one)")),
+                      top_k: int | None = top_k_query) -> Response:
+        """Where the model looked: Grad-CAM for the predicted (or a chosen) class."""
+        deadline = begin(request)
+        uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
+                                     max_files=1, many=False)
+        model = state.model()
+        target_index = None
+        if target is not None:
+            if target not in model.classes:
+                raise ApiError("invalid_request", f"Unknown class {target!r}."
+                               f"{did_you_mean(target, model.classes)} Classes: "
+                               f"{', '.join(model.classes)}")
+            target_index = model.classes.index(target)
+        with state.batcher.arriving():
+            prepared = await prepare(model, uploads[0], display=True)
+            row = (await state.infer(model, [prepared.array], deadline))[0]
+        # TF work stays on the inference thread; the overlay is drawn off the event loop.
+        cam, cls = await state.call(
+            lambda: heatmap_for(model.predictor, prepared.array, target_index), deadline)
+        base = prepared.display
+        assert base is not None
+        drawn = await run_in_threadpool(render, cam, base, cls)
+        pred = _prediction(model, row, top_k or settings.top_k, prepared, uploads[0].filename)
+        record(request, model, prepared, row, pred)
+        if format == "png":
+            return Response(drawn.overlay_png, media_type="image/png",
+                            headers={"X-Explained-Class": model.classes[cls]})
+        body = schemas.ExplainResponse(
+            request_id=request.scope["skin.request_id"], model=schemas.ModelRef(**model.ref()),
+            latency_ms=_elapsed_ms(request), target=model.classes[cls],
+            prediction=schemas.PredictionOut(**pred),
+            overlay_png_base64=base64.b64encode(drawn.overlay_png).decode("ascii"),
+            heatmap_png_base64=base64.b64encode(drawn.heatmap_png).decode("ascii"),
+            width=base.shape[1], height=base.shape[0])
+        return JSONResponse(body.model_dump())
+
+    @app.get("/health", response_model=schemas.HealthResponse, tags=["operations"],
+             summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=schemas.ReadyResponse, tags=["operations"],
+             summary="Readiness: the model is loaded and warm",
+             responses=_error_responses("not_ready"))
+    async def ready() -> dict[str, Any]:
+        model = state.model()
+        if not state.batcher.alive:
+            raise ApiError("not_ready", "The inference thread is not running",
+                           headers={"Retry-After": "2"})
+        return {"ready": True, "model": model.ref()}
+
+    @app.get("/v1/model", response_model=schemas.ModelResponse, tags=["model"],
+             summary="The served run: classes, architecture, metrics, calibration",
+             responses=_error_responses("unauthorized", "not_ready"))
+    async def model_info(request: Request) -> dict[str, Any]:
+        begin(request)
+        return {**state.model().describe(), "serving": settings.public()}
+
+    @app.post("/v1/model/reload", response_model=schemas.ReloadResponse, tags=["model"],
+              summary="Switch to another run atomically (API key required)",
+              responses=_error_responses("unauthorized", "forbidden", "invalid_run",
+                                         "reload_in_progress"))
+    async def reload(request: Request, run: str | None = Query(
+            None, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
+            description="Run name under the runs folder (default: the run configured at "
+                        "start-up, or runs/CURRENT)")) -> dict[str, Any]:
+        """Load the run fully and warm it, then swap: requests in flight finish on the old
+        model, later ones use the new one; no request sees a half-loaded model."""
+        begin(request, admin=True)
+        if run is not None and run.strip(".") == "":
+            raise ApiError("invalid_run", f"{run!r} is not a run name")
+        previous, new = await state.reload(run)
+        return {"request_id": request.scope["skin.request_id"],
+                "previous": previous.ref() if previous else None, "model": new.ref(),
+                "load_seconds": round(new.load_seconds, 3)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"],
+             summary="Prometheus metrics (text format 0.0.4)")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            raise ApiError("not_found", "The web page is not installed")
+        return FileResponse(page, media_type="text/html", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                       "style-src 'self'; script-src 'self'; "
+                                       "connect-src 'self'; frame-ancestors 'none'",
+            "Referrer-Policy": "no-referrer"})

@@ -1,0 +1,105 @@
+"""The outermost middleware: request id, model and latency headers, metrics, the request log
+line, and the catch-all that turns a bug into a JSON 500 without a stack trace."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from skincli.serve.errors import error_body
+
+log = logging.getLogger("skincli.serve")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_request_id() -> str:
+    """A fresh random request id."""
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streaming bodies)."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        # Honour a caller's id (to correlate across services) only if it is a safe token.
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
+        scope["skin.request_id"] = request_id
+        scope["skin.start"] = start
+        scope.setdefault("state", {})["request_id"] = request_id
+        scope["skin.images"] = []  # SHA-256 of each image, filled by the routes
+        sent: dict[str, Any] = {"status": None}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                model = self.state.holder.current
+                elapsed_ms = (time.perf_counter() - start) * 1000
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-model-name", (model.name if model else "none").encode()),
+                    (b"x-model-version", (model.version if model else "none").encode()),
+                    (b"x-latency-ms", f"{elapsed_ms:.1f}".encode()),
+                    (b"server-timing", f"total;dur={elapsed_ms:.1f}".encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+                if scope.get("path", "").startswith("/v1/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            log.exception("internal error in request %s", request_id)
+            if sent["status"] is None:
+                body = json.dumps(error_body(
+                    "internal_error", "Internal error; it was logged with this request id",
+                    request_id)).encode()
+                scope["skin.error_code"] = "internal_error"
+                await send_with_headers({"type": "http.response.start", "status": 500,
+                                         "headers": [(b"content-type", b"application/json"),
+                                                     (b"content-length", str(len(body)).encode())]})
+                await send_with_headers({"type": "http.response.body", "body": body})
+        finally:
+            self._record(scope, sent["status"] or 500, time.perf_counter() - start, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or ("/static" if scope.get("path", "").startswith(
+            "/static/") else "unmatched")  # raw paths would let clients explode label counts
+        metrics = self.state.metrics
+        metrics.requests.inc(route=path, method=scope.get("method", ""), status=str(status))
+        metrics.latency.observe(seconds, route=path)
+        if path in ("/metrics", "/health", "/ready", "/static"):
+            return  # probes and assets would drown the log
+        images = ",".join(scope.get("skin.images") or []) or "-"
+        code = scope.get("skin.error_code", "-")
+        log.info("%s %s %s %d %.1fms error=%s image_sha256=%s", request_id,
+                 scope.get("method"), path, status, seconds * 1000, code, images)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            try:
+                return value.decode("latin-1").strip()
+            except Exception:
+                return None
+    return None

@@ -1,0 +1,163 @@
+"""The served model: load and warm a run once, and swap it atomically on reload."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skincli.errors import SkinError
+from skincli.runs import resolve_run
+from skincli.serve.settings import Settings
+
+
+@dataclass
+class Row:
+    """One image's output of a batched forward pass."""
+
+    probabilities: np.ndarray  # (C,) calibrated
+    embedding: np.ndarray | None = None  # backbone features, when the predictor provides them
+
+
+@dataclass
+class Prepared:
+    """A decoded upload, ready for the model."""
+
+    array: np.ndarray  # float32 (S, S, 3), 0..255
+    sha256: str
+    width: int
+    height: int
+    display: np.ndarray | None = None  # the upload downscaled for showing (explain only)
+
+
+@dataclass
+class LoadedModel:
+    """A Predictor plus what the API says about it. Immutable once serving."""
+
+    predictor: Any
+    run_dir: Path
+    loaded_at: str
+    load_seconds: float
+    tta: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.predictor.info.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.predictor.info.version)
+
+    @property
+    def arch(self) -> str:
+        return str(self.predictor.info.arch)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.predictor.classes)
+
+    def ref(self) -> dict[str, str]:
+        """{"name", "version"} for responses."""
+        return {"name": self.name, "version": self.version}
+
+    def prepare(self, data: bytes, display: bool = False) -> Prepared:
+        """Decode, check and resize one upload (raises ImageError); runs in a worker thread."""
+        from skincli.imageio import open_image
+        from skincli.serve.explaining import display_image
+
+        img = open_image(data, max_pixels=self.predictor.max_pixels)
+        array = self.predictor.preprocess(img)
+        return Prepared(array=array, sha256=hashlib.sha256(data).hexdigest(),
+                        width=img.width, height=img.height,
+                        display=display_image(img) if display else None)
+
+    def forward(self, batch: np.ndarray) -> list[Row]:
+        """One batched forward pass: calibrated probabilities (+ embeddings if available)."""
+        predictor = self.predictor
+        both = getattr(predictor, "probabilities_and_embeddings", None)
+        if callable(both) and not self.tta:
+            probs, emb = both(batch)
+            return [Row(np.asarray(p), np.asarray(e)) for p, e in zip(probs, emb)]
+        probs = predictor.probabilities(batch, tta=self.tta, batch_size=max(len(batch), 1))
+        return [Row(np.asarray(p)) for p in probs]
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /v1/model returns (JSON-safe; no file-system paths)."""
+        info = self.predictor.info
+        return json_safe({
+            "name": info.name, "version": info.version, "arch": info.arch,
+            "classes": list(info.classes), "input_size": info.input_size,
+            "created": info.created, "preprocessing": info.preprocessing,
+            "calibration": {"temperature": info.temperature,
+                            "uncertain_threshold": info.uncertain_threshold},
+            "val_metrics": info.val_metrics, "test_metrics": info.test_metrics,
+            "split_sha256": info.split_sha256, "loaded_at": self.loaded_at,
+            "load_seconds": round(self.load_seconds, 3), "tta": self.tta,
+        })
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def load_model(settings: Settings, run: str | None = None) -> LoadedModel:
+    """Load a run fully and warm it (every batch size path traced) before it serves anything."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from skincli.predictor import Predictor
+
+    start = time.perf_counter()
+    run_dir = resolve_run(run if run is not None else settings.run, settings.runs_dir)
+    try:
+        predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels)
+    except SkinError:
+        raise
+    except Exception as exc:  # a damaged model file: say which run, not a traceback
+        raise SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                        hint="Check the run folder or train it again") from exc
+    model = LoadedModel(predictor=predictor, run_dir=Path(run_dir),
+                        loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        load_seconds=0.0, tta=settings.tta)
+    if settings.warmup:
+        size = predictor.input_size
+        for n in sorted({1, settings.max_batch}):
+            model.forward(np.zeros((n, size, size, 3), np.float32))
+    model.load_seconds = time.perf_counter() - start
+    return model
+
+
+class ModelHolder:
+    """Holds the current LoadedModel; a reload swaps one reference, nothing else."""
+
+    def __init__(self) -> None:
+        self._current: LoadedModel | None = None
+        self._swap_lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model new requests use (None before start-up finished)."""
+        return self._current
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
+        """Make `model` current; return the previous one. Requests holding it keep it."""
+        with self._swap_lock:
+            previous, self._current = self._current, model
+        return previous

@@ -1,0 +1,142 @@
+"""Response shapes, for validation and for the OpenAPI document (with examples)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from skincli import DISCLAIMER
+
+_MODEL_EXAMPLE = {"name": "efficientnet", "version": "efficientnet@2026-01-01T12:00:00"}
+
+
+class ModelRef(BaseModel):
+    """Which model answered."""
+
+    name: str
+    version: str
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictionOut(BaseModel):
+    """One image's calibrated prediction."""
+
+    label: str = Field(description="The most probable class")
+    probability: float = Field(description="Its calibrated probability")
+    top_k: list[ClassProbability]
+    probabilities: dict[str, float] = Field(description="Every class, calibrated, sums to 1")
+    uncertain: bool = Field(description="Top probability below the run's uncertain threshold: "
+                            "refer for expert review")
+    warnings: list[str] = []
+    disclaimer: str = DISCLAIMER
+    image_sha256: str = Field(description="SHA-256 of the uploaded bytes (what the log keeps)")
+    filename: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every error: a stable code for programs and a message for people."""
+
+    error: str = Field(description="Stable error code, e.g. unsupported_type")
+    message: str
+    request_id: str
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "error": "unsupported_type", "request_id": "3f2c9a0d1b7e4c55",
+        "message": "upload: not an image file (cannot identify its format)"}]})
+
+
+_PREDICTION_EXAMPLE: dict[str, Any] = {
+    "label": "nevus", "probability": 0.82,
+    "top_k": [{"label": "nevus", "probability": 0.82},
+              {"label": "melanoma", "probability": 0.11}],
+    "probabilities": {"melanoma": 0.11, "nevus": 0.82, "seborrheic keratosis": 0.07},
+    "uncertain": False, "warnings": [], "disclaimer": DISCLAIMER,
+    "image_sha256": "9b74c9897bac770ffc029102a200c5de" * 2, "filename": "lesion.jpg",
+}
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    latency_ms: float
+    prediction: PredictionOut
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "3f2c9a0d1b7e4c55", "model": _MODEL_EXAMPLE, "latency_ms": 23.4,
+        "prediction": _PREDICTION_EXAMPLE}]})
+
+
+class BatchItem(BaseModel):
+    """One file of a batch: either a prediction or an error."""
+
+    filename: str | None = None
+    prediction: PredictionOut | None = None
+    error: ErrorOut | None = None
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    latency_ms: float
+    results: list[BatchItem]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "3f2c9a0d1b7e4c55", "model": _MODEL_EXAMPLE, "latency_ms": 61.0,
+        "results": [{"filename": "a.jpg", "prediction": _PREDICTION_EXAMPLE},
+                    {"filename": "b.txt", "error": {
+                        "error": "unsupported_type", "request_id": "3f2c9a0d1b7e4c55",
+                        "message": "upload: not an image file (cannot identify its format)"}}]}]})
+
+
+class ExplainResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    latency_ms: float
+    target: str = Field(description="The class the heat map explains")
+    prediction: PredictionOut
+    overlay_png_base64: str = Field(description="Heat map blended over the image, PNG")
+    heatmap_png_base64: str = Field(description="The heat map alone, PNG")
+    width: int
+    height: int
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model: ModelRef
+
+
+class ModelResponse(BaseModel):
+    """The served run's self-description."""
+
+    name: str
+    version: str
+    arch: str
+    classes: list[str]
+    input_size: int
+    created: str
+    preprocessing: dict[str, Any]
+    calibration: dict[str, Any]
+    val_metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+    split_sha256: str
+    loaded_at: str
+    load_seconds: float
+    tta: bool
+    serving: dict[str, Any]
+    disclaimer: str = DISCLAIMER
+
+
+class ReloadResponse(BaseModel):
+    request_id: str
+    previous: ModelRef | None
+    model: ModelRef
+    load_seconds: float

@@ -1,0 +1,142 @@
+"""Server settings: one table of defaults, read from SKIN_* environment variables.
+
+The CLI overrides the environment; the environment overrides the defaults. Because Uvicorn
+starts each worker process with the app factory, the CLI passes its choices to the workers by
+writing them back into the environment (`Settings.to_env`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from skincli.errors import SkinError
+from skincli.imageio import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "SKIN_"
+
+
+@dataclass
+class Settings:
+    """Everything `skin serve` can be told. Each field is also the env var SKIN_<FIELD>."""
+
+    run: str | None = None  # run name or folder; None = runs/CURRENT, else the latest run
+    runs_dir: str = "runs"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1  # one model copy per worker process; on 2 cores 1 is fastest
+    max_batch: int = 16  # largest batch the micro-batcher runs in one forward pass
+    batch_window_ms: float = 5.0  # how long a batch waits for more requests once one is in
+    queue_size: int = 64  # queued images beyond this get 503 + Retry-After
+    timeout_s: float = 30.0  # per-request budget from arrival to answer (504 past it)
+    max_upload_mb: float = 20.0  # per image and per single-image request body (413)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded size limit against decompression bombs
+    max_files: int = 16  # images per /v1/predict/batch request
+    top_k: int = 3  # default number of classes returned
+    tta: bool = False  # test-time augmentation (8 views): 8x the compute per image
+    cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
+    api_key: str | None = None  # one key (prefer SKIN_API_KEY to a command-line flag)
+    api_keys_file: str | None = None  # one key per line, '#' comments
+    store: str | None = None  # prediction-log URL for `skin monitor`; None = store default
+    no_log: bool = False  # do not log predictions at all
+    log_queue_size: int = 1000  # log rows waiting for the store; more are dropped and counted
+    warmup: bool = True  # run one forward pass at start so the first request is not slow
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then SKIN_* variables, then explicit overrides (those not None)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, naming the setting."""
+        checks = [
+            (self.port, 0, 65535, "port"), (self.workers, 1, 64, "workers"),
+            (self.max_batch, 1, 1024, "max_batch"), (self.queue_size, 1, 100_000, "queue_size"),
+            (self.max_files, 1, 1024, "max_files"), (self.top_k, 1, 1000, "top_k"),
+            (self.log_queue_size, 1, 10_000_000, "log_queue_size"),
+            (self.max_pixels, 1, 10**10, "max_pixels"),
+        ]
+        for value, low, high, name in checks:
+            if not low <= value <= high:
+                raise SkinError(f"{name} = {value} is out of range",
+                                hint=f"Use a value from {low} to {high}")
+        for value, name in ((self.batch_window_ms, "batch_window_ms"),
+                            (self.timeout_s, "timeout_s"), (self.max_upload_mb, "max_upload_mb")):
+            if not value >= 0 or (name != "batch_window_ms" and value == 0):
+                raise SkinError(f"{name} = {value} must be positive")
+        if self.api_keys_file and not Path(self.api_keys_file).is_file():
+            raise SkinError(f"API keys file {self.api_keys_file} does not exist",
+                            hint="Pass a file with one key per line")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The upload limit in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def to_env(self) -> dict[str, str]:
+        """SKIN_* variables that reproduce these settings in a worker process."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, list):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            out[ENV_PREFIX + f.name.upper()] = text
+        return out
+
+    def public(self) -> dict[str, Any]:
+        """The settings a client may see (no keys, no file paths)."""
+        return {"max_batch": self.max_batch, "batch_window_ms": self.batch_window_ms,
+                "queue_size": self.queue_size, "timeout_s": self.timeout_s,
+                "max_upload_mb": self.max_upload_mb, "max_pixels": self.max_pixels,
+                "max_files": self.max_files, "top_k": self.top_k, "tta": self.tta}
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    """Parse one SKIN_* variable by the field's declared type, with a clear error."""
+    kind = str(kind)
+    try:
+        if kind.startswith("bool"):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("list"):
+            return [part.strip() for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise SkinError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}",
+                        hint="Fix or unset the environment variable") from None
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env var, default, meaning) for every setting, for docs and --help."""
+    rows = []
+    defaults = Settings()
+    for f in dataclasses.fields(Settings):
+        rows.append((ENV_PREFIX + f.name.upper(), repr(getattr(defaults, f.name)), f.name))
+    return rows
