@@ -292,12 +292,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, np.ndarray
         with open(path, "rb") as fh:
             head = fh.read(4)
             fh.seek(0)
-            if head.startswith(b"PK"):
-                result = None
-                zip_file = True
-            else:
-                raw = fh.read()
-                zip_file = False
+            zip_file = head.startswith(b"PK")
+            raw = b"" if zip_file else fh.read()
     except OSError as exc:
         raise SkinError(f"Could not read weights file {path}: {exc.strerror or exc}",
                         hint="Check the path exists and is readable") from exc
