@@ -1,16 +1,301 @@
-"""`skin monitor` (placeholder until it is built)."""
+"""`skin monitor`: operations, drift and labelled performance of the model in production;
+`skin monitor label` attaches ground truth; `skin monitor retrain` trains and maybe promotes a
+challenger."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from skincli.cli.common import handle_errors, not_implemented
+from skincli import ui
+from skincli.cli.common import handle_errors
+from skincli.errors import SkinError
 
-app = typer.Typer(help="(not implemented yet)", invoke_without_command=True)
+HELP = ("Watch the model in production: volume, latency, class mix and confidence per window; "
+        "drift against the run's validation data; performance on labelled feedback.")
+
+app = typer.Typer(
+    help=HELP + " Run from cron with --check: exit code 2 when a threshold is crossed.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    rich_markup_mode="rich",
+)
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Prediction store: sqlite:///runs/predictions.db (default; "
+                 "or $SKIN_STORE), a file path, or postgresql://user@host/db."),
+]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder holding the runs.")]
+
+
+def _store_url(ctx: typer.Context, store: str | None) -> str:
+    """A subcommand's --store, else the group's --store, else $SKIN_STORE / the default."""
+    from skincli.monitor.store import default_store_url
+
+    if store:
+        return store
+    parent = ctx.parent.params.get("store") if ctx.parent is not None else None
+    return parent or default_store_url()
+
+
+def _open_existing(url: str) -> Any:
+    from skincli.monitor.store import SqliteStore, open_store
+
+    store = open_store(url)
+    if isinstance(store, SqliteStore) and not store.path.exists():
+        raise SkinError(f"No predictions logged yet: {store.path} does not exist",
+                        hint="`skin predict` and `skin serve` create it; or pass --store")
+    return store
 
 
 @app.callback()
 @handle_errors
-def report() -> None:
-    """Not implemented yet."""
-    not_implemented("monitor")
+def report(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Option("--run", help="Run whose model and reference to "
+                                            "check (default: the current or latest run).")
+                   ] = None,
+    window: Annotated[str, typer.Option("--window", help="Window length: day, week, hour, or "
+                                        "a multiple such as 6h or 2d (UTC).")] = "day",
+    last: Annotated[int, typer.Option("--last", min=1, help="How many windows the report "
+                                      "covers, ending now.")] = 14,
+    check: Annotated[bool, typer.Option("--check", help="Print only alerts; exit 2 when any "
+                                        "threshold is crossed, 0 otherwise (for cron/CI).")
+                     ] = False,
+    out: Annotated[Path, typer.Option("--out", help="Report folder (report.json and PNG plots; "
+                                      "replaced atomically).")] = Path("reports/monitor"),
+    store: StoreOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    alpha: Annotated[float, typer.Option("--alpha", min=1e-6, max=0.5,
+                                         help="Significance level of each drift test.")
+                     ] = 0.01,
+    psi: Annotated[float, typer.Option("--psi", min=0.0, help="PSI above this is prediction-"
+                                       "mix drift (0.1 moderate, 0.2 significant).")] = 0.2,
+    min_samples: Annotated[int, typer.Option("--min-samples", min=2, help="Fewer predictions "
+                                             "in the window than this: no drift verdict.")
+                           ] = 50,
+    min_labels: Annotated[int, typer.Option("--min-labels", min=1, help="Fewer labelled "
+                                            "predictions than this: no performance verdict.")
+                          ] = 30,
+    f1_tolerance: Annotated[float, typer.Option("--f1-tolerance", min=0.0, help="Alert when "
+                                                "the 95% CI of labelled macro F1 lies wholly "
+                                                "this far below the test macro F1.")] = 0.05,
+    permutations: Annotated[int, typer.Option("--permutations", min=20, help="Permutations "
+                                              "of the embedding MMD test.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of permutations and bootstraps.")
+                    ] = 0,
+    rebuild_reference: Annotated[bool, typer.Option("--rebuild-reference", help="Recompute "
+                                                    "runs/<run>/reference.json.")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")
+                     ] = True,
+) -> None:
+    """Report on the model in production (the default action of `skin monitor`)."""
+    if ctx.invoked_subcommand is not None:
+        return  # `skin monitor label|retrain`: the group's options only pass --store down
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from skincli.monitor.drift import Thresholds
+    from skincli.monitor.reference import get_reference
+    from skincli.monitor.report import build_report, parse_window, write_report
+    from skincli.runs import load_run_info, resolve_run
+
+    win = parse_window(window)
+    th = Thresholds(alpha=alpha, psi=psi, min_samples=min_samples, min_labels=min_labels,
+                    f1_tolerance=f1_tolerance, n_permutations=permutations, seed=seed)
+    run_dir = resolve_run(run, runs_dir)
+    info = load_run_info(run_dir)
+    url = _store_url(ctx, store)
+    db = _open_existing(url)
+    now = time.time()
+    since = min(win.start(now) - (last - 1) * win.seconds, now - win.seconds)
+    try:
+        df = db.predictions(since=since)
+    finally:
+        db.close()
+
+    reference = None
+    ref_note = None
+    try:
+        if not check:
+            with ui.console.status(f"Loading the drift reference of {run_dir.name} ..."):
+                reference = get_reference(run_dir, rebuild=rebuild_reference)
+        else:
+            reference = get_reference(run_dir, rebuild=rebuild_reference)
+    except SkinError as exc:
+        ref_note = f"drift tests skipped: {exc}"
+    rep = build_report(df, info, reference, win, last=last, now=now, th=th,
+                       store_url=getattr(db, "url", url))
+    if ref_note:
+        rep.notes.insert(0, ref_note)
+    folder = write_report(rep, out, plots=plots)
+
+    if check:
+        for note in rep.notes:
+            ui.warn(note)
+        for alert in rep.alerts:
+            ui.console.print(f"ALERT {alert}", highlight=False, soft_wrap=True)
+        if rep.alerts:
+            raise typer.Exit(code=2)
+        ui.console.print(f"ok: {rep.drift['current']['n']} predictions of {info.version} in the "
+                         f"last {win.name}, no threshold crossed (report in {folder})",
+                         highlight=False, soft_wrap=True)
+        return
+    _print_report(rep, folder)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _print_report(rep: Any, folder: Path) -> None:
+    c = ui.console
+    c.print(f"[bold]Model[/] {rep.model_version}   [bold]store[/] {rep.store}   "
+            f"[bold]period[/] {rep.period['start']} .. {rep.period['end']}", highlight=False)
+    rows = []
+    for w in rep.windows:
+        lat = w["latency_ms"]
+        rows.append([w["start"][:16].replace("T", " "), w["n"], _fmt(lat["p50"], 1),
+                     _fmt(lat["p95"], 1), _fmt(lat["p99"], 1),
+                     "-" if w["uncertain_share"] is None else f"{w['uncertain_share']:.1%}",
+                     _fmt(w["mean_confidence"]), w["n_labelled"]])
+    c.print(ui.table(f"Per {rep.window} (UTC)", ["start", "predictions", "p50 ms", "p95 ms",
+                                                 "p99 ms", "uncertain", "mean conf",
+                                                 "labelled"], rows))
+
+    results = rep.drift["results"]
+    shares = next((r["extra"] for r in results if r["name"] == "prediction_psi"
+                   and r.get("extra")), None)
+    if shares:
+        c.print(ui.table(f"Predicted class mix: reference vs last {rep.window}",
+                         ["class", "reference", "current"],
+                         [[k, f"{shares['reference_share'][k]:.1%}",
+                           f"{shares['current_share'].get(k, 0):.1%}"]
+                          for k in shares["reference_share"]]))
+    if results:
+        style = {"ok": "green", "drift": "bold red"}
+        drows = [[r["name"], _fmt(r["statistic"], 4), _fmt(r["p_value"], 4),
+                  f"{'p <' if r['threshold_kind'] == 'alpha' else '>'} {r['threshold']:g}",
+                  f"[{style.get(r['verdict'], 'yellow')}]{r['verdict']}[/]", r["detail"]]
+                 for r in results]
+        ref = rep.drift.get("reference") or {}
+        c.print(ui.table(f"Drift: last {rep.window} ({rep.drift['current']['n']} predictions) "
+                         f"vs {ref.get('source', 'reference')} ({ref.get('n')} images)",
+                         ["test", "statistic", "p-value", "drift if", "verdict", "detail"],
+                         drows))
+
+    perf = rep.performance
+    overall = perf["overall"]
+    test = perf["test"]
+    if overall["n"]:
+        ci = overall["macro_f1_ci"] or [None, None]
+        prow = [["macro F1", overall["n"], _fmt(overall["macro_f1"]),
+                 f"{_fmt(ci[0])}-{_fmt(ci[1])}", _fmt(test.get("macro_f1"))]]
+        for name, r in overall["per_class_recall"].items():
+            rci = r["ci"] or [None, None]
+            prow.append([f"recall {name}", r["support"], _fmt(r["recall"]),
+                         f"{_fmt(rci[0])}-{_fmt(rci[1])}", _fmt(test["recall"].get(name))])
+        c.print(ui.table("Performance on labelled feedback", ["metric", "n", "value", "95% CI",
+                                                              "test"], prow))
+    c.print(f"Performance: {perf['verdict']} — {perf['reason']}", highlight=False,
+            soft_wrap=True)
+    for note in rep.notes:
+        ui.warn(note)
+    if rep.alerts:
+        for alert in rep.alerts:
+            c.print(f"[bold red]ALERT[/] {alert}", highlight=False, soft_wrap=True)
+    else:
+        c.print("[green]No threshold crossed.[/]")
+    c.print(f"Report: {folder}/report.json and PNG plots", highlight=False)
+
+
+@app.command("label", help="Attach confirmed diagnoses: a CSV with image_sha256 (or path: the "
+             "file is hashed) and label/diagnosis columns.")
+@handle_errors
+def label(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV: image_sha256 or path, and label.",
+                                         dir_okay=False)],
+    store: StoreOpt = None,
+) -> None:
+    """Attach ground truth from pathology to logged predictions."""
+    from skincli.monitor.labels import read_label_csv
+    from skincli.monitor.store import open_store
+
+    labels = read_label_csv(file)
+    for problem in labels.problems:
+        ui.warn(f"{file}: {problem}")
+    if labels.skipped > len(labels.problems):
+        ui.warn(f"{file}: {labels.skipped - len(labels.problems)} more rows skipped")
+    if not labels.mapping:
+        raise SkinError(f"No usable label in {file} ({labels.rows} rows)",
+                        hint="Each row needs an image hash or readable path and a label")
+    db = open_store(_store_url(ctx, store))
+    try:
+        matched = db.add_labels(labels.mapping)
+    finally:
+        db.close()
+    n = len(labels.mapping)
+    ui.console.print(ui.table(f"Labels from {file.name}", ["", "images"], [
+        ["rows read", labels.rows], ["labels stored", n],
+        ["matched logged predictions", matched], ["not seen yet (kept for later)", n - matched],
+        ["rows skipped", labels.skipped], ["conflicting duplicates (last wins)",
+                                           labels.conflicts]]))
+    if matched == 0:
+        ui.warn("none of these images has a logged prediction yet; check the hashes are of "
+                "the uploaded files")
+
+
+@app.command("retrain", help="Merge newly labelled images into the champion's data (dedup by "
+             "hash, never into its test split), train a challenger with the champion's config, "
+             "evaluate both on the same held-out test images, and promote the challenger only "
+             "if its macro F1 is better by --margin. Every step goes to runs/retrain-log.jsonl.")
+@handle_errors
+def retrain(
+    data: Annotated[Path, typer.Option("--data", help="New labelled images: class folders, "
+                                       "or a CSV with path and label columns.")],
+    run: Annotated[str | None, typer.Option("--run", help="Champion run (default: the "
+                                            "current or latest run).")] = None,
+    margin: Annotated[float, typer.Option("--margin", help="Promote only if the challenger's "
+                                          "held-out macro F1 is higher by at least this.")
+                      ] = 0.01,
+    runs_dir: RunsDirOpt = Path("runs"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val assignment of "
+                                      "new images.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only merge and report the data; "
+                                          "no training, no promotion.")] = False,
+) -> None:
+    """Train a challenger on old + new data and promote it only if it is better."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from skincli.monitor.retrain import retrain as run_retrain
+
+    def progress(message: str) -> None:
+        ui.console.print(message, highlight=False, soft_wrap=True)
+
+    result = run_retrain(data, champion=run, runs_dir=runs_dir, margin=margin, seed=seed,
+                         dry_run=dry_run, progress=progress)
+    d = result.data
+    ui.console.print(ui.table("New data", ["", "images"], [
+        ["found", d["found"]], ["unreadable", d["unreadable"]],
+        ["already in the data set (same bytes)", d["duplicate_existing"]],
+        ["look like held-out test images (perceptual hash)", d["near_duplicate_test"]],
+        ["duplicates within the new data", d["duplicate_new"]],
+        ["class not known to the champion", d["unknown_class"]],
+        ["added to train", d["added_train"]], ["added to val", d["added_val"]]]))
+    if result.decision is None:
+        ui.console.print(f"Dry run: merged split written to {result.split_path}; nothing trained.",
+                         highlight=False)
+        return
+    ev = result.evaluation
+    ui.console.print(ui.table(f"Held-out test ({ev['n']} images, the champion's test split)",
+                              ["model", "run", "macro F1"], [
+                                  ["champion", result.champion, ev["champion"]["macro_f1"]],
+                                  ["challenger", result.challenger or "-",
+                                   ev["challenger"]["macro_f1"]]]))
+    colour = "green" if result.promoted else "yellow"
+    ui.console.print(f"[{colour}]{'PROMOTED' if result.promoted else 'NOT PROMOTED'}[/]: "
+                     f"{result.reason}", highlight=False, soft_wrap=True)
+    ui.console.print(f"Log: {result.log_path}", highlight=False)
