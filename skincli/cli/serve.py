@@ -1,13 +1,134 @@
-"""`skin serve` (placeholder until it is built)."""
+"""`skin serve`: the REST API and clinician page; `skin export`: a TF Serving SavedModel."""
 
 from __future__ import annotations
 
-from skincli.cli.common import handle_errors, not_implemented
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated
 
-HELP = "(not implemented yet)"
+import typer
+
+from skincli import ui
+from skincli.cli.common import handle_errors
+from skincli.errors import SkinError
+
+HELP = ("Serve a trained run over HTTP: POST /v1/predict, /v1/predict/batch, /v1/explain, "
+        "GET /v1/model, /health, /ready, /metrics, and a web page at /. Every option can also "
+        "be set as SKIN_<OPTION> in the environment (e.g. SKIN_PORT=9000, SKIN_API_KEY=...).")
+
+EXPORT_HELP = ("Export a run as a TensorFlow SavedModel (<out>/<run>/<version>/) that "
+               "TensorFlow Serving can serve, with the same resizing and calibration.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @handle_errors
-def command() -> None:
-    """Not implemented yet."""
-    not_implemented("serve")
+def command(
+    run: Annotated[str | None, typer.Argument(
+        help="Run name or folder (default: runs/CURRENT, else the latest run).")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on (default 127.0.0.1; 0.0.0.0 for every interface).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes, each with its own model copy (default 1).")] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        help="Largest micro-batch per forward pass (default 16).")] = None,
+    batch_window_ms: Annotated[float | None, typer.Option(
+        help="How long a batch waits for more images that are on their way (default 5).")] = None,
+    max_upload_mb: Annotated[float | None, typer.Option(
+        help="Largest image upload in MB; bigger gets 413 (default 20).")] = None,
+    max_pixels: Annotated[int | None, typer.Option(
+        help="Largest decoded image in pixels; bigger gets 413 (default 50000000).")] = None,
+    max_files: Annotated[int | None, typer.Option(
+        help="Images per /v1/predict/batch request (default 16).")] = None,
+    timeout_s: Annotated[float | None, typer.Option(
+        help="Per-request time budget; past it 504 (default 30).")] = None,
+    queue_size: Annotated[int | None, typer.Option(
+        help="Images waiting for the model; more get 503 + Retry-After (default 64).")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="Allow browser calls from this origin (repeat; default: CORS off).")] = None,
+    api_keys_file: Annotated[Path | None, typer.Option(
+        help="File with one API key per line; /v1/* then needs X-API-Key (or set "
+             "SKIN_API_KEY).", dir_okay=False)] = None,
+    store: Annotated[str | None, typer.Option(
+        help="Prediction log for `skin monitor` (sqlite:///runs/predictions.db or a "
+             "SQLAlchemy URL) (default: $SKIN_STORE or runs/predictions.db).")] = None,
+    log: Annotated[bool | None, typer.Option(
+        "--log/--no-log", help="Log each prediction (hash of the image, never the image) "
+        "(default --log).")] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="Average the 8 flips/rotations (8x compute) (default off).")
+    ] = None,
+    runs_dir: Annotated[str | None, typer.Option(help="Folder of runs (default runs).")] = None,
+) -> None:
+    """Start Uvicorn with the app factory; the model loads and warms once per worker."""
+    from skincli.runs import load_run_info, resolve_run
+    from skincli.serve.auth import load_keys
+    from skincli.serve.settings import Settings
+
+    settings = Settings.from_env(
+        run=run, host=host, port=port, workers=workers, max_batch=max_batch,
+        batch_window_ms=batch_window_ms, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+        max_files=max_files, timeout_s=timeout_s, queue_size=queue_size,
+        cors_origins=list(cors_origin) if cors_origin else None,
+        api_keys_file=str(api_keys_file) if api_keys_file else None, store=store,
+        no_log=None if log is None else not log, tta=tta, runs_dir=runs_dir)
+    # Fail here, in one line, rather than inside a worker process.
+    run_dir = resolve_run(settings.run, settings.runs_dir)
+    info = load_run_info(run_dir)
+    keys = load_keys(settings.api_key, settings.api_keys_file)
+    if not keys and not _is_loopback(settings.host):
+        ui.warn(f"listening on {settings.host} without API keys: anyone who can reach it can "
+                "use it (set SKIN_API_KEY or --api-keys-file)")
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise SkinError("uvicorn is not installed", hint="pip install uvicorn") from exc
+    os.environ.update(settings.to_env())  # the factory in each worker reads these
+    ui.err_console.print(
+        f"Serving [bold]{info.version}[/] ({info.arch}, {len(info.classes)} classes) on "
+        f"http://{settings.host}:{settings.port}/ with {settings.workers} worker(s); "
+        f"API keys {'on' if keys else 'off'}, CORS "
+        f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
+        f"prediction log {'off' if settings.no_log else 'on'}.", highlight=False)
+    uvicorn.run("skincli.serve.app:create_app", factory=True, host=settings.host,
+                port=settings.port, workers=settings.workers, access_log=False,
+                log_level="info", timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+                server_header=False)
+
+
+@handle_errors
+def export(
+    run: Annotated[str | None, typer.Argument(
+        help="Run name or folder (default: runs/CURRENT, else the latest run).")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Folder for exported models; writes <out>/<run name>/<version>/.",
+        file_okay=False)] = Path("exported"),
+    version: Annotated[int | None, typer.Option(
+        help="Model version number (default: one more than the largest there).")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Folder of runs.")] = "runs",
+) -> None:
+    """Write the SavedModel and print how to serve it."""
+    from skincli.serve.export import export_saved_model
+
+    with ui.err_console.status("Exporting SavedModel..."):
+        target = export_saved_model(run, out, runs_dir, version)
+    base = target.parent.resolve()
+    ui.console.print(f"Wrote {target}", highlight=False)
+    ui.console.print(
+        f"Serve it with TensorFlow Serving:\n  docker run -p 8501:8501 -v {base}:/models/"
+        f"{base.name} -e MODEL_NAME={base.name} tensorflow/serving\n"
+        f"  curl -d '{{\"signature_name\": \"serving_default\", \"instances\": [{{\"b64\": "
+        f"\"<base64 JPEG>\"}}]}}' localhost:8501/v1/models/{base.name}:predict",
+        highlight=False, soft_wrap=True)
+
+
+EXTRA_COMMANDS = [("export", export, EXPORT_HELP)]

@@ -144,8 +144,10 @@ def _elapsed_ms(request: Request) -> float:
 def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
                 filename: str | None) -> dict[str, Any]:
     verdict = model.predictor.verdicts(row.probabilities[None, :], top_k=top_k)[0]
+    verdict.warnings.extend(w for w in row.warnings if w not in verdict.warnings)
     out = verdict.to_dict()
     out.pop("model", None)
+    out.pop("embedding", None)
     out["image_sha256"] = prepared.sha256
     out["filename"] = filename
     return out

@@ -1,6 +1,6 @@
 """Grad-CAM heat maps for /v1/explain, rendered as a PNG overlay on the uploaded image.
 
-Uses `skincli.explain` when it provides a Grad-CAM for a Predictor; otherwise a compact
+Uses `skincli.explain` (the same maps as the command line) when it is installed; otherwise a compact
 Grad-CAM over the run contract's model shape: layers before the nested "backbone", the
 backbone's last feature map (the input of its final GlobalAveragePooling2D), then the layers
 after it up to "logits".
@@ -80,21 +80,24 @@ class GradCam:
 
 
 def heatmap_for(predictor: Any, image: np.ndarray, target: int | None) -> tuple[np.ndarray, int]:
-    """Grad-CAM via skincli.explain when available, else the built-in one (cached per model)."""
-    try:  # the shared implementation, when present, keeps `skin predict --explain` identical
-        from skincli import explain as shared  # type: ignore[attr-defined]
+    """Grad-CAM via skincli.explain (same maps as the CLI) when available, else the built-in
+    one; the explainer is built once per loaded model and cached on it."""
+    cached = getattr(predictor, "_serve_gradcam", None)
+    if cached is None:
+        try:
+            from skincli.explain import GradCamExplainer
 
-        fn = getattr(shared, "gradcam", None)
-        if callable(fn):
-            cam, cls = fn(predictor, image, target)
-            return np.asarray(cam, np.float32), int(cls)
-    except ImportError:
-        pass
-    cam_impl = getattr(predictor, "_serve_gradcam", None)
-    if cam_impl is None:
-        cam_impl = GradCam(predictor.model)
-        predictor._serve_gradcam = cam_impl
-    return cam_impl(image, target)
+            cached = ("shared", GradCamExplainer(predictor.model))
+        except ImportError:
+            cached = ("builtin", GradCam(predictor.model))
+        predictor._serve_gradcam = cached
+    kind, impl = cached
+    if kind == "shared":
+        from skincli.explain import explain
+
+        cam = explain(predictor, image[None].astype(np.float32), target, explainer=impl)[0]
+        return np.asarray(cam.heatmap, np.float32), int(cam.class_index)
+    return impl(image, target)
 
 
 def _jet(values: np.ndarray) -> np.ndarray:

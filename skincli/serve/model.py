@@ -25,6 +25,7 @@ class Row:
 
     probabilities: np.ndarray  # (C,) calibrated
     embedding: np.ndarray | None = None  # backbone features, when the predictor provides them
+    warnings: list[str] = field(default_factory=list)  # e.g. "does not look like dermoscopy"
 
 
 @dataclass
@@ -81,14 +82,19 @@ class LoadedModel:
                         display=display_image(img) if display else None)
 
     def forward(self, batch: np.ndarray) -> list[Row]:
-        """One batched forward pass: calibrated probabilities (+ embeddings if available)."""
+        """One batched forward pass: calibrated probabilities, embeddings and input warnings
+        (when the predictor provides them)."""
         predictor = self.predictor
+        n = max(len(batch), 1)
         both = getattr(predictor, "probabilities_and_embeddings", None)
-        if callable(both) and not self.tta:
-            probs, emb = both(batch)
-            return [Row(np.asarray(p), np.asarray(e)) for p, e in zip(probs, emb)]
-        probs = predictor.probabilities(batch, tta=self.tta, batch_size=max(len(batch), 1))
-        return [Row(np.asarray(p)) for p in probs]
+        if not callable(both):
+            probs = predictor.probabilities(batch, tta=self.tta, batch_size=n)
+            return [Row(np.asarray(p)) for p in probs]
+        probs, emb = both(batch, tta=self.tta, batch_size=n)
+        warn = getattr(predictor, "input_warnings", None)
+        warnings = warn(batch, emb) if callable(warn) else [[] for _ in range(len(batch))]
+        return [Row(np.asarray(probs[i]), None if emb is None else np.asarray(emb[i]),
+                    list(warnings[i])) for i in range(len(batch))]
 
     def describe(self) -> dict[str, Any]:
         """What GET /v1/model returns (JSON-safe; no file-system paths)."""

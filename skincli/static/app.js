@@ -1,0 +1,188 @@
+// The clinician page: send one image to /v1/predict, then /v1/explain for the heat map.
+// Plain JavaScript, no framework, no external resources.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const KEY_STORAGE = "skin-api-key";
+  let generation = 0; // ignore answers for an image that was replaced meanwhile
+  let previewUrl = null;
+
+  function headers() {
+    const key = $("api-key").value.trim();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function setStatus(text) { $("status").textContent = text; }
+
+  function showError(text) {
+    const box = $("error");
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  async function readJson(response) {
+    try { return await response.json(); } catch (e) { return null; }
+  }
+
+  function errorText(response, body) {
+    if (body && body.message) {
+      const id = body.request_id ? " (request " + body.request_id + ")" : "";
+      if (response.status === 401) {
+        $("key-box").open = true;
+        return "This server needs an API key: enter it under \"API key\" and try again.";
+      }
+      return body.message + id;
+    }
+    return "The server answered " + response.status + " " + response.statusText;
+  }
+
+  async function loadModelInfo() {
+    try {
+      const r = await fetch("/v1/model", { headers: headers() });
+      const body = await readJson(r);
+      if (r.ok && body) {
+        $("model-line").textContent = "Model " + body.version + " (" + body.arch + ", " +
+          body.classes.length + " classes)";
+        if (body.disclaimer) { $("disclaimer").textContent = body.disclaimer; }
+      } else if (r.status === 401) {
+        $("model-line").textContent = "This server requires an API key.";
+        $("key-box").open = true;
+      } else {
+        $("model-line").textContent = errorText(r, body);
+      }
+    } catch (e) {
+      $("model-line").textContent = "The server cannot be reached.";
+    }
+  }
+
+  function pct(p) { return (100 * p).toFixed(1) + " %"; }
+
+  function renderBars(probabilities, top) {
+    const list = $("bars");
+    list.replaceChildren();
+    const entries = Object.entries(probabilities).sort((a, b) => b[1] - a[1]);
+    for (const [label, p] of entries) {
+      const li = document.createElement("li");
+      li.dataset.label = label;
+      if (label === top) li.classList.add("top");
+      const name = document.createElement("span");
+      name.className = "bar-label";
+      name.textContent = label;
+      const track = document.createElement("span");
+      track.className = "bar-track";
+      track.setAttribute("role", "img");
+      track.setAttribute("aria-label", label + " " + pct(p));
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      fill.style.width = Math.max(0, Math.min(100, 100 * p)).toFixed(1) + "%";
+      track.appendChild(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = pct(p);
+      li.append(name, track, value);
+      list.appendChild(li);
+    }
+  }
+
+  function renderPrediction(body) {
+    const p = body.prediction;
+    $("label").textContent = p.label;
+    $("probability").textContent = pct(p.probability);
+    $("uncertain").hidden = !p.uncertain;
+    $("result").dataset.uncertain = String(p.uncertain);
+    renderBars(p.probabilities, p.label);
+    if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
+    $("meta").textContent = "Model " + body.model.version + " \u00b7 " + body.latency_ms +
+      " ms \u00b7 request " + body.request_id + " \u00b7 image SHA-256 " +
+      p.image_sha256.slice(0, 12) + "\u2026";
+    $("result").hidden = false;
+  }
+
+  async function explain(file, gen) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const img = $("heatmap");
+    try {
+      const r = await fetch("/v1/explain?format=json", { method: "POST", headers: headers(), body: form });
+      const body = await readJson(r);
+      if (gen !== generation) return;
+      if (!r.ok || !body) {
+        $("heatmap-status").textContent = "No heat map: " + errorText(r, body);
+        return;
+      }
+      img.onload = () => {
+        if (gen !== generation) return;
+        img.hidden = false;
+        img.dataset.ready = "true";
+        $("heatmap-status").textContent = "";
+      };
+      img.src = "data:image/png;base64," + body.overlay_png_base64;
+      $("heatmap-caption").textContent = "Where the model looked for \u201c" + body.target +
+        "\u201d (Grad-CAM)";
+    } catch (e) {
+      if (gen === generation) $("heatmap-status").textContent = "No heat map: the server cannot be reached.";
+    }
+  }
+
+  async function analyse(file) {
+    if (!file) return;
+    const gen = ++generation;
+    showError("");
+    $("result").hidden = true;
+    $("heatmap").hidden = true;
+    delete $("heatmap").dataset.ready;
+    $("heatmap").removeAttribute("src");
+    $("heatmap-status").textContent = "Computing heat map\u2026";
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    $("preview").src = previewUrl;
+    setStatus("Analysing " + file.name + "\u2026");
+    const form = new FormData();
+    form.append("file", file, file.name);
+    let r, body;
+    try {
+      r = await fetch("/v1/predict?top_k=1000", { method: "POST", headers: headers(), body: form });
+      body = await readJson(r);
+    } catch (e) {
+      if (gen === generation) { setStatus(""); showError("The server cannot be reached."); }
+      return;
+    }
+    if (gen !== generation) return;
+    if (!r.ok || !body) {
+      setStatus("");
+      showError(errorText(r, body));
+      return;
+    }
+    setStatus("");
+    renderPrediction(body);
+    explain(file, gen);
+  }
+
+  function init() {
+    const saved = sessionStorage.getItem(KEY_STORAGE);
+    if (saved) $("api-key").value = saved;
+    $("api-key").addEventListener("change", () => {
+      sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+      loadModelInfo();
+    });
+    $("file-input").addEventListener("change", (e) => analyse(e.target.files[0]));
+    const zone = $("dropzone");
+    ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => {
+      e.preventDefault(); zone.classList.add("dragging");
+    }));
+    ["dragleave", "drop"].forEach((t) => zone.addEventListener(t, (e) => {
+      e.preventDefault(); zone.classList.remove("dragging");
+    }));
+    zone.addEventListener("drop", (e) => {
+      const file = e.dataTransfer && e.dataTransfer.files[0];
+      if (file) analyse(file);
+    });
+    // A file dropped outside the zone must not make the browser navigate away.
+    window.addEventListener("dragover", (e) => e.preventDefault());
+    window.addEventListener("drop", (e) => e.preventDefault());
+    loadModelInfo();
+  }
+
+  init();
+})();
