@@ -109,35 +109,41 @@ def convert_state_dict(state: dict[str, np.ndarray], variant: str,
     if not include_top:
         remaining.pop("_fc.weight", None)
         remaining.pop("_fc.bias", None)
-    out: OrderedDict[str, list[np.ndarray]] = OrderedDict()
-    missing: list[str] = []
-
-    def take(key: str) -> np.ndarray:
-        if key not in remaining:
-            missing.append(key)
-            return np.zeros(0, np.float32)
-        return np.asarray(remaining.pop(key), dtype=np.float32)
-
-    for prefix, name, kind in _layer_map(variant, include_top):
-        if kind == "conv":
-            out[name] = [_conv(take(prefix + ".weight"))]
-        elif kind == "dw":
-            out[name] = [_depthwise(take(prefix + ".weight"))]
-        elif kind == "dense":
-            out[name] = [np.ascontiguousarray(take(prefix + ".weight").T), take(prefix + ".bias")]
-        else:  # Keras BatchNormalization order: gamma, beta, moving_mean, moving_variance
-            out[name] = [take(prefix + s) for s in
-                         (".weight", ".bias", ".running_mean", ".running_var")]
-    if missing or remaining:
+    layer_map = _layer_map(variant, include_top)
+    suffixes = {"conv": (".weight",), "dw": (".weight",), "dense": (".weight", ".bias"),
+                "bn": (".weight", ".bias", ".running_mean", ".running_var")}
+    needed = [prefix + sfx for prefix, _, kind in layer_map for sfx in suffixes[kind]]
+    missing = [k for k in needed if k not in remaining]
+    unused = sorted(set(remaining) - set(needed))
+    if missing or unused:
         parts = []
         if missing:
             parts.append(f"missing {', '.join(missing[:5])}")
-        if remaining:
-            parts.append(f"unused {', '.join(sorted(remaining)[:5])}")
+        if unused:
+            parts.append(f"unused {', '.join(unused[:5])}")
         raise SkinError(f"The EfficientNet-{_check_variant(variant).title()} weights do not match "
                         f"the Keras network ({'; '.join(parts)})",
                         hint="The weights file is not an EfficientNet-Lite state_dict of this "
                              "variant")
+
+    def take(key: str, ndim: int) -> np.ndarray:
+        arr = np.asarray(remaining[key], dtype=np.float32)
+        if arr.ndim != ndim:
+            raise SkinError(f"Weight {key} has shape {arr.shape}, expected {ndim} dimensions",
+                            hint="The weights file is not an EfficientNet-Lite state_dict")
+        return arr
+
+    out: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+    for prefix, name, kind in layer_map:
+        if kind == "conv":
+            out[name] = [_conv(take(prefix + ".weight", 4))]
+        elif kind == "dw":
+            out[name] = [_depthwise(take(prefix + ".weight", 4))]
+        elif kind == "dense":
+            out[name] = [np.ascontiguousarray(take(prefix + ".weight", 2).T),
+                         take(prefix + ".bias", 1)]
+        else:  # Keras BatchNormalization order: gamma, beta, moving_mean, moving_variance
+            out[name] = [take(prefix + sfx, 1) for sfx in suffixes["bn"]]
     return out
 
 
@@ -204,7 +210,7 @@ def load_lite_imagenet(model: Any, variant: str, *, include_top: bool = False,
             finally:
                 h5.unlink(missing_ok=True)
         write_json(stamp_file, stamp)
-    except SkinError:
-        pass  # a read-only cache only costs speed next time; the weights are already loaded
+    except (SkinError, OSError):
+        pass  # an unwritable cache only costs speed next time; the weights are already loaded
     return "converted"
 
