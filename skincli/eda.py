@@ -48,7 +48,7 @@ def class_balance(ok: pd.DataFrame) -> dict[str, Any]:
     if (ok["given_split"] != "").any():
         table = pd.crosstab(ok["label"], ok["given_split"])
         per_split = {s: {c: int(table.loc[c, s]) if c in table.index else 0 for c in counts.index}
-                     for s in table.columns}
+                     for s in sorted(table.columns, key=lambda s: s != "train")}
     largest, smallest = counts.idxmax(), counts.idxmin()
     return {
         "classes": [{"name": c, "count": int(m), "share": round(int(m) / n, 4),

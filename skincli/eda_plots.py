@@ -143,23 +143,30 @@ def near_duplicate_pairs(report: dict[str, Any], root: Path, folder: Path,
     pairs = report["near_duplicates"]["pair_list"][:n]
     if not pairs:
         return None
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(6, 2.6 * len(pairs)), squeeze=False)
+    cell, gap = int(THUMB * 1.5), 40  # the gap above each row holds the captions
+    mosaic = Image.new("RGB", (2 * cell + 60, len(pairs) * (cell + gap)), "white")
     for r, pair in enumerate(pairs):
         for c, side in enumerate(("a", "b")):
-            ax = axes[r][c]
-            ax.axis("off")
             f = pair[side]
             path = Path(f["path"]) if os.path.isabs(f["path"]) else root / f["path"]
             try:
-                ax.imshow(np.asarray(ImageOps.fit(open_image(path), (THUMB * 2, THUMB * 2))))
+                thumb = ImageOps.fit(open_image(path), (cell, cell))
             except ImageError:
-                pass
+                continue
+            mosaic.paste(thumb, (c * (cell + 60), r * (cell + gap) + gap))
+    height = len(pairs) * (cell + gap) / 100
+    fig, ax = plt.subplots(figsize=(2 * cell / 100 + 1.0, height + 0.6))
+    ax.imshow(np.asarray(mosaic))
+    ax.axis("off")
+    for r, pair in enumerate(pairs):
+        for c, side in enumerate(("a", "b")):
+            f = pair[side]
             split = f" [{f['given_split']}]" if f["given_split"] else ""
-            ax.set_title(f"{f['label']}{split}\n{Path(f['path']).name}", fontsize=7)
-        axes[r][0].text(1.05, 1.0, f"d={pair['distance']}", transform=axes[r][0].transAxes,
-                        fontsize=8, va="bottom")
-    fig.suptitle("Closest near-duplicate suspects (pHash distance d, bits of 64)", fontsize=9)
-    fig.tight_layout()
+            ax.text(c * (cell + 60), r * (cell + gap) + gap - 4,
+                    f"{f['label']}{split}\n{Path(f['path']).name}"
+                    + (f"   d={pair['distance']}" if c == 0 else ""),
+                    fontsize=6, va="bottom")
+    ax.set_title("Closest near-duplicate suspects (pHash distance d, bits of 64)", fontsize=8)
     return _save(fig, folder, "near_duplicates.png")
 
 

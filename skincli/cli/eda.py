@@ -1,13 +1,193 @@
-"""`skin eda` (placeholder until it is built)."""
+"""`skin eda DATA`: what is in a data set, and what is wrong with it."""
 
 from __future__ import annotations
 
-from skincli.cli.common import handle_errors, not_implemented
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
 
-HELP = "(not implemented yet)"
+import typer
+
+from skincli import ui
+from skincli.cli.common import handle_errors
+
+HELP = ("Explore a data set: images per class and balance, sizes, colour, brightness, "
+        "sharpness, unreadable files, duplicates, label conflicts, Train/Test leakage and "
+        "near-duplicates. Writes report.json, manifest.csv and plots to --out.")
+
+# How many files each problem list shows in the terminal (report.json has them all).
+SHOW = 8
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A transient progress bar on stderr for reading files (only on a terminal)."""
+    if not enabled or not ui.err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("reading images", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=ui.err_console, transient=True) as bar:
+        task = bar.add_task("read", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 @handle_errors
-def command() -> None:
-    """Not implemented yet."""
-    not_implemented("eda")
+def command(
+    data: Annotated[Path, typer.Argument(help="Folder of class folders, a Train/Test folder, "
+                                         "or a CSV (image, label[, group]).",
+                                         show_default=False)],
+    out: Annotated[Path, typer.Option(help="Report folder (replaced atomically).")]
+    = Path("reports/eda"),
+    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV (searched "
+                                                "recursively for <id>.jpg/.png...); default: "
+                                                "the CSV's folder.", file_okay=False)] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV label column (default: label, dx, "
+                                                  "class, diagnosis...).")] = None,
+    image_col: Annotated[str | None, typer.Option(help="CSV image path/id column (default: "
+                                                  "image_id, image, filepath, path...).")] = None,
+    group_col: Annotated[str | None, typer.Option(help="CSV group column, e.g. lesion_id "
+                                                  "(default: lesion_id, group, patient_id if "
+                                                  "present).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Parallel readers (default: CPU "
+                                                "count).")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
+                                           "instead of tables.")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse file hashes and "
+                                        "statistics of unchanged files.")] = True,
+    near_dup_distance: Annotated[int, typer.Option(min=0, max=32, help="Largest perceptual-hash "
+                                                   "distance (bits of 64) for near-duplicate "
+                                                   "suspects.")] = 10,
+) -> None:
+    """Explore a data set and write a report folder."""
+    from skincli.data.duplicates import NearDupParams
+    from skincli.eda import run_eda
+
+    params = NearDupParams(max_distance=near_dup_distance,
+                           strict_distance=min(NearDupParams.strict_distance, near_dup_distance))
+    with progress_bar(not json_out) as progress:
+        report = run_eda(data, out, images=images, label_col=label_col, image_col=image_col,
+                         group_col=group_col, workers=workers, plots=plots, cache=cache,
+                         params=params, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    show_report(report)
+
+
+def _more(n_total: int, out: str) -> None:
+    if n_total > SHOW:
+        ui.console.print(f"  … and {n_total - SHOW} more in {out}/report.json", highlight=False)
+
+
+def show_report(report: dict[str, Any]) -> None:
+    """Print the report as Rich tables and lists."""
+    c = ui.console
+    d = report["data"]
+    out = report.get("out", "")
+    c.print(f"[bold]{d['source']}[/]: {d['layout_description']}, {d['files']} image files, "
+            f"{d['readable']} readable, {len(d['classes'])} classes"
+            + (f", {d['groups']} groups" if d["groups"] else ""), highlight=False)
+    for item in report["unreadable"][:SHOW]:
+        ui.warn(f"skipped unreadable {item['path']}: {item['reason']}")
+    if len(report["unreadable"]) > SHOW:
+        ui.warn(f"… and {len(report['unreadable']) - SHOW} more unreadable files "
+                f"(see {out}/report.json)")
+    if report["skipped"]:
+        ui.warn(f"{len(report['skipped'])} files not used (e.g. {report['skipped'][0]['path']}: "
+                f"{report['skipped'][0]['reason']}); see {out}/report.json")
+    if "balance" not in report:
+        return
+    bal = report["balance"]
+    splits = list(bal["per_given_split"])
+    cols = ["class", *[f"given {s}" for s in splits], "images", "share", "class weight"]
+    rows = [[k["name"], *[k[f"given_{s}"] for s in splits], k["count"],
+             f"{100 * k['share']:.1f}%", k["weight"]] for k in bal["classes"]]
+    c.print(ui.table("Images per class", cols, rows))
+    c.print(f"Imbalance ratio [bold]{bal['imbalance_ratio']:.1f}[/] (largest "
+            f"{bal['largest_class']['name']} {bal['largest_class']['count']}, smallest "
+            f"{bal['smallest_class']['name']} {bal['smallest_class']['count']}); class weights "
+            "above balance the training loss.", highlight=False)
+
+    im = report["images"]
+    common = ", ".join(f"{s['width']}x{s['height']} ({s['count']})"
+                       for s in im["most_common_sizes"][:3])
+    c.print(f"\nImage sizes: {im['distinct_sizes']} distinct; most common {common}; aspect "
+            f"ratio {im['aspect_ratio']['min']:.2f}–{im['aspect_ratio']['max']:.2f}",
+            highlight=False)
+    rows = []
+    for name, p in im["per_class"].items():
+        cm = p["colour_mean"]
+        rows.append([name, f"{cm['r']:.0f} / {cm['g']:.0f} / {cm['b']:.0f}",
+                     f"{p['brightness']['mean']:.1f}", f"{p['sharpness']['median']:.1f}",
+                     f"{p['sharpness']['p10']:.1f}"])
+    c.print(ui.table("Image properties per class",
+                     ["class", "mean R/G/B", "brightness", "sharpness (median)",
+                      "sharpness (p10)"], rows))
+
+    dup = report["duplicates_within_class"]
+    con = report["label_conflicts"]
+    leak = report["leakage"]
+    near = report["near_duplicates"]
+    has_split = bool(splits)
+    rows = [
+        ["unreadable files", len(report["unreadable"]), "skipped by split and train"],
+        ["exact duplicates within a class", f"{dup['groups']} images, {dup['extra_copies']} "
+         "extra copies", "split keeps one copy"],
+        ["label conflicts (same image, different classes)",
+         f"{con['images']} images in {con['files']} files", "split drops them (--conflicts)"],
+        ["leakage: same image in given Train and Test",
+         f"{leak['images']} images" if has_split else "n/a (no given split)",
+         "split keeps copies together"],
+        ["near-duplicate suspects (perceptual hash)",
+         f"{near['clusters']} clusters ({near['cross_class_clusters']} across classes"
+         + (f", {near['cross_split_clusters']} across Train/Test)" if has_split else ")"),
+         "split keeps them together"],
+    ]
+    c.print(ui.table("Data quality", ["check", "found", "what happens"], rows))
+
+    if con["images"]:
+        pairs = "; ".join(f"{' / '.join(p['classes'])}: {p['images']}"
+                          for p in con["by_class_pair"][:6])
+        c.print(f"\n[bold]Label conflicts[/] by class pair: {pairs}", highlight=False)
+        for item in con["items"][:SHOW]:
+            c.print("  " + " = ".join(f"{f['path']} ({f['label']})" for f in item["files"]),
+                    highlight=False)
+        _more(con["images"], out)
+    if leak["images"]:
+        c.print("\n[bold]Leakage[/] (same image in Train and Test):")
+        for item in leak["items"][:SHOW]:
+            files = item["train"] + item["test"]
+            c.print("  " + " = ".join(f"{f['path']}" for f in files)
+                    + ("" if item["same_label"] else "  [red](different labels)[/]"),
+                    highlight=False)
+        _more(leak["images"], out)
+    if dup["groups"]:
+        c.print("\n[bold]Exact duplicates[/] within a class:")
+        for item in dup["items"][:SHOW]:
+            c.print("  " + " = ".join(f["path"] for f in item["files"]), highlight=False)
+        _more(dup["groups"], out)
+    if near["clusters"]:
+        c.print(f"\n[bold]Near-duplicate suspects[/] (pHash distance ≤ "
+                f"{near['params']['max_distance']}; check them by eye in near_duplicates.png):")
+        for item in near["items"][:SHOW]:
+            flags = [w for w, on in (("different classes", item["cross_class"]),
+                                     ("Train and Test", item["cross_split"])) if on]
+            c.print(f"  d≤{item['max_distance']}: " + " ~ ".join(
+                f"{f['path']} ({f['label']})" for f in item["files"])
+                + (f"  [yellow]({', '.join(flags)})[/]" if flags else ""), highlight=False)
+        _more(near["clusters"], out)
+
+    t = report["timing"]
+    where = f"Report: {out}/ (report.json, manifest.csv" + (
+        f", {len(report['plots'])} plots)" if report["plots"] else ")")
+    c.print(f"\n{where} in {t['total_s']:.1f}s ({t['files_read']} files read, "
+            f"{t['cache_hits']} from cache)", highlight=False)

@@ -1,13 +1,107 @@
-"""`skin split` (placeholder until it is built)."""
+"""`skin split DATA`: a leakage-proof, stratified train/val/test split file."""
 
 from __future__ import annotations
 
-from skincli.cli.common import handle_errors, not_implemented
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
 
-HELP = "(not implemented yet)"
+import typer
+
+from skincli import ui
+from skincli.cli.common import handle_errors
+from skincli.cli.eda import progress_bar
+
+HELP = ("Split a data set into train/val/test, stratified by class and leakage-proof (identical "
+        "images, the same group and near-duplicates stay together). Writes splits/split.csv "
+        "(+ split.json) that train and evaluate read by default.")
+
+SHOW = 6
+
+
+class Conflicts(str, Enum):
+    """What to do with the same image filed under two classes."""
+
+    drop = "drop"
+    keep_first = "keep-first"
+    error = "error"
 
 
 @handle_errors
-def command() -> None:
-    """Not implemented yet."""
-    not_implemented("split")
+def command(
+    data: Annotated[Path, typer.Argument(help="Folder of class folders, a Train/Test folder, "
+                                         "or a CSV (image, label[, group]).",
+                                         show_default=False)],
+    out: Annotated[Path, typer.Option(help="Split file to write (a .json sidecar goes beside "
+                                      "it).")] = Path("splits/split.csv"),
+    val: Annotated[float, typer.Option(help="Fraction of images for validation (with "
+                                       "--keep-given-test: of the images outside Test).")]
+    = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of images for test (ignored with "
+                                        "--keep-given-test).")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same split.")]
+    = 42,
+    keep_given_test: Annotated[bool, typer.Option(help="Use the given Test/ folder as the test "
+                                                  "split; its copies in Train are dropped "
+                                                  "from Train.")] = False,
+    conflicts: Annotated[Conflicts, typer.Option(help="Same image under different classes: "
+                                                 "drop all copies, keep the first listed, or "
+                                                 "stop with an error.")] = Conflicts.drop,
+    keep_duplicates: Annotated[bool, typer.Option(help="Keep every copy of an image within a "
+                                                  "class (default: keep one).")] = False,
+    group_near_dups: Annotated[bool, typer.Option(help="Keep near-duplicate suspects in the "
+                                                  "same split.")] = True,
+    images: Annotated[Path | None, typer.Option(help="Image folder for a CSV (default: the "
+                                                "CSV's folder).", file_okay=False)] = None,
+    label_col: Annotated[str | None, typer.Option(help="CSV label column.")] = None,
+    image_col: Annotated[str | None, typer.Option(help="CSV image path/id column.")] = None,
+    group_col: Annotated[str | None, typer.Option(help="CSV group column, e.g. lesion_id.")]
+    = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Parallel readers (default: CPU "
+                                                "count).")] = None,
+) -> None:
+    """Write a stratified, leakage-proof split file."""
+    from skincli.data.dataset import load_dataset
+    from skincli.data.manifest import build_manifest
+    from skincli.data.split import SPLITS, make_split, sidecar_path, write_split
+
+    dataset = load_dataset(data, csv_image_dir=images, label_col=label_col,
+                           image_col=image_col, group_col=group_col)
+    with progress_bar(True) as progress:
+        manifest = build_manifest(dataset, workers=workers, progress=progress)
+    result = make_split(manifest, val=val, test=test, seed=seed,
+                        keep_given_test=keep_given_test, conflicts=conflicts.value,
+                        keep_duplicates=keep_duplicates, group_near_dups=group_near_dups)
+    path = write_split(result, out)
+
+    meta = result.meta
+    counts = result.counts()
+    rows = [[label, *[int(counts.loc[label, s]) for s in SPLITS], int(counts.loc[label].sum())]
+            for label in counts.index]
+    rows.append(["total", *[int(counts[s].sum()) for s in SPLITS], int(counts.values.sum())])
+    r = meta["ratios"]
+    title = (f"Split of {meta['n_images']} images (seed {seed}; train/val/test "
+             f"{r['train']:.2f}/{r['val']:.2f}/{r['test']:.2f}"
+             + (", given Test kept" if keep_given_test else "") + ")")
+    ui.console.print(ui.table(title, ["class", *SPLITS, "total"], rows))
+    if meta["n_units"] < meta["n_images"]:
+        ui.console.print(f"{meta['n_images']} images in {meta['n_units']} units (identical "
+                         "images, groups and near-duplicates are kept together).",
+                         highlight=False)
+
+    dropped = meta["dropped"]
+    if dropped:
+        kinds = meta["dropped_counts"]
+        ui.console.print(f"\nDropped {len(dropped)} files: " + ", ".join(
+            f"{n} {k.replace('_', ' ')}" for k, n in kinds.items()), highlight=False)
+        for kind in kinds:
+            items = [d for d in dropped if d["kind"] == kind]
+            for d in items[:SHOW]:
+                ui.console.print(f"  {d['path']}: {d['reason']}", highlight=False)
+            if len(items) > SHOW:
+                ui.console.print(f"  … and {len(items) - SHOW} more {kind.replace('_', ' ')} "
+                                 f"(see {sidecar_path(path)})", highlight=False)
+    for w in result.warnings:
+        ui.warn(w)
+    ui.console.print(f"\nWrote {path} and {sidecar_path(path).name} "
+                     f"(conflicts policy: {conflicts.value}).", highlight=False)

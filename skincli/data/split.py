@@ -124,7 +124,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     before = manifest.loc[manifest["readable"], "label"].value_counts()
     losses = pd.Series([d["label"] for d in dropped if d["kind"] == "label_conflict"],
                        dtype=object).value_counts()
-    result.warnings = _warnings(counts, ratios, min_per_split, before, losses)
+    result.warnings = _warnings(counts, ratios, min_per_split, before, losses, conflicts)
     result.meta = {
         "skincli_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -270,13 +270,19 @@ def _finish(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _warnings(counts: pd.DataFrame, ratios: dict[str, float], minimum: int,
-              before: pd.Series, conflict_losses: pd.Series) -> list[str]:
+              before: pd.Series, conflict_losses: pd.Series, policy: str) -> list[str]:
     out = []
+    counts = counts.reindex(sorted(set(counts.index) | set(before.index)), fill_value=0)
     for label in counts.index:
+        if int(counts.loc[label].sum()) == 0:
+            out.append(f"class '{label}' has no images left after dropping unreadable, "
+                       "conflicting and duplicate files: the model will not know it")
+            continue
         lost = int(conflict_losses.get(label, 0))
         if lost * 2 > int(before.get(label, 0)):
             out.append(f"class '{label}' lost {lost} of {int(before[label])} images to label "
-                       "conflicts; review them with `skin eda`, or use --conflicts keep-first")
+                       "conflicts; review them with `skin eda`"
+                       + (", or use --conflicts keep-first" if policy == "drop" else ""))
         for s in SPLITS:
             n = int(counts.loc[label, s])
             if s == "train":
