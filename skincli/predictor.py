@@ -442,10 +442,13 @@ def find_backbone(model: Any) -> Any | None:
 
 
 def outer_node(layer: Any, model: Any) -> Any | None:
-    """The call node of `layer` inside `model`'s graph (Keras 3 keeps one per call)."""
+    """The call node of `layer` inside `model`'s graph (Keras 3 keeps one per call).
+
+    The first connected node is the model's own; later ones come from re-calling the layer.
+    """
     import keras
 
-    for node in reversed(getattr(layer, "_inbound_nodes", [])):
+    for node in getattr(layer, "_inbound_nodes", []):
         try:
             keras.Model(model.inputs, node.output_tensors)
             return node

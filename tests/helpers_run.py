@@ -31,7 +31,7 @@ def build_model(n_classes: int, input_size: int = 32, width: int = 8, seed: int 
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     backbone = keras.Model(b_in, x, name="backbone")
     inp = keras.Input((input_size, input_size, 3), name="image", dtype="float32")
-    y = keras.layers.Rescaling(1.0 / 255.0, name="normalise")(inp)
+    y = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inp)
     y = backbone(y)
     y = keras.layers.Dropout(0.1, name="head_dropout")(y)
     out = keras.layers.Dense(n_classes, name="logits")(y)
@@ -67,7 +67,7 @@ def make_run(tmp_path: str | Path, classes: Sequence[str] = DEFAULT_CLASSES,
         make_split(run_dir, split_files)
     save_run_info(run_dir, RunInfo(
         name=name, arch="tiny", classes=list(classes), input_size=input_size,
-        preprocessing={"resize": "bilinear", "scale": "0..255 float32, rescaled in the model"},
+        preprocessing={"resize": "bilinear", "normalisation": "x/127.5-1 inside the model"},
         temperature=temperature, uncertain_threshold=uncertain_threshold, created=created,
         **info))
     return run_dir
@@ -96,7 +96,7 @@ def quadrant_images(n: int, input_size: int = 32, seed: int = 0) -> tuple[np.nda
     base = np.array([180.0, 120.0, 100.0])
     images = base + rng.normal(0, 18, size=(n, s, s, 3))
     labels = (np.arange(n) % 2).astype(np.int64)
-    k = max(3, s // 6)
+    k = max(3, s // 4)
     for i in np.flatnonzero(labels):
         y0, x0 = rng.integers(0, s // 2 - k + 1, size=2)
         images[i, y0:y0 + k, x0:x0 + k] = [250.0, 250.0, 90.0]
