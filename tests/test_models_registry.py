@@ -108,7 +108,9 @@ def test_lite_at_260_and_lite2_native_size() -> None:
     assert lite2.model(_images(1, 260)).shape == (1, 2)
 
 
-def test_imagenet_lite_backbone_differs_from_random() -> None:
+def test_imagenet_lite_backbone_differs_from_random(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_CACHE_DIR", str(tmp_path))
     pre = build_model("efficientnet", 2, weights="imagenet", input_size=64)
     rnd = build_model("efficientnet", 2, weights="none", input_size=64)
     a = pre.backbone.get_layer("stem_conv").get_weights()[0]

@@ -217,9 +217,13 @@ def _keras_app_backbone(spec: ArchSpec, size: int, imagenet: bool) -> Any:
         text = str(exc)
         if imagenet and ("URL fetch failure" in text or isinstance(exc, OSError)):
             raise _offline_error(spec, exc) from None
+        if imagenet:
+            cached = _keras_models_dir() / spec._keras_file(size)
+            raise SkinError(f"Could not load the ImageNet weights for {spec.name}: {text}",
+                            hint=f"Delete {cached} to download it again, or use --weights none"
+                            ) from None
         raise SkinError(f"Could not build {spec.name} at input size {size}: {text}",
-                        hint="Check --input-size (keras applications need at least 32 pixels)"
-                        ) from None
+                        hint="Try the default --input-size") from None
     if imagenet:
         fold_bgr_into_first_conv(backbone, spec.builder)
     return backbone
