@@ -175,3 +175,20 @@ def test_embedding_summary_is_deterministic_and_keeps_distances() -> None:
     d_proj = np.linalg.norm(a[:10] - a[10:], axis=1)
     ratio = d_proj / d_full
     assert 0.5 < ratio.min() and ratio.max() < 1.6
+
+
+def test_sqlalchemy_backend_behaves_like_the_sqlite_one(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    # sqlite through SQLAlchemy exercises the server-database code path without a server
+    store = open_store(f"sqlite+pysqlite:///{tmp_path}/sa.db")
+    assert type(store).__name__ == "SqlAlchemyStore"
+    store.log([_row(i) for i in range(4)] + [{"probabilities": {"a": 1.0}}])
+    assert store.add_labels({f"{1:064x}": "melanoma", "ab" * 32: "nevus"}) == 1
+    assert store.add_labels({f"{1:064x}": "nevus"}) == 1  # replaced, not duplicated
+    df = store.predictions(since=1001, until=1003)
+    assert list(df["request_id"]) == ["r1", "r2"]
+    assert df.loc[0, "label"] == "nevus"
+    assert df.loc[0, "probabilities"] == {"nevus": 0.8, "melanoma": 0.2}
+    assert len(store.predictions(model_version="m1")) == 4
+    assert store.labels()[f"{1:064x}"] == "nevus"
+    store.close()
