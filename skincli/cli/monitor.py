@@ -156,15 +156,15 @@ def _print_report(rep: Any, folder: Path) -> None:
     c.print(f"[bold]Model[/] {rep.model_version}   [bold]store[/] {rep.store}   "
             f"[bold]period[/] {rep.period['start']} .. {rep.period['end']}", highlight=False)
     rows = []
+    daily = rep.window in ("day", "week") or rep.window.endswith(("d", "w"))
     for w in rep.windows:
         lat = w["latency_ms"]
-        rows.append([w["start"][:16].replace("T", " "), w["n"], _fmt(lat["p50"], 1),
-                     _fmt(lat["p95"], 1), _fmt(lat["p99"], 1),
+        start = w["start"][:10] if daily else w["start"][5:16].replace("T", " ")
+        rows.append([start, w["n"], _fmt(lat["p50"], 1), _fmt(lat["p95"], 1), _fmt(lat["p99"], 1),
                      "-" if w["uncertain_share"] is None else f"{w['uncertain_share']:.1%}",
                      _fmt(w["mean_confidence"]), w["n_labelled"]])
-    c.print(ui.table(f"Per {rep.window} (UTC)", ["start", "predictions", "p50 ms", "p95 ms",
-                                                 "p99 ms", "uncertain", "mean conf",
-                                                 "labelled"], rows))
+    c.print(ui.table(f"Per {rep.window} (UTC)", ["start", "n", "p50 ms", "p95 ms", "p99 ms",
+                                                 "uncertain", "confidence", "labelled"], rows))
 
     results = rep.drift["results"]
     shares = next((r["extra"] for r in results if r["name"] == "prediction_psi"
@@ -179,13 +179,13 @@ def _print_report(rep: Any, folder: Path) -> None:
         style = {"ok": "green", "drift": "bold red"}
         drows = [[r["name"], _fmt(r["statistic"], 4), _fmt(r["p_value"], 4),
                   f"{'p <' if r['threshold_kind'] == 'alpha' else '>'} {r['threshold']:g}",
-                  f"[{style.get(r['verdict'], 'yellow')}]{r['verdict']}[/]", r["detail"]]
-                 for r in results]
+                  f"[{style.get(r['verdict'], 'yellow')}]{r['verdict']}[/]"] for r in results]
         ref = rep.drift.get("reference") or {}
         c.print(ui.table(f"Drift: last {rep.window} ({rep.drift['current']['n']} predictions) "
                          f"vs {ref.get('source', 'reference')} ({ref.get('n')} images)",
-                         ["test", "statistic", "p-value", "drift if", "verdict", "detail"],
-                         drows))
+                         ["test", "statistic", "p-value", "drift if", "verdict"], drows))
+        for r in results:
+            c.print(f"  {r['name']}: {r['detail']}", highlight=False, soft_wrap=True)
 
     perf = rep.performance
     overall = perf["overall"]
@@ -205,8 +205,9 @@ def _print_report(rep: Any, folder: Path) -> None:
     for note in rep.notes:
         ui.warn(note)
     if rep.alerts:
-        for alert in rep.alerts:
-            c.print(f"[bold red]ALERT[/] {alert}", highlight=False, soft_wrap=True)
+        names = [a.split(":", 1)[0] for a in rep.alerts]
+        c.print(f"[bold red]ALERT[/] {len(names)} threshold(s) crossed: {', '.join(names)} "
+                "(`skin monitor --check` exits 2)", highlight=False, soft_wrap=True)
     else:
         c.print("[green]No threshold crossed.[/]")
     c.print(f"Report: {folder}/report.json and PNG plots", highlight=False)

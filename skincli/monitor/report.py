@@ -337,14 +337,20 @@ def _plots(report: MonitorReport, folder: Path) -> None:
     width = (ws[0]["end_ts"] - ws[0]["start_ts"]) / DAY * 0.8 if ws else 0.8
     title = f"{report.run} — per {report.window} (UTC)"
 
+    x_end = datetime.fromtimestamp(ws[-1]["end_ts"], tz=timezone.utc) if ws else None
+
     def save(fig: Any, name: str) -> None:
+        if ws:
+            # Explicit limits: windows without traffic (NaN) must not stretch the axis.
+            for ax_ in fig.axes:
+                ax_.set_xlim(x[0], x_end)
         fig.autofmt_xdate()
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar(x, [w["n"] for w in ws], width=width, color="#4c72b0")
+    ax.bar(x, [w["n"] for w in ws], width=width, align="edge", color="#4c72b0")
     ax.set_ylabel("predictions")
     ax.set_title(f"Volume — {title}")
     save(fig, "volume.png")
@@ -364,12 +370,12 @@ def _plots(report: MonitorReport, folder: Path) -> None:
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     for i, name in enumerate(names):
         vals = np.array([w["class_share"].get(name, 0.0) for w in ws])
-        ax.bar(x, vals, width=width, bottom=bottom, label=name, color=cmap(i % cmap.N))
+        ax.bar(x, vals, width=width, bottom=bottom, align="edge", label=name,
+               color=cmap(i % cmap.N))
         bottom += vals
-    ref = (report.drift.get("results") or [{}])[0].get("extra", {}).get("reference_share")
     ax.set_ylabel("share of predictions")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Predicted classes — {title}" + (" (reference in JSON)" if ref else ""))
+    ax.set_title(f"Predicted classes — {title}")
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     save(fig, "classes.png")
 
