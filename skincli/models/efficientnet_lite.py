@@ -10,6 +10,10 @@ they reproduce TF "same" padding -- extra row/column on the bottom/right when th
 odd. Keras `padding="same"` has exactly these semantics, so no explicit ZeroPadding is needed;
 the numpy reference forward in the tests pads explicitly and checks this.
 
+BatchNorm: a state_dict stores no momentum or epsilon. The TF reference trains with momentum
+0.99 and epsilon 1e-3 (Keras' defaults too). Epsilon matters at inference: the checkpoints
+contain channels with running variance exactly 0, where 1e-3 vs PyTorch's 1e-5 changes the output.
+
 Input normalisation for Lite is (x - 127) / 128 on RGB 0..255; it is NOT part of the network
 built here unless `normalise=True` (the registry puts it in the outer model).
 """
