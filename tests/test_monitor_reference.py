@@ -11,7 +11,7 @@ import pytest
 from helpers_run import make_run
 from imagegen import make_class_folders
 
-from skincli.monitor.reference import get_reference, reference_path
+from skincli.monitor.reference import get_reference, read_split, reference_path
 from skincli.monitor.store import image_stats, summarize_embedding
 from skincli.runs import update_run_info
 
@@ -38,10 +38,9 @@ def test_reference_matches_the_prediction_path_and_is_cached(run_dir: Path) -> N
     # Same preprocessing, same calibrated probabilities, same statistics and embedding summary
     # as a prediction of the same file would log.
     pred = Predictor.from_run(run_dir)
-    import pandas as pd
-
-    split = pd.read_csv(run_dir / "split.csv")
+    split = read_split(run_dir)
     val = split[split["split"] == "val"]["filepath"].tolist()
+    assert len(val) == 6 and all(Path(p).is_file() for p in val)
     x = np.stack([pred.preprocess(p) for p in val])
     probs, emb = pred.probabilities_and_embeddings(x)
     assert sorted(ref["top_probability"]) == pytest.approx(sorted(probs.max(axis=1)), abs=1e-5)
