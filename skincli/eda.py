@@ -18,6 +18,7 @@ import pandas as pd
 from skincli.data.dataset import Dataset, load_dataset
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
 from skincli.data.manifest import build_manifest
+from skincli.errors import SkinError
 from skincli.fsutil import atomic_dir, write_json
 
 DEFAULT_OUT = Path("reports/eda")
@@ -139,8 +140,8 @@ def exact_duplicates(ok: pd.DataFrame) -> dict[str, Any]:
 def near_duplicates(ok: pd.DataFrame, params: NearDupParams) -> dict[str, Any]:
     """Near-duplicate suspects (perceptual hash), as pairs and as clusters of files."""
     pairs = near_duplicate_pairs(ok, params)
-    by_sha = {sha: g for sha, g in ok.groupby("sha256")}
     shas = sorted(set(pairs["sha_a"]) | set(pairs["sha_b"]))
+    by_sha = dict(iter(ok[ok["sha256"].isin(shas)].groupby("sha256")))
     index = {s: i for i, s in enumerate(shas)}
     uf = UnionFind(len(shas))
     for a, b in zip(pairs["sha_a"], pairs["sha_b"], strict=True):
@@ -206,6 +207,20 @@ def analyse(manifest: pd.DataFrame, dataset: Dataset,
     return report
 
 
+def _check_out(out: Path, source: Path) -> None:
+    """The report folder is replaced as a whole: never let that hit data or unrelated files."""
+    if out.exists() and not out.is_dir():
+        raise SkinError(f"--out {out} is a file, not a folder", hint="Pass a folder name")
+    src = source.expanduser().resolve()
+    dst = out.expanduser().resolve()
+    if dst == src or dst in src.parents:
+        raise SkinError(f"--out {out} would replace the data folder {source}",
+                        hint="Write the report elsewhere, e.g. --out reports/eda")
+    if dst.is_dir() and any(dst.iterdir()) and not (dst / "report.json").is_file():
+        raise SkinError(f"--out {out} is a folder that is not an eda report; it would be "
+                        "replaced", hint="Choose a new or empty folder, e.g. --out reports/eda")
+
+
 def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = DEFAULT_OUT,
             *, images: str | os.PathLike[str] | None = None, label_col: str | None = None,
             image_col: str | None = None, group_col: str | None = None,
@@ -218,6 +233,13 @@ def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     Returns the report dict (with timings and the written plot names).
     """
     t0 = time.perf_counter()
+    if out is not None:
+        _check_out(Path(out), Path(source))
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SkinError(f"Cannot create the report folder {out}: {exc.strerror or exc}",
+                            hint="Choose a writable --out") from exc
     dataset = load_dataset(source, csv_image_dir=images, label_col=label_col,
                            image_col=image_col, group_col=group_col)
     t1 = time.perf_counter()

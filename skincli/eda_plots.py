@@ -55,8 +55,8 @@ def class_counts(report: dict[str, Any], folder: Path) -> str:
 
 
 def image_sizes(ok: pd.DataFrame, folder: Path) -> str:
-    """Width x height scatter and aspect-ratio histogram."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    """Width x height scatter, aspect-ratio and file-size histograms."""
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
     sizes = ok.groupby(["width", "height"]).size().reset_index(name="n")
     a1.scatter(sizes["width"], sizes["height"], s=20 + 200 * sizes["n"] / sizes["n"].max(),
                alpha=0.6)
@@ -71,6 +71,10 @@ def image_sizes(ok: pd.DataFrame, folder: Path) -> str:
     a2.set_xlabel("aspect ratio (width / height)")
     a2.set_ylabel("images")
     a2.set_title("Aspect ratios")
+    a3.hist(ok["size_bytes"] / 1024, bins=40, color="#8172B3")
+    a3.set_xlabel("file size (KiB)")
+    a3.set_ylabel("images")
+    a3.set_title("File sizes")
     fig.tight_layout()
     return _save(fig, folder, "image_sizes.png")
 

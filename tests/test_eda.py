@@ -195,3 +195,17 @@ def test_cli_eda_bad_files_are_listed_and_skipped(tmp_path: Path) -> None:
                          ("b/zero.jpg", "0 bytes"), ("b/bomb.png", "pixels")]:
         assert f"unreadable {name}: " in text and reason in text
     assert "10 image files, 6 readable" in text
+
+
+def test_out_never_replaces_data_or_unrelated_folders(messy: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "docs"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    for out, words in [(messy, "would replace the data folder"),
+                       (messy.parent, "would replace the data folder"),
+                       (precious, "not an eda report"),
+                       (precious / "thesis.txt", "is a file")]:
+        result = runner.invoke(app, ["eda", str(messy), "--out", str(out), "--no-plots"])
+        assert result.exit_code == 1 and words in result.output
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    assert (messy / "Train").is_dir()

@@ -319,3 +319,14 @@ def test_cli_split_missing_path(tmp_path: Path) -> None:
                                  str(tmp_path / "s.csv")])
     assert result.exit_code == 1
     assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_cli_split_never_overwrites_the_labels_csv(tmp_path: Path) -> None:
+    made = make_class_folders(tmp_path, {"x": 4, "y": 4})
+    csv = tmp_path / "labels.csv"
+    text = "image,label\n" + "".join(f"{p.relative_to(tmp_path)},{c}\n"
+                                     for c in made for p in made[c])
+    csv.write_text(text)
+    result = runner.invoke(app, ["split", str(csv), "--out", str(csv)])
+    assert result.exit_code == 1 and "is not a split file" in result.output
+    assert csv.read_text() == text

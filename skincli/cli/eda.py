@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import json as jsonlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,7 +59,7 @@ def command(
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel readers (default: CPU "
                                                 "count).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
+    json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
                                            "instead of tables.")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse file hashes and "
                                         "statistics of unchanged files.")] = True,
@@ -73,12 +73,12 @@ def command(
 
     params = NearDupParams(max_distance=near_dup_distance,
                            strict_distance=min(NearDupParams.strict_distance, near_dup_distance))
-    with progress_bar(not json_out) as progress:
+    with progress_bar(not json) as progress:
         report = run_eda(data, out, images=images, label_col=label_col, image_col=image_col,
                          group_col=group_col, workers=workers, plots=plots, cache=cache,
                          params=params, progress=progress)
-    if json_out:
-        typer.echo(json.dumps(report, indent=2, default=str))
+    if json:
+        typer.echo(jsonlib.dumps(report, indent=2, default=str))
         return
     show_report(report)
 

@@ -63,8 +63,18 @@ def command(
     """Write a stratified, leakage-proof split file."""
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
-    from skincli.data.split import SPLITS, make_split, sidecar_path, write_split
+    from skincli.data.split import (
+        SPLITS,
+        check_out,
+        check_ratios,
+        make_split,
+        sidecar_path,
+        write_split,
+    )
 
+    # Cheap checks first, so a typo does not cost a full read of the data.
+    check_ratios(val, 0.0 if keep_given_test else test)
+    check_out(out)
     dataset = load_dataset(data, csv_image_dir=images, label_col=label_col,
                            image_col=image_col, group_col=group_col)
     with progress_bar(True) as progress:

@@ -2,7 +2,13 @@
 
 from skincli.data.dataset import Dataset, Entry, load_dataset
 from skincli.data.manifest import build_manifest
-from skincli.data.split import DEFAULT_SPLIT_PATH, load_split, split_file_sha256
+from skincli.data.split import (
+    DEFAULT_SPLIT_PATH,
+    load_split,
+    make_split,
+    split_file_sha256,
+    write_split,
+)
 
 __all__ = ["DEFAULT_SPLIT_PATH", "Dataset", "Entry", "build_manifest", "load_dataset",
-           "load_split", "split_file_sha256"]
+           "load_split", "make_split", "split_file_sha256", "write_split"]

@@ -63,7 +63,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     remaining images, and Train images that duplicate (or share a group / near-duplicate link
     with) a test image are dropped from Train.
     """
-    _check_ratios(val, 0.0 if keep_given_test else test)
+    check_ratios(val, 0.0 if keep_given_test else test)
     if conflicts not in CONFLICT_POLICIES:
         raise SkinError(f"Unknown conflicts policy '{conflicts}'",
                         hint=f"Use one of: {', '.join(CONFLICT_POLICIES)}")
@@ -152,7 +152,8 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     return result
 
 
-def _check_ratios(val: float, test: float) -> None:
+def check_ratios(val: float, test: float) -> None:
+    """Raise SkinError unless val and test are fractions that leave room for training."""
     for name, value in (("--val", val), ("--test", test)):
         if not 0.0 <= value < 1.0:
             raise SkinError(f"{name} {value} must be a fraction between 0 and 1",
@@ -302,15 +303,30 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> Path:
-    """Write the split CSV and its JSON sidecar atomically; return the CSV path."""
+def check_out(out: str | os.PathLike[str]) -> Path:
+    """Validate a split file path before any work: a .csv in a folder we can create, and
+    not some other CSV (e.g. the data set's own labels) that would be overwritten."""
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise SkinError(f"Split file {out} must end in .csv", hint="e.g. --out splits/split.csv")
+    if out.exists() and not sidecar_path(out).is_file():
+        raise SkinError(f"{out} exists and is not a split file (no {sidecar_path(out).name} "
+                        "beside it); it would be overwritten",
+                        hint="Choose another --out, e.g. splits/split.csv")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SkinError(f"Cannot create the folder {out.parent}: {exc.strerror or exc}",
+                        hint="Choose a writable --out") from exc
+    return out
+
+
+def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> Path:
+    """Write the split CSV and its JSON sidecar atomically; return the CSV path."""
+    out = check_out(out)
     text = result.frame.to_csv(index=False)
     meta = dict(result.meta)
     root = Path(meta.get("root", ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta["root_relative"] = os.path.relpath(root, out.parent.resolve()) if str(root) else ""
     meta["csv_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     meta["csv_file"] = out.name
