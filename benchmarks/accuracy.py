@@ -1,0 +1,197 @@
+"""Accuracy benchmark: split -> train -> evaluate on isic9 for named training configurations.
+
+    python benchmarks/accuracy.py                          # default config, one fixed split
+    python benchmarks/accuracy.py --configs default,res260,focal
+    python benchmarks/accuracy.py --folds 5 --configs default   # confirm with 5 splits
+
+Every split is leakage-free (images grouped by content hash and near-duplicate links, label
+conflicts dropped) and made by `skincli.data.split.make_split`; fold k uses seed k, so the
+folds are repeated random splits (Monte-Carlo cross-validation) of the whole collection.
+Prints a table (macro F1 mean ± std, balanced accuracy, worst class, minutes) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from sklearn.metrics import balanced_accuracy_score, f1_score  # noqa: E402
+
+from skincli import ui  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic9"
+
+# Named training configurations: overrides of skincli.train DEFAULTS (so "default" is
+# whatever `skin train` does today). Each lever of the accuracy work is one entry.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "fast": {"preset": "fast"},
+    "thorough": {"preset": "thorough"},
+    "head-only": {"fine_tune": "none", "epochs": 8, "fine_tune_epochs": 0},
+    "top-60": {"fine_tune": "top:60"},
+    "res192": {"input_size": 192},
+    "res260": {"input_size": 260},
+    "lite1": {"arch": "efficientnet_lite1"},
+    "lite2": {"arch": "efficientnet_lite2"},
+    "no-oversample": {"oversample": False},
+    "class-weights": {"oversample": False, "class_weights": True},
+    "focal": {"loss": "focal"},
+    "no-smoothing": {"label_smoothing": 0.0},
+    "augment-0.5": {"augment": 0.5},
+    "augment-1.5": {"augment": 1.5},
+    "mixup": {"mixup": 0.2},
+    "cutmix": {"cutmix": 1.0},
+    "long": {"fine_tune_epochs": 20, "patience": 8},
+    "lr-1e-3": {"fine_tune_lr": 1e-3},
+    "lr-1e-4": {"fine_tune_lr": 1e-4},
+}
+
+
+def evaluate_run(run_dir: Path, frame: Any, tta: bool) -> dict[str, Any]:
+    """Macro F1, balanced accuracy and per-class F1 of a run on the split's test rows."""
+    from skincli.predictor import Predictor
+
+    predictor = Predictor.from_run(run_dir)
+    test = frame[frame["split"] == "test"]
+    classes = predictor.classes
+    y = np.array([classes.index(c) for c in test["label"]])
+    batch = np.stack([predictor.preprocess(p) for p in test["filepath"]])
+    out: dict[str, Any] = {"n_test": int(len(y))}
+    for name, use_tta in (("plain", False), ("tta", True)) if tta else (("plain", False),):
+        pred = predictor.probabilities(batch, tta=use_tta).argmax(axis=1)
+        per = f1_score(y, pred, labels=range(len(classes)), average=None, zero_division=0)
+        out[name] = {
+            "macro_f1": float(f1_score(y, pred, labels=range(len(classes)), average="macro",
+                                       zero_division=0)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "per_class_f1": {c: float(f) for c, f in zip(classes, per)},
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--configs", default="default",
+                        help=f"comma-separated names from: {', '.join(CONFIGS)}")
+    parser.add_argument("--folds", type=int, default=1, help="splits (seeds 0..folds-1)")
+    parser.add_argument("--first-fold", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override applied to every config (YAML value)")
+    parser.add_argument("--no-tta", action="store_true", help="skip the TTA evaluation")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
+    args = parser.parse_args(argv)
+
+    import yaml
+
+    from skincli.data.dataset import load_dataset
+    from skincli.data.manifest import build_manifest
+    from skincli.data.split import load_split, make_split, write_split
+    from skincli.errors import SkinError
+    from skincli.train import resolve, train
+
+    if not args.data.is_dir():
+        print(f"error: data folder {args.data} not found; pass --data DIR "
+              "(the isic9 collection: Train/ and Test/ class folders)", file=sys.stderr)
+        return 2
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"error: unknown config(s) {unknown}; choose from {list(CONFIGS)}", file=sys.stderr)
+        return 2
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra[key.strip()] = yaml.safe_load(value)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="skin-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(load_dataset(args.data))
+    results: list[dict[str, Any]] = []
+    try:
+        for fold in range(args.first_fold, args.first_fold + args.folds):
+            split_path = work / f"split-seed{fold}.csv"
+            if not split_path.exists():
+                write_split(make_split(manifest, val=0.15, test=0.15, seed=fold,
+                                       conflicts="drop"), split_path)
+            frame = load_split(split_path)
+            for name in names:
+                overrides = dict(CONFIGS[name])
+                preset = overrides.pop("preset", None)
+                overrides.update(extra)
+                overrides.update({"split": str(split_path), "runs_dir": str(work / "runs"),
+                                  "name": f"{name}-seed{fold}"})
+                cfg = resolve(overrides, preset=preset)
+                ui.console.rule(f"{name} · split seed {fold}")
+                start = time.perf_counter()
+                run_dir = train(cfg)
+                minutes = (time.perf_counter() - start) / 60
+                scores = evaluate_run(run_dir, frame, tta=not args.no_tta)
+                results.append({"config": name, "fold": fold, "minutes": minutes,
+                                "overrides": overrides, "preset": preset,
+                                "run": str(run_dir), **scores})
+                _print_row(results[-1])
+                _write(args.out, results, args)
+    except SkinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_table(results)
+    return 0
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    tta = r.get("tta", {}).get("macro_f1")
+    ui.console.print(f"{r['config']} seed {r['fold']}: macro F1 {r['plain']['macro_f1']:.3f}"
+                     + (f", with TTA {tta:.3f}" if tta is not None else "")
+                     + f", {r['minutes']:.1f} min")
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Aggregate per config over folds (mean ± std)."""
+    rows = []
+    for name in dict.fromkeys(r["config"] for r in results):
+        rs = [r for r in results if r["config"] == name]
+        f1 = np.array([r["plain"]["macro_f1"] for r in rs])
+        tta = np.array([r["tta"]["macro_f1"] for r in rs if "tta" in r])
+        ba = np.array([r["plain"]["balanced_accuracy"] for r in rs])
+        per = {c: float(np.mean([r["plain"]["per_class_f1"][c] for r in rs]))
+               for c in rs[0]["plain"]["per_class_f1"]}
+        worst = min(per, key=per.get)
+        rows.append({"config": name, "folds": len(rs), "macro_f1_mean": float(f1.mean()),
+                     "macro_f1_std": float(f1.std()), "tta_macro_f1_mean":
+                     float(tta.mean()) if tta.size else None,
+                     "balanced_accuracy_mean": float(ba.mean()), "worst_class": worst,
+                     "worst_class_f1": per[worst], "per_class_f1": per,
+                     "minutes_mean": float(np.mean([r["minutes"] for r in rs]))})
+    return rows
+
+
+def _print_table(results: list[dict[str, Any]]) -> None:
+    rows = summarise(results)
+    ui.console.print(ui.table(
+        "accuracy on held-out test splits (leakage-free)",
+        ["config", "folds", "macro F1", "with TTA", "balanced acc", "worst class",
+         "worst F1", "train min"],
+        [(r["config"], r["folds"], f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f}",
+          "-" if r["tta_macro_f1_mean"] is None else f"{r['tta_macro_f1_mean']:.3f}",
+          r["balanced_accuracy_mean"], r["worst_class"], r["worst_class_f1"],
+          r["minutes_mean"]) for r in rows]))
+
+
+def _write(out: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from skincli.fsutil import write_json
+
+    write_json(out, {"data": str(args.data), "folds": args.folds,
+                     "summary": summarise(results), "runs": results})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
