@@ -330,3 +330,15 @@ def test_cli_split_never_overwrites_the_labels_csv(tmp_path: Path) -> None:
     result = runner.invoke(app, ["split", str(csv), "--out", str(csv)])
     assert result.exit_code == 1 and "is not a split file" in result.output
     assert csv.read_text() == text
+
+
+def test_a_loaded_split_can_be_written_again(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "data", {"a": 6, "b": 6})
+    first = write_split(make_split(manifest_of(tmp_path / "data")), tmp_path / "one.csv")
+    df = load_split(first)
+    meta = dict(df.attrs["meta"])
+    from skincli.data.split import SplitResult
+
+    again = write_split(SplitResult(frame=df, meta=meta), tmp_path / "two" / "split.csv")
+    assert "filepath" not in pd.read_csv(again).columns
+    assert load_split(again)["filepath"].tolist() == df["filepath"].tolist()

@@ -324,7 +324,8 @@ def check_out(out: str | os.PathLike[str]) -> Path:
 def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> Path:
     """Write the split CSV and its JSON sidecar atomically; return the CSV path."""
     out = check_out(out)
-    text = result.frame.to_csv(index=False)
+    # Absolute paths are machine-specific: the file keeps only paths relative to the root.
+    text = result.frame.drop(columns=["filepath"], errors="ignore").to_csv(index=False)
     meta = dict(result.meta)
     root = Path(meta.get("root", ""))
     meta["root_relative"] = os.path.relpath(root, out.parent.resolve()) if str(root) else ""
@@ -385,6 +386,7 @@ def load_split(path: str | os.PathLike[str] = DEFAULT_SPLIT_PATH,
     for col in ("group", "given_split"):
         if col not in df:
             df[col] = ""
+    df = df.drop(columns=["filepath"], errors="ignore")
     df.insert(0, "filepath", [str(data_root / q) if not Path(q).is_absolute() else q
                               for q in df["path"]])
     df.attrs["classes"] = sorted(df["label"].unique().tolist())
