@@ -17,10 +17,9 @@ import numpy as np
 from skincli.predictor import softmax
 
 T_MIN, T_MAX = 0.05, 20.0
-# Default rule for the uncertain verdict: the confident predictions should be right this often,
-# but never more than this share of validation images may be called uncertain.
-TARGET_ACCURACY = 0.90
-MAX_UNCERTAIN_SHARE = 0.5
+# Default rule for the uncertain verdict (the same as `skin train`'s --uncertain-accuracy):
+# the least confident validation predictions, as a group, were right less often than this.
+UNCERTAIN_ACCURACY = 0.5
 
 
 def temperature_nll(logits: np.ndarray, y: Sequence[int] | np.ndarray, temperature: float) -> float:
@@ -62,15 +61,14 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int] | np.ndarray,
 
 
 def choose_uncertain_threshold(probs: np.ndarray, y: Sequence[int] | np.ndarray,
-                               target_accuracy: float = TARGET_ACCURACY,
-                               max_uncertain_share: float = MAX_UNCERTAIN_SHARE
-                               ) -> dict[str, Any]:
-    """Pick the top-probability threshold below which a prediction is called "uncertain".
+                               target: float = UNCERTAIN_ACCURACY) -> dict[str, Any]:
+    """Pick the top probability below which a prediction is called "uncertain".
 
-    Rule: the lowest threshold at which the predictions at or above it are right at least
-    `target_accuracy` of the time on validation data; if that would call more than
-    `max_uncertain_share` of the images uncertain, the threshold is capped there instead.
-    Returns the threshold with what it means on the validation data.
+    Rule (the same as training uses): sort validation images by confidence and take the
+    largest group of least confident predictions whose accuracy is below `target`; the
+    threshold lies between that group and the next prediction. So "uncertain" means: on
+    validation data, predictions this unsure were wrong more often than `target` allows.
+    Threshold 0.0 (nothing flagged) when even the least confident prediction was right.
     """
     probs = np.asarray(probs, dtype=np.float64)
     t = np.asarray(y, dtype=np.int64)
@@ -79,44 +77,38 @@ def choose_uncertain_threshold(probs: np.ndarray, y: Sequence[int] | np.ndarray,
         raise ValueError("choose_uncertain_threshold needs at least one validation image")
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == t
-    order = np.argsort(-conf, kind="mergesort")
-    conf_sorted, correct_sorted = conf[order], correct[order]
-    # Accuracy of the k most confident predictions, k = 1..n.
-    acc_top = np.cumsum(correct_sorted) / np.arange(1, n + 1)
-    min_keep = int(math.ceil((1.0 - max_uncertain_share) * n))
-    ok = np.flatnonzero(acc_top >= target_accuracy)
-    # Candidates are cut points where the next image is strictly less confident (ties stay
-    # together, because a threshold cannot split equal probabilities).
-    cut_ok = np.r_[conf_sorted[1:] < conf_sorted[:-1], True]
-    ok = ok[cut_ok[ok]]
-    keep = int(ok.max()) + 1 if ok.size else 0
-    capped = keep < min_keep
-    if capped:
-        keep = max(min_keep, 1)
-        while keep < n and not cut_ok[keep - 1]:
-            keep += 1
-    threshold = float(conf_sorted[keep - 1])
-    confident = conf >= threshold
+    order = np.argsort(conf, kind="stable")
+    conf_sorted = conf[order]
+    prefix_acc = np.cumsum(correct[order]) / np.arange(1, n + 1)
+    below = np.flatnonzero(prefix_acc < target)
+    if not below.size:
+        threshold = 0.0
+    else:
+        k = int(below[-1]) + 1  # the k least confident predictions are flagged
+        threshold = (float(np.nextafter(conf_sorted[-1], 2.0)) if k >= n
+                     else float((conf_sorted[k - 1] + conf_sorted[k]) / 2))
+    uncertain = conf < threshold
     return {
         "threshold": threshold,
-        "target_accuracy": target_accuracy,
-        "max_uncertain_share": max_uncertain_share,
-        "capped": bool(capped),
-        "uncertain_share": float(1.0 - confident.mean()),
-        "accuracy_confident": float(correct[confident].mean()) if confident.any() else None,
-        "accuracy_uncertain": float(correct[~confident].mean()) if (~confident).any() else None,
+        "target_accuracy": float(target),
+        "rule": (f"top probability below which validation predictions were right less than "
+                 f"{target:.0%} of the time"),
+        "uncertain_share": float(uncertain.mean()),
+        "accuracy_uncertain": float(correct[uncertain].mean()) if uncertain.any() else None,
+        "accuracy_confident": float(correct[~uncertain].mean()) if (~uncertain).any() else None,
         "n": int(n),
     }
 
 
-def calibrate(val_logits: np.ndarray, val_y: Sequence[int] | np.ndarray) -> dict[str, Any]:
+def calibrate(val_logits: np.ndarray, val_y: Sequence[int] | np.ndarray,
+              uncertain_accuracy: float = UNCERTAIN_ACCURACY) -> dict[str, Any]:
     """Fit T on validation logits, then choose the uncertain threshold on calibrated probs."""
     temperature = fit_temperature(val_logits, val_y)
     probs_before = softmax(val_logits, 1.0)
     probs_after = softmax(val_logits, temperature)
     from skincli.metrics import expected_calibration_error
 
-    rule = choose_uncertain_threshold(probs_after, val_y)
+    rule = choose_uncertain_threshold(probs_after, val_y, uncertain_accuracy)
     return {
         "temperature": temperature,
         "val_nll_before": temperature_nll(val_logits, val_y, 1.0),

@@ -15,6 +15,7 @@ from its own last 4-D feature map. The chain is checked against the model's own 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,22 +89,23 @@ class GradCamExplainer:
         logits = self.head(out, training=False) if self.head is not None else out
         return fmap, logits
 
-    def __call__(self, batch: np.ndarray, class_index: int | None = None
+    def __call__(self, batch: np.ndarray, class_index: int | Sequence[int] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Heat maps (N, h, w) in 0..1 at feature-map resolution, and the logits (N, C).
 
-        class_index None explains each image's top class.
+        class_index: one class for all images, one per image, or None for each top class.
         """
         import tensorflow as tf
 
         x = tf.convert_to_tensor(np.asarray(batch, dtype=np.float32))
+        n = int(x.shape[0])
         with tf.GradientTape() as tape:
             tape.watch(x)  # records every op even when the weights are frozen
             fmap, logits = self._forward(x)
             if class_index is None:
                 idx = tf.argmax(logits, axis=-1)
             else:
-                idx = tf.fill([tf.shape(logits)[0]], tf.cast(class_index, tf.int64))
+                idx = tf.constant(np.broadcast_to(np.asarray(class_index, np.int64), (n,)))
             score = tf.gather(logits, idx, axis=1, batch_dims=1)
         grads = tape.gradient(score, fmap)
         if not self._checked:
@@ -125,7 +127,7 @@ def resize_heatmap(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.asarray(img.resize((width, height), Image.BILINEAR)), 0.0, 1.0)
 
 
-def explain(predictor: Any, images: np.ndarray, class_index: int | None = None,
+def explain(predictor: Any, images: np.ndarray, class_index: int | Sequence[int] | None = None,
             explainer: GradCamExplainer | None = None) -> list[GradCam]:
     """Grad-CAM for preprocessed images (N, S, S, 3) at input resolution, one per image."""
     explainer = explainer or GradCamExplainer(predictor.model)
@@ -133,9 +135,11 @@ def explain(predictor: Any, images: np.ndarray, class_index: int | None = None,
     from skincli.predictor import softmax
 
     probs = softmax(logits, predictor.temperature)
+    wanted = (None if class_index is None
+              else np.broadcast_to(np.asarray(class_index, np.int64), (len(cams),)))
     out = []
     for i, cam in enumerate(cams):
-        c = int(np.argmax(logits[i])) if class_index is None else int(class_index)
+        c = int(np.argmax(logits[i])) if wanted is None else int(wanted[i])
         out.append(GradCam(heatmap=resize_heatmap(cam, images.shape[1], images.shape[2]),
                            class_index=c, class_name=predictor.classes[c],
                            probability=float(probs[i, c]), layer=explainer.layer_name))

@@ -281,6 +281,14 @@ class Predictor:
                 pred.embedding = emb[i]
         return preds
 
+    def read_images(self, paths: Sequence[str | os.PathLike[str]]
+                    ) -> list[np.ndarray | ImageError]:
+        """Read files as model-input uint8 images (S, S, 3); a bad file becomes its ImageError.
+
+        Decoding runs in a few threads (Pillow releases the GIL while decoding).
+        """
+        return read_images(paths, self.input_size, self.max_pixels)
+
     def predict_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 32,
                       tta: bool = False, top_k: int = 3,
                       progress: Callable[[int, int], None] | None = None,
@@ -298,16 +306,12 @@ class Predictor:
             chunk = paths[start:start + batch_size]
             slots: list[Prediction | ImageError | None] = []
             arrays: list[np.ndarray] = []
-            for p in chunk:
-                try:
-                    arrays.append(resize_rgb(load_rgb(p, max_pixels=self.max_pixels),
-                                             self.input_size))
+            for item in self.read_images(chunk):
+                if isinstance(item, ImageError):
+                    slots.append(item)
+                else:
+                    arrays.append(item)
                     slots.append(None)
-                except ImageError as exc:
-                    slots.append(exc)
-                except OSError as exc:  # a folder, a permission problem...
-                    slots.append(ImageError(f"{p}: cannot read ({exc.strerror or exc})",
-                                            code="unreadable"))
             if arrays:
                 t0 = time.perf_counter()
                 batch = np.stack(arrays).astype(np.float32)
@@ -328,6 +332,29 @@ class Predictor:
             if progress is not None:
                 progress(min(start + batch_size, total), total)
         return results
+
+
+def _read_one(path: str | os.PathLike[str], size: int, max_pixels: int
+              ) -> np.ndarray | ImageError:
+    try:
+        return resize_rgb(load_rgb(path, max_pixels=max_pixels), size)
+    except ImageError as exc:
+        return exc
+    except OSError as exc:  # a folder given as a file, a permission problem...
+        return ImageError(f"{path}: cannot read ({exc.strerror or exc})", code="unreadable")
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]], size: int,
+                max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None
+                ) -> list[np.ndarray | ImageError]:
+    """Read and resize files to (size, size, 3) uint8, in order; errors are returned, not raised."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) <= 1:
+        return [_read_one(p, size, max_pixels) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: _read_one(p, size, max_pixels), paths))
 
 
 OOD_WARNING = "does not look like a dermoscopic image"

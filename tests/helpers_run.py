@@ -38,14 +38,26 @@ def build_model(n_classes: int, input_size: int = 32, width: int = 8, seed: int 
     return keras.Model(inp, out, name="tiny")
 
 
-def make_split(run_dir: Path, files: dict[str, dict[str, Sequence[Path]]]) -> Path:
-    """Write run_dir/split.csv (filepath, label, split) from {split: {label: [paths]}}."""
-    rows = [{"filepath": str(Path(p).resolve()), "label": label, "split": part}
-            for part, by_label in files.items() for label, paths in by_label.items()
-            for p in paths]
-    path = Path(run_dir) / "split.csv"
-    pd.DataFrame(rows, columns=["filepath", "label", "split"]).to_csv(path, index=False)
-    return path
+def make_split(run_dir: Path, files: dict[str, dict[str, Sequence[Path]]],
+               root: str | Path | None = None) -> Path:
+    """Write run_dir/split.csv + split.json (`skin split` format) from {split: {label: paths}}.
+
+    Paths are stored relative to `root` (default: the files' common folder).
+    """
+    import hashlib
+
+    from skincli.data.split import SplitResult, write_split
+
+    flat = [(part, label, Path(p).resolve()) for part, by_label in files.items()
+            for label, paths in by_label.items() for p in paths]
+    base = Path(root).resolve() if root is not None else Path(
+        os.path.commonpath([str(p.parent) for _, _, p in flat]))
+    rows = [{"path": p.relative_to(base).as_posix(), "label": label, "split": part,
+             "given_split": "", "group": "", "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for part, label, p in flat]
+    frame = pd.DataFrame(rows, columns=["path", "label", "split", "given_split", "group", "sha256"])
+    meta = {"root": str(base), "classes": sorted(frame["label"].unique().tolist())}
+    return write_split(SplitResult(frame=frame, meta=meta), Path(run_dir) / "split.csv")
 
 
 def make_run(tmp_path: str | Path, classes: Sequence[str] = DEFAULT_CLASSES,

@@ -52,30 +52,38 @@ def test_fit_temperature_rejects_empty_input() -> None:
         cal.fit_temperature(np.zeros((0, 3)), np.zeros(0))
 
 
-def test_uncertain_threshold_reaches_target_accuracy() -> None:
+def test_uncertain_threshold_flags_the_least_confident_group_below_target() -> None:
     logits, y = _overconfident(2000, seed=4, sharpen=1.0)
     probs = softmax(logits)
-    rule = cal.choose_uncertain_threshold(probs, y, target_accuracy=0.8,
-                                          max_uncertain_share=0.9)
+    rule = cal.choose_uncertain_threshold(probs, y, target=0.5)
     conf = probs.max(1)
-    confident = conf >= rule["threshold"]
-    acc = (probs.argmax(1) == y)[confident].mean()
-    assert acc >= 0.8 and rule["accuracy_confident"] == pytest.approx(acc)
-    assert not rule["capped"]
-    # Lowering the threshold to the next confidence below would break the target.
-    lower = conf[conf < rule["threshold"]].max()
-    assert (probs.argmax(1) == y)[conf >= lower].mean() < 0.8
-    assert rule["accuracy_uncertain"] < rule["accuracy_confident"]
+    correct = probs.argmax(1) == y
+    flagged = conf < rule["threshold"]
+    assert 0 < flagged.mean() < 1
+    assert correct[flagged].mean() < 0.5
+    assert rule["accuracy_uncertain"] == pytest.approx(correct[flagged].mean())
+    assert rule["uncertain_share"] == pytest.approx(flagged.mean())
+    # It is the largest such group: every larger group of least confident images reaches 50%.
+    order = np.argsort(conf)
+    k = int(flagged.sum())
+    prefix = np.cumsum(correct[order]) / np.arange(1, len(y) + 1)
+    assert (prefix[k:] >= 0.5).all()
 
 
-def test_uncertain_threshold_is_capped_when_the_target_is_out_of_reach() -> None:
-    rng = np.random.default_rng(5)
-    probs = softmax(rng.normal(size=(400, 3)))
-    y = rng.integers(0, 3, 400)  # a useless model: ~33% accuracy
-    rule = cal.choose_uncertain_threshold(probs, y, target_accuracy=0.99,
-                                          max_uncertain_share=0.3)
-    assert rule["capped"]
-    assert rule["uncertain_share"] == pytest.approx(0.3, abs=0.01)
+def test_uncertain_threshold_is_zero_when_every_prediction_is_right() -> None:
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.55, 0.45]])
+    rule = cal.choose_uncertain_threshold(probs, [0, 1, 0])
+    assert rule["threshold"] == 0.0 and rule["uncertain_share"] == 0.0
+
+
+def test_uncertain_threshold_by_hand() -> None:
+    # Confidences sorted: 0.5 (wrong), 0.6 (wrong), 0.7 (right), 0.8 (right), 0.9 (right).
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.5, 0.5]])
+    y = np.array([0, 1, 0, 0, 1])
+    # Prefix accuracies: 0, 0, 1/3, 2/4, 3/5 -> below 0.5 for the 3 least confident.
+    rule = cal.choose_uncertain_threshold(probs, y, target=0.5)
+    assert rule["threshold"] == pytest.approx(0.75)
+    assert rule["uncertain_share"] == pytest.approx(0.6)
 
 
 def test_calibrate_bundle() -> None:

@@ -1,13 +1,194 @@
-"""`skin evaluate` (placeholder until it is built)."""
+"""`skin evaluate [RUN ...]`: honest metrics with confidence intervals, calibration, comparison."""
 
 from __future__ import annotations
 
-from skincli.cli.common import handle_errors, not_implemented
+import os
+from pathlib import Path
+from typing import Annotated, Any
 
-HELP = "(not implemented yet)"
+import typer
+
+from skincli import ui
+from skincli.cli.common import handle_errors
+
+HELP = ("Evaluate a trained run (default: the current/latest) on its test split or any labelled "
+        "folder/CSV: metrics with 95% bootstrap intervals, per-class table, weak classes, "
+        "plots; --calibrate fits the temperature; two runs are compared with a paired test.")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:.3f} to {ci[1]:.3f}"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _show_single(result: dict[str, Any]) -> None:
+    run, data, m = result["run"], result["data"], result["metrics"]
+    ui.console.print(f"[bold]{run['name']}[/] ({run['arch']}, model {run['version']}) on "
+                     f"{data['description']}: {data['n_evaluated']} images"
+                     + (" with TTA (8 flips/rotations)" if result["tta"] else ""),
+                     highlight=False)
+    ci = m["ci95"]
+    rows = [
+        ("accuracy", _fmt(m["accuracy"]), _ci(ci.get("accuracy"))),
+        ("balanced accuracy", _fmt(m["balanced_accuracy"]), _ci(ci.get("balanced_accuracy"))),
+        ("macro F1", _fmt(m["macro_f1"]), _ci(ci.get("macro_f1"))),
+        ("weighted F1", _fmt(m["weighted_f1"]), ""),
+        ("Cohen's kappa", _fmt(m["cohen_kappa"]), ""),
+        ("macro ROC AUC (one-vs-rest)", _fmt(m["macro_auc"]), ""),
+        ("expected calibration error", _fmt(m["ece"]), ""),
+        ("log loss (NLL)", _fmt(m["nll"]), ""),
+    ]
+    title = "Overall" + (f" (95% CI: {m['n_boot']} bootstrap resamples)" if m["n_boot"] else "")
+    ui.console.print(ui.table(title, ["metric", "value", "95% CI"], rows))
+    pc_rows = [(("[red]! [/]" if r["weak"] else "") + r["class"], _fmt(r["precision"]),
+                _fmt(r["recall"]), _fmt(r["f1"]), _fmt(r["auc"]), r["support"])
+               for r in m["per_class"]]
+    ui.console.print(ui.table("Per class", ["class", "precision", "recall", "F1", "AUC",
+                                            "support"], pc_rows))
+    if m["weak_classes"]:
+        ui.console.print(f"[red]Weak classes[/] ({m['weak_rule']}): "
+                         f"{', '.join(m['weak_classes'])}", highlight=False)
+    else:
+        ui.console.print(f"No weak classes ({m['weak_rule']}).", highlight=False)
+    cal = result.get("calibration")
+    if cal:
+        ui.console.print(ui.table(
+            f"Calibration (temperature fitted on {cal['n_val']} validation images)",
+            ["", "before", "after"],
+            [("temperature", _fmt(cal["temperature_before"]), _fmt(cal["temperature"])),
+             ("validation NLL", _fmt(cal["val_nll_before"]), _fmt(cal["val_nll_after"])),
+             ("validation ECE", _fmt(cal["val_ece_before"]), _fmt(cal["val_ece_after"])),
+             (f"{data['subset']} ECE", _fmt(cal["eval_ece_before"]),
+              _fmt(cal["eval_ece_after"]))]))
+        rule = cal["uncertain"]
+        ui.console.print(f"Uncertain threshold {rule['threshold']:.3f} ({rule['rule']}; "
+                         f"{rule['uncertain_share']:.0%} of validation images) stored in "
+                         f"{run['run_dir']}/run.json"
+                         + ("; out-of-distribution reference added" if cal["reference_added"]
+                            else ""), highlight=False)
+    tta = result.get("tta_comparison")
+    if tta:
+        ui.console.print(ui.table("Test-time augmentation", ["metric", "without", "with", "gain"],
+                                  [(k.replace("_", " "), _fmt(tta["without"][k]),
+                                    _fmt(tta["with"][k]), _signed(tta["gain"][k]))
+                                   for k in tta["gain"]]))
+    unc = result["uncertain"]
+    if unc["threshold"] is not None:
+        ui.console.print(f"Uncertain verdicts (top probability < {unc['threshold']:.3f}): "
+                         f"{unc['share']:.0%} of images; accuracy {_fmt(unc['accuracy_uncertain'])}"
+                         f" when uncertain vs {_fmt(unc['accuracy_confident'])} otherwise.",
+                         highlight=False)
+
+
+def _show_comparison(result: dict[str, Any]) -> None:
+    cmp_ = result["comparison"]
+    a, b = result["runs"]
+    ma, mb = a["metrics"], b["metrics"]
+    ui.console.print(f"Comparing [bold]{cmp_['a']}[/] and [bold]{cmp_['b']}[/] on the same "
+                     f"{cmp_['n_images']} images ({a['data']['description']})", highlight=False)
+    rows = []
+    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                       ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1"),
+                       ("cohen_kappa", "Cohen's kappa"), ("macro_auc", "macro ROC AUC"),
+                       ("ece", "ECE")):
+        va, vb = ma[key], mb[key]
+        ci_a, ci_b = ma["ci95"].get(key), mb["ci95"].get(key)
+        rows.append((label, _fmt(va) + (f" ({_ci(ci_a)})" if ci_a else ""),
+                     _fmt(vb) + (f" ({_ci(ci_b)})" if ci_b else ""),
+                     _signed(vb - va) if va is not None and vb is not None else "-"))
+    ui.console.print(ui.table("Side by side (95% CI)", ["metric", cmp_["a"], cmp_["b"],
+                                                         "difference"], rows))
+    f1_rows = [(ra["class"], _fmt(ra["f1"]), _fmt(rb["f1"]),
+                _signed(rb["f1"] - ra["f1"]) if ra["f1"] is not None and rb["f1"] is not None
+                else "-")
+               for ra, rb in zip(ma["per_class"], _by_class(mb["per_class"], ma["classes"]))]
+    ui.console.print(ui.table("Per-class F1", ["class", cmp_["a"], cmp_["b"], "difference"],
+                              f1_rows))
+    for res in result["runs"]:
+        if res["metrics"]["weak_classes"]:
+            ui.console.print(f"[red]Weak classes[/] of {res['run']['name']}: "
+                             f"{', '.join(res['metrics']['weak_classes'])}", highlight=False)
+    colour = "green" if cmp_["significant"] else "yellow"
+    ui.console.print(f"[{colour}]Verdict:[/] {cmp_['verdict']}", highlight=False)
+
+
+def _by_class(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    index = {r["class"]: r for r in rows}
+    return [index[c] for c in order]
 
 
 @handle_errors
-def command() -> None:
-    """Not implemented yet."""
-    not_implemented("evaluate")
+def command(
+    runs: Annotated[list[str] | None, typer.Argument(
+        help="Run folder(s) or name(s) under --runs-dir; default: the current/latest run. "
+        "Two runs are compared on the same images.", show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Evaluate on any labelled folder (class folders) or CSV instead of the "
+        "split.")] = None,
+    split: Annotated[Path | None, typer.Option(
+        "--split", help="Split file to take --subset from (default: the run's own copy, else "
+        "splits/split.csv).", dir_okay=False)] = None,
+    subset: Annotated[str, typer.Option(
+        "--subset", help="Which part: test, val or all.")] = "test",
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Fit temperature scaling and the uncertain threshold on the "
+        "validation split and store them in run.json.")] = False,
+    tta: Annotated[bool, typer.Option(
+        "--tta", help="Also evaluate with test-time augmentation (8 flips/rotations) and "
+        "report the gain.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Report folder (default: reports/evaluate/<run> or "
+        "reports/evaluate/<a>_vs_<b>).", file_okay=False)] = None,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", help="Bootstrap resamples for the 95% intervals and the paired test "
+        "(0 = none).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+                                            help="Images per forward pass.")] = 32,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where runs live.",
+                                           file_okay=False)] = Path("runs"),
+) -> None:
+    """Evaluate (or compare) trained runs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from skincli import DISCLAIMER
+    from skincli.evaluate import default_out, evaluate, write_report
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=ui.err_console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"{stage} images", total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = evaluate(runs, runs_dir=runs_dir, data=data, split=split, subset=subset,
+                          calibrate=calibrate, tta=tta, n_boot=bootstrap, seed=seed,
+                          batch_size=batch_size, progress=progress)
+    for w in result["warnings"]:
+        ui.warn(w)
+    if "runs" in result:
+        _show_comparison(result)
+    else:
+        _show_single(result)
+    folder = write_report(result, out or default_out(result))
+    stored = [r["run"]["name"] for r in result.get("runs", [result]) if r["stored_test_metrics"]]
+    if stored:
+        ui.console.print(f"Test metrics stored in run.json of {', '.join(stored)}.",
+                         highlight=False)
+    ui.console.print(f"Report: {folder}/ (metrics.json, confusion matrix, ROC, PR and "
+                     "reliability plots)", highlight=False)
+    ui.console.print(f"[dim]{DISCLAIMER}[/]", highlight=False)

@@ -1,13 +1,307 @@
-"""`skin predict` (placeholder until it is built)."""
+"""`skin predict IMAGE... | FOLDER`: calibrated top-k predictions, in batches, per-file errors."""
 
 from __future__ import annotations
 
-from skincli.cli.common import handle_errors, not_implemented
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
 
-HELP = "(not implemented yet)"
+import numpy as np
+import typer
+
+from skincli import DISCLAIMER, ui
+from skincli.cli.common import handle_errors
+from skincli.errors import SkinError
+from skincli.imageio import ImageError, is_image_file
+
+HELP = ("Classify images or folders of images with a trained run (default: the current/latest): "
+        "top-k calibrated probabilities, an uncertain verdict, out-of-distribution warnings; "
+        "--json/--csv for machines, --explain for Grad-CAM heat maps.")
+
+# Overlays are drawn on the original image, scaled so its longer side is within these bounds.
+EXPLAIN_MIN_SIDE, EXPLAIN_MAX_SIDE = 256, 512
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given, folders as their image files (recursively, sorted, hidden ones skipped)."""
+    out: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)
+                           and not any(part.startswith(".") for part in
+                                       p.relative_to(item).parts))
+            if not found:
+                ui.warn(f"{item}: no image files (.jpg, .jpeg, .png, .bmp) in this folder")
+            out.extend(found)
+        else:
+            out.append(item)  # a missing file is reported per file by the predictor
+    return out
+
+
+def model_block(predictor: Any) -> dict[str, Any]:
+    """What every output says about the model."""
+    info = predictor.info
+    return {"name": info.name, "version": info.version, "arch": info.arch,
+            "run_dir": str(predictor.run_dir), "classes": list(info.classes),
+            "temperature": float(info.temperature or 1.0),
+            "uncertain_threshold": info.uncertain_threshold}
+
+
+def error_dict(exc: ImageError) -> dict[str, str]:
+    """A per-file error as data (the file name is the start of the message)."""
+    text = str(exc)
+    file = text.split(": ", 1)[0]
+    return {"file": file, "code": exc.code, "error": text}
+
+
+def build_document(predictor: Any, results: list[Any], tta: bool,
+                   explanations: dict[int, str]) -> dict[str, Any]:
+    """The JSON document: model, disclaimer, predictions, errors, summary."""
+    preds, errors = [], []
+    for i, r in enumerate(results):
+        if isinstance(r, ImageError):
+            errors.append(error_dict(r))
+        else:
+            d = r.to_dict()
+            if i in explanations:
+                d["explanation"] = explanations[i]
+            preds.append(d)
+    return {
+        "model": model_block(predictor),
+        "disclaimer": DISCLAIMER,
+        "tta": tta,
+        "predictions": preds,
+        "errors": errors,
+        "summary": {"images": len(results), "predicted": len(preds), "failed": len(errors),
+                    "uncertain": sum(bool(p["uncertain"]) for p in preds)},
+    }
+
+
+def document_csv(doc: dict[str, Any]) -> str:
+    """One CSV row per file (predicted or failed), each with the model and the disclaimer."""
+    classes = doc["model"]["classes"]
+    cols = (["file", "status", "label", "probability", "uncertain", "top_k"]
+            + [f"p_{c}" for c in classes] + ["warnings", "error", "explanation", "model",
+                                             "disclaimer"])
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    model = doc["model"]["version"]
+    for p in doc["predictions"]:
+        row = {"file": p.get("file", ""), "status": "ok", "label": p["label"],
+               "probability": p["probability"], "uncertain": p["uncertain"],
+               "top_k": "; ".join(f"{t['label']}:{t['probability']:.4f}" for t in p["top_k"]),
+               "warnings": " | ".join(p["warnings"]), "error": "",
+               "explanation": p.get("explanation", ""), "model": model,
+               "disclaimer": doc["disclaimer"]}
+        row.update({f"p_{c}": p["probabilities"][c] for c in classes})
+        w.writerow(row)
+    for e in doc["errors"]:
+        w.writerow({"file": e["file"], "status": f"error:{e['code']}", "error": e["error"],
+                    "model": model, "disclaimer": doc["disclaimer"]})
+    return buf.getvalue()
+
+
+def _unique_png(folder: Path, stem: str, used: set[str]) -> Path:
+    name, k = f"{stem}_gradcam.png", 2
+    while name in used:
+        name, k = f"{stem}_{k}_gradcam.png", k + 1
+    used.add(name)
+    return folder / name
+
+
+def write_explanations(predictor: Any, results: list[Any], folder: Path,
+                       batch_size: int) -> dict[int, str]:
+    """Grad-CAM overlays of each prediction's class, one PNG per predicted image."""
+    from PIL import Image
+
+    from skincli.explain import GradCamExplainer, explain, save_overlay
+    from skincli.imageio import load_rgb
+
+    explainer = GradCamExplainer(predictor.model)
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    todo = [i for i, r in enumerate(results) if not isinstance(r, ImageError)]
+    out: dict[int, str] = {}
+    used: set[str] = set()
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        arrays = predictor.read_images([results[i].source for i in chunk])
+        batch = np.stack(arrays).astype(np.float32)
+        cams = explain(predictor, batch, [index[results[i].label] for i in chunk], explainer)
+        for i, cam in zip(chunk, cams):
+            original = load_rgb(results[i].source, max_pixels=predictor.max_pixels)
+            h, w = original.shape[:2]
+            side = min(max(max(h, w), EXPLAIN_MIN_SIDE), EXPLAIN_MAX_SIDE)
+            scale = side / max(h, w)
+            if scale != 1.0:
+                original = np.asarray(Image.fromarray(original).resize(
+                    (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+            path = _unique_png(folder, Path(results[i].source).stem, used)
+            save_overlay(path, original, cam)
+            out[i] = str(path)
+    return out
+
+
+def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -> int:
+    """Append the predictions to the monitoring store (if that module is installed)."""
+    try:
+        from skincli.monitor.store import open_store
+    except ImportError:
+        return 0
+    try:
+        from skincli.monitor.store import summarize_embedding
+    except ImportError:  # an older store without embedding summaries
+        summarize_embedding = None
+    run_id = uuid.uuid4().hex[:12]
+    now = time.time()
+    rows = []
+    for i, r in enumerate(results):
+        if isinstance(r, ImageError):
+            continue
+        try:
+            sha = hashlib.sha256(Path(r.source).read_bytes()).hexdigest()
+        except OSError:
+            sha = ""
+        emb = None
+        if r.embedding is not None and summarize_embedding is not None:
+            emb = summarize_embedding(r.embedding)
+        rows.append({"time": now, "request_id": f"cli-{run_id}-{i}",
+                     "model_version": predictor.info.version, "image_sha256": sha,
+                     "predicted": r.label, "probabilities": r.probabilities,
+                     "top_probability": r.probability, "uncertain": r.uncertain,
+                     "latency_ms": r.meta.get("latency_ms"), "source": "cli",
+                     "image_stats": r.meta.get("image_stats"), "embedding": emb})
+    if rows:
+        store = open_store(store_url)
+        try:
+            store.log(rows)
+        finally:
+            store.close()
+    return len(rows)
+
+
+def _stats_hook() -> Any:
+    try:
+        from skincli.monitor.store import image_stats
+    except ImportError:
+        return None
+
+    def hook(arr: np.ndarray) -> dict[str, Any]:
+        try:
+            return {"image_stats": image_stats(arr)}
+        except Exception:  # monitoring extras must never stop a prediction
+            return {}
+
+    return hook
+
+
+def _show_table(doc: dict[str, Any], top_k: int) -> None:
+    rows = []
+    for p in doc["predictions"]:
+        top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p["top_k"][:top_k])
+        verdict = "[yellow]uncertain[/]" if p["uncertain"] else "confident"
+        rows.append((p.get("file", ""), top, verdict, "; ".join(p["warnings"])))
+    m = doc["model"]
+    ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']})",
+                              ["file", f"top {top_k} (calibrated probability)", "verdict",
+                               "notes"], rows))
 
 
 @handle_errors
-def command() -> None:
-    """Not implemented yet."""
-    not_implemented("predict")
+def command(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files and/or folders (searched recursively).", show_default=False)],
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Run folder or name under --runs-dir (default: current/latest).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON document on stdout instead of the table.")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json-out", help="Also write the JSON document to this file.", dir_okay=False)] = None,
+    csv_out: Annotated[Path | None, typer.Option(
+        "--csv", help="Also write one CSV row per file to this path.", dir_okay=False)] = None,
+    tta: Annotated[bool, typer.Option(
+        "--tta", help="Average over 8 flips/rotations (slower, often a little better).")] = False,
+    do_explain: Annotated[bool, typer.Option(
+        "--explain", help="Save a Grad-CAM heat map PNG per image.")] = False,
+    explain_dir: Annotated[Path | None, typer.Option(
+        "--explain-dir", help="Folder for heat maps (default: gradcam/ beside --csv/--json-out, "
+        "else reports/predict/gradcam).", file_okay=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+                                            help="Images per forward pass.")] = 32,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where runs live.",
+                                           file_okay=False)] = Path("runs"),
+    no_log: Annotated[bool, typer.Option(
+        "--no-log", help="Do not record these predictions in the monitoring store.")] = False,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Monitoring store URL (default: $SKIN_STORE or "
+        "sqlite:///runs/predictions.db).")] = None,
+) -> None:
+    """Predict images."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from skincli.evaluate import load_predictor
+    from skincli.fsutil import write_json, write_text
+
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise SkinError("No images to predict",
+                        hint="Pass image files or folders holding .jpg/.jpeg/.png/.bmp files")
+    predictor = load_predictor(run, runs_dir)
+    hook = None if no_log else _stats_hook()
+    show_bar = len(paths) > batch_size and not as_json
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+                  console=ui.err_console, transient=True, disable=not show_bar) as bar:
+        task = bar.add_task("predict", total=len(paths))
+        results = predictor.predict_paths(
+            [str(p) for p in paths], batch_size=batch_size, tta=tta, top_k=top_k,
+            progress=lambda done, total: bar.update(task, completed=done), image_hook=hook)
+    n_ok = sum(not isinstance(r, ImageError) for r in results)
+    explanations: dict[int, str] = {}
+    if do_explain and n_ok:
+        folder = explain_dir or ((csv_out or json_out).parent / "gradcam"
+                                 if (csv_out or json_out) else Path("reports/predict/gradcam"))
+        explanations = write_explanations(predictor, results, folder, batch_size)
+    doc = build_document(predictor, results, tta, explanations)
+    if not no_log and n_ok:
+        try:
+            log_predictions(predictor, results, store)
+        except Exception as exc:  # monitoring must never break a prediction
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ui.warn(f"predictions were not logged to the monitoring store ({first}); "
+                    "use --no-log to skip logging")
+    if json_out:
+        write_json(json_out, doc)
+    if csv_out:
+        write_text(csv_out, document_csv(doc))
+    for e in doc["errors"]:
+        ui.warn(f"skipped {e['error']}")
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        if doc["predictions"]:
+            _show_table(doc, top_k)
+        m = doc["model"]
+        ui.console.print(f"Model: {m['name']} ({m['arch']}, version {m['version']}, "
+                         f"temperature {m['temperature']:.3g})", highlight=False)
+        for target in (json_out, csv_out):
+            if target:
+                ui.console.print(f"Wrote {target}", highlight=False)
+        if explanations:
+            folder_shown = Path(next(iter(explanations.values()))).parent
+            ui.console.print(f"Heat maps: {folder_shown}/", highlight=False)
+        ui.console.print(f"[bold]{DISCLAIMER}[/]", highlight=False)
+    if doc["errors"]:
+        if n_ok:
+            ui.warn(f"{len(doc['errors'])} of {len(results)} file(s) could not be read "
+                    "(listed above); the others were predicted")
+        else:
+            raise SkinError(f"None of the {len(results)} file(s) could be read",
+                            hint="Check they are JPEG/PNG/BMP images")

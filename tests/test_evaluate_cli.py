@@ -1,0 +1,187 @@
+"""`skin evaluate`: metrics, report folder, calibration, TTA, other data, comparisons, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers_run import make_run
+from imagegen import make_class_folders, make_truncated_jpeg
+from typer.testing import CliRunner
+
+from skincli import DISCLAIMER
+from skincli.cli import app
+from skincli.runs import load_run_info
+
+runner = CliRunner()
+CLASSES = ["melanoma", "nevus", "vascular lesion"]
+REPORT_FILES = {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "roc.png",
+                "pr.png", "reliability.png", "per_class.csv", "predictions.csv"}
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[Path]]]:
+    root = tmp_path_factory.mktemp("data")
+    return {part: make_class_folders(root / part, {c: n for c in CLASSES}, seed=seed)
+            for part, n, seed in (("train", 3, 0), ("val", 12, 1), ("test", 8, 2))}
+
+
+@pytest.fixture()
+def runs(tmp_path: Path, split_files: dict, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKIN_STORE", str(tmp_path / "store.db"))
+    make_run(tmp_path, classes=CLASSES, name="alpha", split_files=split_files, seed=0,
+             created="2026-01-01T00:00:00")
+    make_run(tmp_path, classes=CLASSES, name="beta", split_files=split_files, seed=1,
+             created="2026-01-02T00:00:00")
+    return tmp_path / "runs"
+
+
+def _evaluate(*args: str) -> object:
+    return runner.invoke(app, ["evaluate", "--bootstrap", "200", *args])
+
+
+def test_default_run_and_split_writes_report_and_test_metrics(runs: Path) -> None:
+    result = _evaluate("--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    out = _flat(result.output)
+    assert "beta" in out and "24 images" in out  # latest run, its own test split
+    for text in ("macro F1", "balanced accuracy", "Cohen's kappa", "95% CI", "Per class",
+                 DISCLAIMER):
+        assert text in out
+    folder = Path("reports/evaluate/beta")
+    assert REPORT_FILES <= {p.name for p in folder.iterdir()}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert m["n"] == 24 and len(m["per_class"]) == 3
+    assert m["ci95"]["macro_f1"][0] <= m["macro_f1"] <= m["ci95"]["macro_f1"][1]
+    assert metrics["disclaimer"] == DISCLAIMER
+    stored = load_run_info(runs / "beta").test_metrics
+    assert stored["macro_f1"] == pytest.approx(m["macro_f1"])
+    assert stored["n"] == 24
+    assert load_run_info(runs / "alpha").test_metrics == {}
+    preds = pd.read_csv(folder / "predictions.csv")
+    assert len(preds) == 24 and {"p_melanoma", "p_nevus"} <= set(preds.columns)
+    assert not list(Path("reports/evaluate").glob(".*"))  # no temporary folders left behind
+
+
+def test_calibrate_stores_temperature_threshold_and_reference(runs: Path, tmp_path: Path) -> None:
+    result = _evaluate("alpha", "--runs-dir", str(runs), "--calibrate", "--out",
+                       str(tmp_path / "rep"))
+    assert result.exit_code == 0, result.output
+    out = _flat(result.output)
+    assert "Calibration" in out and "validation NLL" in out and "test ECE" in out
+    info = load_run_info(runs / "alpha")
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert info.temperature == pytest.approx(cal["temperature"]) and info.temperature > 0
+    assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+    assert cal["n_val"] == 36
+    assert info.uncertain_threshold == pytest.approx(cal["uncertain"]["threshold"])
+    assert info.extra["calibration"]["temperature"] == pytest.approx(info.temperature)
+    assert info.extra["reference"]["n"] == 36
+    assert info.test_metrics["temperature"] == pytest.approx(info.temperature)
+
+
+def test_calibration_does_not_change_accuracy(runs: Path, tmp_path: Path) -> None:
+    before = _evaluate("alpha", "--runs-dir", str(runs), "--out", str(tmp_path / "a"))
+    after = _evaluate("alpha", "--runs-dir", str(runs), "--calibrate", "--out",
+                      str(tmp_path / "b"))
+    assert before.exit_code == 0 and after.exit_code == 0
+    ma = json.loads((tmp_path / "a" / "metrics.json").read_text())["metrics"]
+    mb = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]
+    assert ma["confusion_matrix"] == mb["confusion_matrix"]
+    assert ma["accuracy"] == mb["accuracy"]
+
+
+def test_tta_reports_with_without_and_gain(runs: Path, tmp_path: Path) -> None:
+    result = _evaluate("beta", "--runs-dir", str(runs), "--tta", "--out", str(tmp_path / "t"))
+    assert result.exit_code == 0, result.output
+    assert "Test-time augmentation" in result.output
+    tta = json.loads((tmp_path / "t" / "metrics.json").read_text())["tta_comparison"]
+    for key in ("accuracy", "macro_f1", "ece"):
+        assert tta["gain"][key] == pytest.approx(tta["with"][key] - tta["without"][key])
+
+
+def test_other_labelled_folder(runs: Path, tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "clinic", {"nevus": 4, "melanoma": 3}, seed=9)
+    make_truncated_jpeg(tmp_path / "clinic" / "nevus" / "broken.jpg")
+    result = _evaluate("beta", "--runs-dir", str(runs), "--data", str(tmp_path / "clinic"),
+                       "--out", str(tmp_path / "c"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["data"]["n_evaluated"] == 7 and metrics["data"]["n_skipped"] == 1
+    assert metrics["data"]["skipped"][0]["code"] == "corrupt"
+    assert "vascular lesion" in metrics["metrics"]["auc_skipped_classes"]
+    assert "unreadable" in _flat(result.output) and "ROC AUC skipped" in _flat(result.output)
+    assert load_run_info(runs / "beta").test_metrics == {}  # only the run's own test split
+
+
+def test_unknown_labels_are_a_clear_error(runs: Path, tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "odd", {"nevi": 2, "melanoma": 2})
+    result = _evaluate("--runs-dir", str(runs), "--data", str(tmp_path / "odd"))
+    assert result.exit_code == 1
+    out = _flat(result.output)
+    assert "'nevi'" in out and "Did you mean: nevus" in out and "Traceback" not in out
+
+
+def test_compare_two_runs_with_a_paired_test(runs: Path, tmp_path: Path) -> None:
+    result = _evaluate("alpha", "beta", "--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    out = _flat(result.output)
+    assert "Side by side" in out and "Verdict:" in out and "McNemar" in out
+    folder = Path("reports/evaluate/alpha_vs_beta")
+    doc = json.loads((folder / "metrics.json").read_text())
+    cmp_ = doc["comparison"]
+    assert cmp_["n_images"] == 24 and cmp_["a"] == "alpha" and cmp_["b"] == "beta"
+    ma, mb = (r["metrics"]["macro_f1"] for r in doc["runs"])
+    assert cmp_["macro_f1_diff"] == pytest.approx(mb - ma)
+    assert 0 <= cmp_["mcnemar"]["p_value"] <= 1
+    assert REPORT_FILES - {"metrics.json"} <= {p.name for p in (folder / "alpha").iterdir()}
+
+
+def test_errors_are_one_clear_line(runs: Path, tmp_path: Path) -> None:
+    cases = [
+        (["nosuchrun", "--runs-dir", str(runs)], "nosuchrun"),
+        (["--runs-dir", str(runs), "--subset", "tset"], "Did you mean: test"),
+        (["alpha", "beta", "alpha", "--runs-dir", str(runs)], "at most two runs"),
+        (["alpha", "alpha", "--runs-dir", str(runs)], "two different runs"),
+        (["--runs-dir", str(tmp_path / "empty")], "No trained run"),
+        (["--runs-dir", str(runs), "--data", str(tmp_path / "nope")], "does not exist"),
+    ]
+    for args, expected in cases:
+        result = _evaluate(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert expected in _flat(result.output), (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_damaged_model_file_is_a_clear_error(runs: Path) -> None:
+    (runs / "alpha" / "model.keras").write_bytes(b"not a zip")
+    result = _evaluate("alpha", "--runs-dir", str(runs))
+    assert result.exit_code == 1
+    assert "Cannot load the model of run" in _flat(result.output)
+
+
+def test_evaluate_and_predict_give_the_same_numbers(runs: Path, tmp_path: Path,
+                                                    split_files: dict) -> None:
+    result = _evaluate("beta", "--runs-dir", str(runs), "--out", str(tmp_path / "e"))
+    assert result.exit_code == 0
+    preds = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    files = [str(p) for p in split_files["test"]["nevus"][:3]]
+    pj = runner.invoke(app, ["predict", *files, "--runs-dir", str(runs), "--run", "beta",
+                             "--json", "--no-log"])
+    assert pj.exit_code == 0, pj.output
+    doc = json.loads(pj.stdout)
+    for p in doc["predictions"]:
+        row = preds[preds["file"] == str(Path(p["file"]).resolve())].iloc[0]
+        got = np.array([p["probabilities"][c] for c in CLASSES])
+        want = row[[f"p_{c}" for c in CLASSES]].to_numpy(dtype=float)
+        np.testing.assert_allclose(got, want, atol=2e-6)
