@@ -81,6 +81,11 @@ class MicroBatcher:
             self._thread.join(timeout)
 
     @property
+    def stopped(self) -> bool:
+        """True once stop() was called (a stopped batcher cannot start again)."""
+        return self._stopping.is_set()
+
+    @property
     def alive(self) -> bool:
         """True while the inference thread runs."""
         return self._thread.is_alive()

@@ -98,7 +98,12 @@ def build_archive(model: Any, classes: list[str], size: int, temperature: float)
                 "top_probability": tf.reduce_max(probs, axis=-1)}
 
     def decode(data: Any) -> Any:
-        img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        # JPEG with the accurate integer DCT, as Pillow decodes it (TF's default is the fast one).
+        img = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                       expand_animations=False))
         img = tf.image.resize(tf.cast(img, tf.float32), [size, size], method="bilinear",
                               antialias=True)
         return tf.clip_by_value(tf.round(img), 0.0, 255.0)

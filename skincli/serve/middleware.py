@@ -16,6 +16,7 @@ from skincli.serve.errors import error_body
 
 log = logging.getLogger("skincli.serve")
 
+_PLAIN_ROUTES = {"/openapi.json", "/"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -81,9 +82,11 @@ class RequestContext:
             self._record(scope, sent["status"] or 500, time.perf_counter() - start, request_id)
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
-        route = scope.get("route")
-        path = getattr(route, "path", None) or ("/static" if scope.get("path", "").startswith(
-            "/static/") else "unmatched")  # raw paths would let clients explode label counts
+        route = getattr(scope.get("route"), "path", None)
+        raw = scope.get("path", "")
+        # Never label with a raw path: clients could explode the number of series.
+        path = route or ("/static" if raw.startswith("/static/") else
+                         raw if raw in _PLAIN_ROUTES else "unmatched")
         metrics = self.state.metrics
         metrics.requests.inc(route=path, method=scope.get("method", ""), status=str(status))
         metrics.latency.observe(seconds, route=path)

@@ -30,15 +30,20 @@ class ServerState:
         self.metrics = Metrics()
         self.holder = ModelHolder()
         self.keys = KeyChecker(load_keys(settings.api_key, settings.api_keys_file))
-        self.batcher = MicroBatcher(self._run_batch, max_batch=settings.max_batch,
-                                    window_s=settings.batch_window_ms / 1000.0,
-                                    queue_size=settings.queue_size, on_batch=self._on_batch)
-        self.predlog = PredictionLogger(settings.store, self.metrics,
-                                        queue_size=settings.log_queue_size,
-                                        enabled=not settings.no_log)
-        self.metrics.queue_depth.read = self.batcher.qsize
+        self.batcher, self.predlog = self._workers()
+        self.metrics.queue_depth.read = lambda: self.batcher.qsize()
         self._reload_lock = asyncio.Lock()
         self.ready = False
+
+    def _workers(self) -> tuple[MicroBatcher, PredictionLogger]:
+        settings = self.settings
+        batcher = MicroBatcher(self._run_batch, max_batch=settings.max_batch,
+                               window_s=settings.batch_window_ms / 1000.0,
+                               queue_size=settings.queue_size, on_batch=self._on_batch)
+        predlog = PredictionLogger(settings.store, self.metrics,
+                                   queue_size=settings.log_queue_size,
+                                   enabled=not settings.no_log)
+        return batcher, predlog
 
     # -- the inference thread's work --------------------------------------------------------
     @staticmethod
@@ -54,6 +59,8 @@ class ServerState:
         """Load and warm the model, then start the threads (blocking; call off the loop)."""
         model = load_model(self.settings)
         self._install(model)
+        if self.batcher.stopped:  # the app is started again after a shutdown (tests, embedding)
+            self.batcher, self.predlog = self._workers()
         self.batcher.start()
         self.predlog.start()
         self.ready = True
