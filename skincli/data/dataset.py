@@ -209,8 +209,9 @@ def _pick_column(kind: str, given: str | None, candidates: Sequence[str], column
             return given
         if given.lower() in lower:
             return lower[given.lower()]
-        raise SkinError(f"CSV {csv.name} has no column '{given}' (found: {', '.join(columns)})."
-                        + did_you_mean(given, columns), hint=f"Pass {option} with one of them")
+        raise SkinError(f"CSV {csv.name} has no column '{given}' (found: {', '.join(columns)})",
+                        hint=f"Pass {option} with one of the columns found."
+                        + did_you_mean(given, columns))
     for cand in candidates:
         if cand in lower:
             return lower[cand]
