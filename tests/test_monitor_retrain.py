@@ -148,7 +148,8 @@ def test_data_merge_is_deduplicated_and_leakage_safe(world: dict) -> None:
     assert len(new_rows) == 12
     assert set(new_rows["split"]) <= {"train", "val"}
     fresh = {str(Path(p).resolve()) for ps in world["fresh"].values() for p in ps}
-    assert set(new_rows["filepath"]) == fresh
+    assert {str(Path(p).resolve()) for p in new_rows["filepath"]} == fresh
+    assert not any(Path(p).is_absolute() for p in new_rows["path"])  # portable split file
     assert _current(world) == "champ"  # a dry run changes nothing
 
 

@@ -188,8 +188,13 @@ def merge_new_data(split: pd.DataFrame, new_data: str | Path, classes: list[str]
         k = int(round(len(idx) * val_fraction))
         assigned[idx[:k]] = "val"
         assigned[idx[k:]] = "train"
-    df = df.assign(split=assigned, path=[str(Path(p).resolve()) for p in df["filepath"]],
-                   given_split="", group="")
+    # Paths relative to the data root like the rest of the split file (nothing machine-
+    # specific); `../new/...` resolves the same way when data and new data move together.
+    root = split.attrs.get("root")
+    rel = [os.path.relpath(Path(p).resolve(), root) if root else str(Path(p).resolve())
+           for p in df["filepath"]]
+    df = df.assign(split=assigned, path=[Path(r).as_posix() for r in rel], given_split="",
+                   group="")
     added = df.reindex(columns=SPLIT_COLUMNS)
     summary["added_train"] = int((assigned == "train").sum())
     summary["added_val"] = int((assigned == "val").sum())
