@@ -185,3 +185,23 @@ def test_evaluate_and_predict_give_the_same_numbers(runs: Path, tmp_path: Path,
         got = np.array([p["probabilities"][c] for c in CLASSES])
         want = row[[f"p_{c}" for c in CLASSES]].to_numpy(dtype=float)
         np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic9"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ISIC / "Test").is_dir(), reason="needs ../shared/data/isic9")
+def test_real_isic_test_folder_via_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    classes = sorted(d.name for d in (ISIC / "Train").iterdir() if d.is_dir())
+    make_run(tmp_path, classes=classes, input_size=64, name="real")
+    result = _evaluate("real", "--runs-dir", "runs", "--data", str(ISIC), "--subset", "test",
+                       "--out", "rep")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(Path("rep/metrics.json").read_text())
+    n_files = sum(1 for p in (ISIC / "Test").rglob("*") if p.suffix.lower() == ".jpg")
+    assert doc["data"]["n_images"] == n_files
+    assert doc["data"]["n_evaluated"] + doc["data"]["n_skipped"] == n_files
+    assert "Test part" in doc["data"]["description"]
+    assert sum(r["support"] for r in doc["metrics"]["per_class"]) == doc["data"]["n_evaluated"]
