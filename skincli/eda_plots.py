@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 from skincli.imageio import ImageError, open_image  # noqa: E402
 
@@ -118,27 +118,42 @@ def _box_by_class(ok: pd.DataFrame, col: str, folder: Path, name: str, title: st
     return _save(fig, folder, name)
 
 
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _thumb(path: str | Path, size: int) -> Image.Image | None:
+    try:
+        return ImageOps.fit(open_image(path), (size, size))
+    except ImageError:  # changed since the manifest was built: leave the cell blank
+        return None
+
+
 def samples(ok: pd.DataFrame, folder: Path, seed: int = 0) -> str:
-    """A grid of random sample images: one row per class."""
+    """A grid of random sample images, one row per class (drawn with PIL: fast)."""
     rng = np.random.default_rng(seed)
     names = sorted(ok["label"].unique())
-    grid = Image.new("RGB", (SAMPLES_PER_CLASS * THUMB, len(names) * THUMB), "white")
+    font = _font(14)
+    label_w = 10 + max(int(font.getlength(n)) for n in names)
+    top = 34
+    grid = Image.new("RGB", (label_w + SAMPLES_PER_CLASS * (THUMB + 2),
+                             top + len(names) * (THUMB + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((8, 8), f"Random samples per class (seed {seed})", fill="black", font=_font(16))
     for row, name in enumerate(names):
+        y = top + row * (THUMB + 2)
+        draw.text((label_w - 6, y + THUMB // 2), name, fill="black", font=font, anchor="rm")
         paths = ok.loc[ok["label"] == name, "filepath"].to_numpy()
         pick = rng.choice(len(paths), size=min(SAMPLES_PER_CLASS, len(paths)), replace=False)
         for col, i in enumerate(sorted(pick)):
-            try:
-                img = ImageOps.fit(open_image(paths[i]), (THUMB, THUMB))
-            except ImageError:  # changed since the manifest was built: leave the cell blank
-                continue
-            grid.paste(img, (col * THUMB, row * THUMB))
-    fig, ax = plt.subplots(figsize=(SAMPLES_PER_CLASS * 1.1 + 2.2, len(names) * 1.1 + 0.6))
-    ax.imshow(np.asarray(grid))
-    ax.set_yticks([(r + 0.5) * THUMB for r in range(len(names))])
-    ax.set_yticklabels(names)
-    ax.set_xticks([])
-    ax.set_title(f"Random samples per class (seed {seed})")
-    return _save(fig, folder, "samples.png")
+            img = _thumb(paths[i], THUMB)
+            if img is not None:
+                grid.paste(img, (label_w + col * (THUMB + 2), y))
+    grid.save(folder / "samples.png", optimize=False)
+    return "samples.png"
 
 
 def near_duplicate_pairs(report: dict[str, Any], root: Path, folder: Path,
@@ -147,31 +162,36 @@ def near_duplicate_pairs(report: dict[str, Any], root: Path, folder: Path,
     pairs = report["near_duplicates"]["pair_list"][:n]
     if not pairs:
         return None
-    cell, gap = int(THUMB * 1.5), 40  # the gap above each row holds the captions
-    mosaic = Image.new("RGB", (2 * cell + 60, len(pairs) * (cell + gap)), "white")
+    cell, caption, top = int(THUMB * 1.5), 34, 30
+    font = _font(12)
+
+    def label(f: dict[str, str]) -> str:
+        return f"{f['label']} [{f['given_split']}]" if f["given_split"] else f["label"]
+
+    # Columns as wide as the longest caption, so long class names do not overlap.
+    widest = max(font.getlength(label(p[s])) for p in pairs for s in ("a", "b"))
+    gap = 24 + max(0, int(widest) - cell)
+    width = 10 + cell + gap + max(cell, int(widest)) + 60  # room for "d=.." on the right
+    sheet = Image.new("RGB", (max(width, 520), top + len(pairs) * (cell + caption + 10)),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((10, 8), "Closest near-duplicate suspects (pHash distance d, bits of 64)",
+              fill="black", font=_font(14))
     for r, pair in enumerate(pairs):
+        y = top + r * (cell + caption + 10)
         for c, side in enumerate(("a", "b")):
             f = pair[side]
+            x = 10 + c * (cell + gap)
             path = Path(f["path"]) if os.path.isabs(f["path"]) else root / f["path"]
-            try:
-                thumb = ImageOps.fit(open_image(path), (cell, cell))
-            except ImageError:
-                continue
-            mosaic.paste(thumb, (c * (cell + 60), r * (cell + gap) + gap))
-    height = len(pairs) * (cell + gap) / 100
-    fig, ax = plt.subplots(figsize=(2 * cell / 100 + 1.0, height + 0.6))
-    ax.imshow(np.asarray(mosaic))
-    ax.axis("off")
-    for r, pair in enumerate(pairs):
-        for c, side in enumerate(("a", "b")):
-            f = pair[side]
-            split = f" [{f['given_split']}]" if f["given_split"] else ""
-            ax.text(c * (cell + 60), r * (cell + gap) + gap - 4,
-                    f"{f['label']}{split}\n{Path(f['path']).name}"
-                    + (f"   d={pair['distance']}" if c == 0 else ""),
-                    fontsize=6, va="bottom")
-    ax.set_title("Closest near-duplicate suspects (pHash distance d, bits of 64)", fontsize=8)
-    return _save(fig, folder, "near_duplicates.png")
+            draw.text((x, y), label(f), fill="black", font=font)
+            draw.text((x, y + 15), Path(f["path"]).name, fill="dimgray", font=font)
+            img = _thumb(path, cell)
+            if img is not None:
+                sheet.paste(img, (x, y + caption))
+        draw.text((10 + 2 * cell + gap + 4, y + caption), f"d={pair['distance']}",
+                  fill="black", font=font)
+    sheet.save(folder / "near_duplicates.png")
+    return "near_duplicates.png"
 
 
 def write_all(report: dict[str, Any], manifest: pd.DataFrame, folder: Path,
