@@ -66,7 +66,9 @@ def _check_section(data: dict[str, Any], cmd: click.Command, path: str,
                    prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     subcommands = getattr(cmd, "commands", {}) or {}
-    params = {p.name: p for p in cmd.params if p.name and isinstance(p, click.Option)}
+    # Typer's option class is not a click.Option subclass: ask the parameter what it is.
+    params = {p.name: p for p in cmd.params
+              if p.name and getattr(p, "param_type_name", "") == "option"}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         label = f"{prefix}{raw_key}"
