@@ -166,7 +166,11 @@
       sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
       loadModelInfo();
     });
-    $("file-input").addEventListener("change", (e) => analyse(e.target.files[0]));
+    $("file-input").addEventListener("change", (e) => {
+      const file = e.target.files[0];
+      e.target.value = ""; // choosing the same file again (e.g. after entering a key) re-runs
+      analyse(file);
+    });
     const zone = $("dropzone");
     ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => {
       e.preventDefault(); zone.classList.add("dragging");
