@@ -104,19 +104,19 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     near = pd.DataFrame()
     if group_near_dups:
         near = near_duplicate_pairs(df, near_dup_params)
-        first_of = {s: i for i, s in zip(range(len(df) - 1, -1, -1), df["sha256"][::-1],
-                                         strict=True)}
+        # Any row of a hash will do: rows sharing a hash are already in one unit.
+        row_of = dict(zip(df["sha256"], df.index, strict=True))
         for a, b in zip(near["sha_a"], near["sha_b"], strict=True):
-            uf.union(first_of[a], first_of[b])
+            uf.union(row_of[a], row_of[b])
     df["_unit"] = uf.components()
 
     if keep_given_test:
         df = _keep_given_test(df, drop)
-        ratios = {"train": 1.0 - val, "val": val, "test": 0.0}
+        ratios = {"train": round(1.0 - val, 6), "val": val, "test": 0.0}
         pool = df["split"] == ""
         df.loc[pool, "split"] = _assign(df[pool], ratios, seed)
     else:
-        ratios = {"train": 1.0 - val - test, "val": val, "test": test}
+        ratios = {"train": round(1.0 - val - test, 6), "val": val, "test": test}
         df["split"] = _assign(df, ratios, seed)
 
     result = SplitResult(frame=_finish(df), meta={})
