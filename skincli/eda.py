@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from skincli.data.dataset import Dataset, load_dataset
+from skincli.data.dataset import GIVEN_SPLITS, Dataset, load_dataset
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
 from skincli.data.manifest import build_manifest
 from skincli.errors import SkinError
@@ -39,6 +39,10 @@ def _describe(values: pd.Series) -> dict[str, float]:
             "mean": float(v.mean()), "p90": float(v.quantile(0.90)), "max": float(v.max())}
 
 
+def _split_order(name: str) -> int:
+    return GIVEN_SPLITS.index(name) if name in GIVEN_SPLITS else len(GIVEN_SPLITS)
+
+
 def class_balance(ok: pd.DataFrame) -> dict[str, Any]:
     """Counts per class (and per given split), imbalance ratio and balancing class weights."""
     counts = ok["label"].value_counts().sort_index()
@@ -49,7 +53,7 @@ def class_balance(ok: pd.DataFrame) -> dict[str, Any]:
     if (ok["given_split"] != "").any():
         table = pd.crosstab(ok["label"], ok["given_split"])
         per_split = {s: {c: int(table.loc[c, s]) if c in table.index else 0 for c in counts.index}
-                     for s in sorted(table.columns, key=lambda s: s != "train")}
+                     for s in sorted(table.columns, key=_split_order)}
     largest, smallest = counts.idxmax(), counts.idxmin()
     return {
         "classes": [{"name": c, "count": int(m), "share": round(int(m) / n, 4),
@@ -100,7 +104,8 @@ def image_properties(ok: pd.DataFrame) -> dict[str, Any]:
 
 
 def exact_duplicates(ok: pd.DataFrame) -> dict[str, Any]:
-    """Same content hash: copies within a class, label conflicts and Train/Test leakage."""
+    """Same content hash: copies within a class, label conflicts and leakage between given
+    splits (Train/Test, or Val)."""
     multi = ok[ok.duplicated("sha256", keep=False)].sort_values(["sha256", "path"])
     within, conflicts, leakage = [], [], []
     pair_counts: dict[tuple[str, str], int] = {}
@@ -117,8 +122,8 @@ def exact_duplicates(ok: pd.DataFrame) -> dict[str, Any]:
         splits = set(g["given_split"]) - {""}
         if len(splits) > 1:
             leakage.append({"sha256": sha, "same_label": len(labels) == 1,
-                            "train": _files(g[g["given_split"] == "train"]),
-                            "test": _files(g[g["given_split"] == "test"])})
+                            "splits": sorted(splits, key=_split_order),
+                            **{s: _files(g[g["given_split"] == s]) for s in GIVEN_SPLITS}})
     return {
         "duplicates_within_class": {
             "groups": len(within),
@@ -133,6 +138,7 @@ def exact_duplicates(ok: pd.DataFrame) -> dict[str, Any]:
         "leakage": {
             "images": len(leakage),
             "test_files": int(sum(len(x["test"]) for x in leakage)),
+            "val_files": int(sum(len(x["val"]) for x in leakage)),
             "items": leakage},
     }
 

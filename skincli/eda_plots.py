@@ -18,7 +18,7 @@ from skincli.imageio import ImageError, open_image  # noqa: E402
 
 SAMPLES_PER_CLASS = 8
 THUMB = 96
-SPLIT_COLOURS = {"train": "#4C72B0", "test": "#DD8452", "": "#4C72B0"}
+SPLIT_COLOURS = {"train": "#4C72B0", "val": "#55A868", "test": "#DD8452", "": "#4C72B0"}
 
 
 def _save(fig: Any, folder: Path, name: str) -> str:

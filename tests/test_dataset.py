@@ -164,3 +164,20 @@ def test_csv_same_file_listed_with_two_labels_is_kept_for_conflict_checks(tmp_pa
     assert sorted((e.path, e.label) for e in ds.entries) == [("a.jpg", "x"), ("a.jpg", "y"),
                                                               ("b.jpg", "y")]
     assert any("listed twice" in s["reason"] for s in ds.skipped)
+
+
+def test_train_valid_test_folders_are_given_splits_not_classes(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "train", {"mel": 3, "nv": 3})
+    make_class_folders(tmp_path / "Valid", {"mel": 1, "nv": 1}, seed=1)
+    make_class_folders(tmp_path / "test", {"mel": 1, "nv": 1}, seed=2)
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "kaggle"
+    assert ds.classes == ["mel", "nv"]
+    assert ds.frame().groupby("given_split").size().to_dict() == {"train": 6, "val": 2,
+                                                                  "test": 2}
+
+
+def test_split_named_folder_beside_class_folders_is_a_class(tmp_path: Path) -> None:
+    make_class_folders(tmp_path, {"test": 2, "nevus": 2})
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "folders" and ds.classes == ["nevus", "test"]

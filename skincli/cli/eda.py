@@ -144,12 +144,12 @@ def show_report(report: dict[str, Any]) -> None:
          "extra copies", "split keeps one copy"],
         ["label conflicts (same image, different classes)",
          f"{con['images']} images in {con['files']} files", "split drops them (--conflicts)"],
-        ["leakage: same image in given Train and Test",
+        ["leakage: same image in two given splits (Train/Test)",
          f"{leak['images']} images" if has_split else "n/a (no given split)",
          "split keeps copies together"],
         ["near-duplicate suspects (perceptual hash)",
          f"{near['clusters']} clusters ({near['cross_class_clusters']} across classes"
-         + (f", {near['cross_split_clusters']} across Train/Test)" if has_split else ")"),
+         + (f", {near['cross_split_clusters']} across given splits)" if has_split else ")"),
          "split keeps them together"],
     ]
     c.print(ui.table("Data quality", ["check", "found", "what happens"], rows))
@@ -163,9 +163,9 @@ def show_report(report: dict[str, Any]) -> None:
                     highlight=False)
         _more(con["images"], out)
     if leak["images"]:
-        c.print("\n[bold]Leakage[/] (same image in Train and Test):")
+        c.print("\n[bold]Leakage[/] (same image in two given splits):")
         for item in leak["items"][:SHOW]:
-            files = item["train"] + item["test"]
+            files = item["train"] + item["val"] + item["test"]
             c.print("  " + " = ".join(f"{f['path']}" for f in files)
                     + ("" if item["same_label"] else "  [red](different labels)[/]"),
                     highlight=False)
@@ -180,7 +180,7 @@ def show_report(report: dict[str, Any]) -> None:
                 f"{near['params']['max_distance']}; check them by eye in near_duplicates.png):")
         for item in near["items"][:SHOW]:
             flags = [w for w, on in (("different classes", item["cross_class"]),
-                                     ("Train and Test", item["cross_split"])) if on]
+                                     ("across given splits", item["cross_split"])) if on]
             c.print(f"  d≤{item['max_distance']}: " + " ~ ".join(
                 f"{f['path']} ({f['label']})" for f in item["files"])
                 + (f"  [yellow]({', '.join(flags)})[/]" if flags else ""), highlight=False)

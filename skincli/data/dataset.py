@@ -1,7 +1,8 @@
 """One dataset abstraction over the three input layouts.
 
 (a) a folder of class folders: ``DATA/<class>/*.jpg``;
-(b) the Kaggle layout: ``DATA/Train/<class>/...`` and ``DATA/Test/<class>/...`` (any case);
+(b) the Kaggle layout: ``DATA/Train/<class>/...`` and ``DATA/Test/<class>/...`` (any case;
+    a Val/ or Valid/ folder is recognised too);
     the given split is kept as a column;
 (c) a CSV with an image path or id, a label and an optional group column (HAM10000:
     ``image_id, dx, lesion_id``) plus a folder of images searched recursively.
@@ -21,7 +22,10 @@ import pandas as pd
 from skincli.errors import SkinError, did_you_mean
 from skincli.imageio import IMAGE_SUFFIXES, is_image_file
 
-GIVEN_SPLITS = ("train", "test")
+GIVEN_SPLITS = ("train", "val", "test")
+# Folder names (lower case) that mean a given split rather than a class.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                 "val": "val", "valid": "val", "validation": "val"}
 IMAGE_COLUMNS = ("image_id", "image", "filepath", "file_path", "filename", "file", "path",
                  "image_path", "isic_id", "id")
 LABEL_COLUMNS = ("label", "dx", "class", "diagnosis", "target", "category")
@@ -36,7 +40,7 @@ class Entry:
 
     path: str          # relative to the dataset root, with forward slashes
     label: str
-    given_split: str = ""   # "train", "test" or "" when the layout gives no split
+    given_split: str = ""   # "train", "val", "test", or "" when the layout gives no split
     group: str = ""         # e.g. HAM10000 lesion_id; "" when unknown
 
 
@@ -143,14 +147,16 @@ def _rel(path: Path, root: Path) -> str:
 
 def _from_folder(root: Path) -> Dataset:
     subdirs = _class_dirs(root)
-    split_dirs = {d.name.lower(): d for d in subdirs if d.name.lower() in GIVEN_SPLITS}
-    # Kaggle layout: Train/ and/or Test/ (any case) and nothing else that holds images.
-    others = [d for d in subdirs if d.name.lower() not in GIVEN_SPLITS]
+    split_dirs = [(SPLIT_FOLDERS[d.name.lower()], d) for d in subdirs
+                  if d.name.lower() in SPLIT_FOLDERS]
+    # Kaggle layout: Train/ and/or Test/ (any case; Val/ too) and nothing else holding images.
+    others = [d for d in subdirs if d.name.lower() not in SPLIT_FOLDERS]
     kaggle = bool(split_dirs) and not any(_has_image(d) for d in others)
     entries: list[Entry] = []
     skipped: list[dict[str, str]] = []
     if kaggle:
-        for given, top in sorted(split_dirs.items(), key=lambda kv: GIVEN_SPLITS.index(kv[0])):
+        for given, top in sorted(split_dirs, key=lambda gd: (GIVEN_SPLITS.index(gd[0]),
+                                                            gd[1].name)):
             entries += _list_class_folders(top, root, given, skipped)
         layout = "kaggle"
     else:
