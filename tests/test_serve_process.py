@@ -1,0 +1,131 @@
+"""`skin serve` as a real process: SIGHUP reloads runs/CURRENT, SIGTERM drains in-flight work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_serve_support import image_bytes
+
+if sys.platform == "win32":  # pragma: no cover
+    pytest.skip("POSIX signals", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server not ready in time")
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> Path:
+    from helpers_run import build_model, make_run
+
+    root = tmp_path / "runs"
+    # A heavier model (wide convs at 160 px) so that queued work takes a few seconds.
+    make_run(tmp_path, classes=["a", "b", "c"], input_size=160, name="heavy",
+             model=build_model(3, input_size=160, width=48), runs_dir=root)
+    make_run(tmp_path, classes=["x", "y"], input_size=32, name="light", runs_dir=root)
+    (root / "CURRENT").write_text("heavy\n")
+    return root
+
+
+@pytest.mark.slow
+def test_sighup_reloads_and_sigterm_drains(runs: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "SKIN_QUEUE_SIZE": "256"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skincli", "serve", "--runs-dir", str(runs), "--port", str(port),
+         "--no-log", "--max-batch", "8", "--timeout-s", "60"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, proc)
+        assert httpx.get(url + "/v1/model").json()["name"] == "heavy"
+
+        # SIGTERM while several batches are queued: every accepted request still gets its answer.
+        files = [("files", (f"{i}.png", image_bytes((160, 160), seed=i), "image/png"))
+                 for i in range(16)]
+        results: list[Any] = []
+
+        def send() -> None:
+            try:
+                results.append(httpx.post(url + "/v1/predict/batch", files=files, timeout=120))
+            except httpx.HTTPError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        depth = 0.0
+        while time.time() < deadline and depth < 8:
+            text = httpx.get(url + "/metrics", timeout=5).text
+            depth = float(next(line.split()[1] for line in text.splitlines()
+                               if line.startswith("skin_queue_depth ")))
+            time.sleep(0.02)
+        assert depth >= 8, "work never queued up; cannot test draining"
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        # Uvicorn re-raises SIGTERM after its graceful shutdown, hence -15 rather than 0.
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert len(results) == 4
+        for r in results:
+            assert isinstance(r, httpx.Response), r
+            assert r.status_code == 200, r.text
+            assert all(item["prediction"] for item in r.json()["results"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    log = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in log
+    assert "Application shutdown complete" in log
+
+    # A fresh server: SIGHUP switches to the run that runs/CURRENT now names.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skincli", "serve", "--runs-dir", str(runs), "--port", str(port),
+         "--no-log"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        _wait_ready(url, proc)
+        (runs / "CURRENT").write_text("light\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 60
+        name = "heavy"
+        while time.time() < deadline and name == "heavy":
+            time.sleep(0.2)
+            name = httpx.get(url + "/v1/model").json()["name"]
+        assert name == "light"
+        r = httpx.post(url + "/v1/predict", files={"file": ("a.png", image_bytes(), "image/png")})
+        assert set(r.json()["prediction"]["probabilities"]) == {"x", "y"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
