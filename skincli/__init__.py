@@ -11,4 +11,8 @@ DISCLAIMER = (
     "Decision support only, not a diagnosis: a clinician must confirm every result."
 )
 
+from skincli import _quiet  # noqa: E402
+
+_quiet.install()
+
 __all__ = ["__version__", "DISCLAIMER"]
