@@ -1,0 +1,376 @@
+"""Serving latency and throughput: `skin serve` vs a naive FastAPI app, on the same model.
+
+    python benchmarks/serve_latency.py                      # untrained EfficientNet-Lite0 run
+    python benchmarks/serve_latency.py --run runs/train     # a trained run (same timing)
+    python benchmarks/serve_latency.py --arch tiny --requests 100   # quick check
+
+1. Offline: the model's batch throughput (Predictor on preprocessed batches, no HTTP).
+2. `skin serve` (app factory, micro-batching) in a Uvicorn subprocess on 127.0.0.1.
+3. A naive baseline: FastAPI calling `model.predict` per request (same run, same
+   preprocessing) in a Uvicorn subprocess on 127.0.0.1.
+
+For each server, a separate load process sends N requests at concurrency 1, 4 and 16 (bounded
+by --requests and --max-seconds per level; loopback only) and the script prints p50/p95/p99
+latency and images/s side by side, the ratios, and writes everything to JSON.
+Targets: p50 < 50 ms at concurrency 1; concurrency-16 throughput >= 80% of offline batch
+throughput. The servers and the load generator share this machine's cores, as they would on a
+single host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# FastAPI at module level: it resolves the baseline endpoint's annotations from here.
+import numpy as np  # noqa: E402
+from fastapi import FastAPI, File, UploadFile  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+HOST = "127.0.0.1"  # loopback only
+
+
+# --- the naive baseline app (imported by its own Uvicorn process) --------------------------------
+
+def baseline_app() -> Any:
+    """FastAPI calling keras `model.predict` per request: what a first version usually does."""
+    from skincli.predictor import Predictor, softmax
+
+    predictor = Predictor.from_run(os.environ["BENCH_RUN"], os.environ.get("BENCH_RUNS_DIR",
+                                                                           "runs"))
+    model = predictor.model
+    model.predict(np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32),
+                  verbose=0)
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/predict")
+    def predict(file: UploadFile = File(...)) -> dict[str, Any]:
+        x = predictor.preprocess(file.file.read())[None]
+        probs = softmax(model.predict(x, verbose=0), predictor.temperature)[0]
+        i = int(np.argmax(probs))
+        return {"label": predictor.classes[i], "probability": float(probs[i]),
+                "probabilities": dict(zip(predictor.classes, map(float, probs)))}
+
+    return app
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def make_payload(size: int, seed: int = 0) -> bytes:
+    """A skin-coloured JPEG with a darker blob, `size` x `size` pixels."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    base = np.clip(np.array([190, 140, 120]) + rng.normal(0, 12, (size, size, 3)), 0, 255)
+    img = Image.fromarray(base.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((size * 0.3, size * 0.25, size * 0.7, size * 0.75), fill=(95, 60, 50))
+    img = img.filter(ImageFilter.GaussianBlur(2))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def pick_run(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
+    """The run to serve: --run, else a trained efficientnet run in runs/, else an untrained one."""
+    from skincli.runs import finished_runs, load_run_info, resolve_run
+
+    if args.run:
+        return resolve_run(args.run, args.runs_dir), "given"
+    if args.arch == "efficientnet":
+        for run in reversed(finished_runs(REPO / "runs")):
+            if load_run_info(run).arch in ("efficientnet", "efficientnet_lite0"):
+                return run, "trained run found in runs/"
+    from skincli.models.registry import build_model
+    from skincli.runs import MODEL_FILE, RunInfo, save_run_info
+
+    built = build_model(args.arch, 9, weights="none")
+    run_dir = workdir / "runs" / f"bench-{args.arch}"
+    run_dir.mkdir(parents=True)
+    built.model.save(run_dir / MODEL_FILE)
+    save_run_info(run_dir, RunInfo(
+        name=f"bench-{args.arch}", arch=args.arch, classes=[f"class{i}" for i in range(9)],
+        input_size=built.input_size, preprocessing=built.preprocessing,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+    return run_dir, "untrained (weights='none'; timing does not depend on weights)"
+
+
+def offline_throughput(run_dir: Path, batch: int, seconds: float, payload: bytes
+                       ) -> dict[str, float]:
+    """Images/s of the Predictor on ready batches, and one-image latency, without HTTP."""
+    from skincli.predictor import Predictor
+
+    predictor = Predictor.from_run(run_dir)
+    x = np.stack([predictor.preprocess(payload)] * batch)
+    predictor.probabilities(x, batch_size=batch)
+    predictor.probabilities(x[:1], batch_size=1)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3 * batch:
+        predictor.probabilities(x, batch_size=batch)
+        n += batch
+    per_s = n / (time.perf_counter() - start)
+    singles = []
+    for _ in range(20):
+        t = time.perf_counter()
+        predictor.probabilities(x[:1], batch_size=1)
+        singles.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(20):
+        predictor.preprocess(payload)
+    decode_ms = (time.perf_counter() - t) / 20 * 1000
+    return {"images_per_s": per_s, "batch": batch, "single_image_ms": float(
+        np.median(singles) * 1000), "decode_resize_ms": decode_ms,
+        "input_size": predictor.input_size}
+
+
+class Server:
+    """A Uvicorn subprocess on a free loopback port."""
+
+    def __init__(self, target: list[str], env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "uvicorn", *target, "--host", HOST, "--port",
+               str(self.port), "--log-level", "warning", "--no-access-log"]
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+    def wait(self, timeout: float = 180) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"server did not start in {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _load_worker(url: str, payload: bytes, concurrency: int, n: int, max_s: float,
+                 out: Any) -> None:
+    """Runs in its own process: n requests, `concurrency` in flight, bounded by max_s."""
+    import asyncio
+
+    import httpx
+
+    async def main() -> tuple[list[float], int, float]:
+        latencies: list[float] = []
+        errors = 0
+        todo = iter(range(n))
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            start = time.perf_counter()
+            deadline = start + max_s
+
+            async def worker() -> None:
+                nonlocal errors
+                for _ in todo:
+                    if time.perf_counter() > deadline:
+                        return
+                    t = time.perf_counter()
+                    try:
+                        r = await client.post(url + "/v1/predict",
+                                              files={"file": ("x.jpg", payload, "image/jpeg")})
+                        ok = r.status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    if ok:
+                        latencies.append(time.perf_counter() - t)
+                    else:
+                        errors += 1
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return latencies, errors, time.perf_counter() - start
+
+    out.put(asyncio.run(main()))
+
+
+def measure(url: str, payload: bytes, concurrency: int, n: int, max_s: float) -> dict[str, Any]:
+    """Send the load from a separate process; return latency percentiles and throughput."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_load_worker, args=(url, payload, concurrency, n, max_s, out))
+    proc.start()
+    latencies, errors, wall = out.get(timeout=max_s + 180)
+    proc.join(30)
+    lat = np.array(latencies) * 1000
+    pct = (lambda q: float(np.percentile(lat, q))) if len(lat) else (lambda q: float("nan"))
+    return {"concurrency": concurrency, "requests": len(latencies) + errors,
+            "ok": len(latencies), "errors": errors, "p50_ms": pct(50), "p95_ms": pct(95),
+            "p99_ms": pct(99), "images_per_s": len(latencies) / wall if wall > 0 else 0.0,
+            "seconds": wall}
+
+
+def run_server(name: str, server: Server, payload: bytes, levels: list[int], n: int,
+               max_s: float) -> list[dict[str, Any]]:
+    server.wait()
+    measure(server.url, payload, 4, 20, 60)  # warm-up: connections, first batches
+    rows = []
+    for c in levels:
+        row = measure(server.url, payload, c, n, max_s)
+        row["server"] = name
+        rows.append(row)
+        print(f"  {name:9s} c={c:<3d} p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f}  "
+              f"p99 {row['p99_ms']:7.1f}  {row['images_per_s']:6.1f} img/s  "
+              f"({row['ok']} ok, {row['errors']} errors)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", help="run name or folder (default: see --arch)")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--arch", default="efficientnet",
+                        help="without --run: a trained run of this arch in runs/, else an "
+                             "untrained one built for timing (default efficientnet)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per level")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--max-seconds", type=float, default=40.0, help="cap per level")
+    parser.add_argument("--image-px", type=int, default=0,
+                        help="side of the JPEG sent (default: the model's input size)")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--batch-window-ms", type=float, default=5.0)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--out", default="serve_latency.json", help="JSON results file")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if args.requests < 1 or not levels or min(levels) < 1 or args.max_seconds <= 0:
+        raise SystemExit("--requests, --concurrency and --max-seconds must be positive")
+
+    from skincli import ui
+    from skincli.runs import load_run_info
+
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        work = Path(tmp)
+        run_dir, origin = pick_run(args, work)
+        info = load_run_info(run_dir)
+        payload = make_payload(args.image_px or info.input_size)
+        print(f"run {run_dir} ({info.arch}, {info.input_size} px, {origin}); "
+              f"payload {len(payload) / 1024:.1f} KB JPEG; {os.cpu_count()} CPUs", flush=True)
+
+        offline = offline_throughput(run_dir, args.max_batch, 8.0, payload)
+        print(f"  offline   batch {args.max_batch}: {offline['images_per_s']:.1f} img/s; "
+              f"one image {offline['single_image_ms']:.1f} ms; decode+resize "
+              f"{offline['decode_resize_ms']:.1f} ms", flush=True)
+
+        rows: list[dict[str, Any]] = []
+        skin = Server(["--factory", "skincli.serve.app:create_app"], {
+            "SKIN_RUN": str(run_dir.resolve()), "SKIN_RUNS_DIR": str(run_dir.parent.resolve()),
+            "SKIN_NO_LOG": "1", "SKIN_MAX_BATCH": str(args.max_batch),
+            "SKIN_BATCH_WINDOW_MS": str(args.batch_window_ms), "SKIN_QUEUE_SIZE": "512",
+            "SKIN_TIMEOUT_S": "120"}, work / "skin.log")
+        try:
+            rows += run_server("skin", skin, payload, levels, args.requests, args.max_seconds)
+            batches = _batch_sizes(skin.url)
+        finally:
+            skin.stop()
+        if not args.skip_baseline:
+            naive = Server(["--factory", "--app-dir", str(HERE), "serve_latency:baseline_app"], {
+                "BENCH_RUN": str(run_dir.resolve()),
+                "BENCH_RUNS_DIR": str(run_dir.parent.resolve())}, work / "baseline.log")
+            try:
+                rows += run_server("baseline", naive, payload, levels, args.requests,
+                                   args.max_seconds)
+            finally:
+                naive.stop()
+
+    by = {(r["server"], r["concurrency"]): r for r in rows}
+    table_rows = []
+    for c in levels:
+        s = by[("skin", c)]
+        b = by.get(("baseline", c))
+        table_rows.append([
+            c, round(s["p50_ms"], 1), round(s["p95_ms"], 1), round(s["p99_ms"], 1),
+            round(s["images_per_s"], 1),
+            round(b["p50_ms"], 1) if b else "-", round(b["p99_ms"], 1) if b else "-",
+            round(b["images_per_s"], 1) if b else "-",
+            f"{s['images_per_s'] / b['images_per_s']:.2f}x" if b and b["images_per_s"] else "-",
+            f"{s['images_per_s'] / offline['images_per_s']:.0%}",
+            s["errors"] + (b["errors"] if b else 0)])
+    from rich.console import Console
+
+    wide = Console(width=160)
+    wide.print(ui.table(
+        f"Serving {info.arch} ({info.input_size} px) on {os.cpu_count()} CPUs; offline batch "
+        f"{args.max_batch}: {offline['images_per_s']:.1f} img/s",
+        ["conc.", "skin p50 ms", "p95", "p99", "skin img/s", "naive p50 ms", "naive p99",
+         "naive img/s", "skin/naive", "skin/offline", "errors"], table_rows))
+    c1 = by.get(("skin", 1))
+    c16 = by.get(("skin", 16))
+    targets = {
+        "p50_c1_ms": c1["p50_ms"] if c1 else None,
+        "p50_c1_under_50ms": bool(c1 and c1["p50_ms"] < 50),
+        "c16_vs_offline": c16["images_per_s"] / offline["images_per_s"] if c16 else None,
+        "c16_at_least_80pct_offline": bool(c16 and c16["images_per_s"]
+                                           >= 0.8 * offline["images_per_s"]),
+    }
+    ui.console.print(f"targets: p50 at c=1 {targets['p50_c1_ms']:.1f} ms (< 50: "
+                     f"{targets['p50_c1_under_50ms']}); c=16 throughput "
+                     f"{targets['c16_vs_offline']:.0%} of offline (>= 80%: "
+                     f"{targets['c16_at_least_80pct_offline']}); mean batch "
+                     f"{batches.get('mean', float('nan')):.1f}", highlight=False)
+    result = {"run": str(run_dir), "run_origin": origin, "arch": info.arch,
+              "input_size": info.input_size, "payload_bytes": len(payload),
+              "cpus": os.cpu_count(), "offline": offline, "levels": rows,
+              "skin_batch_sizes": batches, "targets": targets,
+              "settings": {"max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms,
+                           "requests": args.requests, "max_seconds": args.max_seconds},
+              "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    ui.console.print(f"wrote {args.out}")
+
+
+def _batch_sizes(url: str) -> dict[str, float]:
+    """Mean images per forward pass, read from the server's own /metrics."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        for key in ("skin_batch_size_sum", "skin_batch_size_count"):
+            if line.startswith(key + " "):
+                values[key] = float(line.split()[1])
+    count = values.get("skin_batch_size_count", 0.0)
+    return {"batches": count, "images": values.get("skin_batch_size_sum", 0.0),
+            "mean": values.get("skin_batch_size_sum", 0.0) / count if count else float("nan")}
+
+
+if __name__ == "__main__":
+    main()
