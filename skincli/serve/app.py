@@ -195,9 +195,9 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=1, many=False)
         model = state.model()
-        with state.batcher.arriving():
+        with state.batcher.arriving() as arrival:
             prepared = await prepare(model, uploads[0])
-            row = (await state.infer(model, [prepared.array], deadline))[0]
+            row = (await state.infer(model, [prepared.array], deadline, arrival))[0]
         pred = _prediction(model, row, top_k or settings.top_k, prepared, uploads[0].filename)
         record(request, model, prepared, row, pred)
         return {"request_id": request.scope["skin.request_id"], "model": model.ref(),
@@ -214,11 +214,12 @@ def _routes(app: FastAPI, state: ServerState) -> None:
                                      max_files=settings.max_files, many=True)
         model = state.model()
         rid = request.scope["skin.request_id"]
-        with state.batcher.arriving():
+        with state.batcher.arriving() as arrival:
             prepared = await asyncio.gather(*(prepare(model, up) for up in uploads),
                                             return_exceptions=True)
             good = [p for p in prepared if isinstance(p, Prepared)]
-            rows = await state.infer(model, [p.array for p in good], deadline) if good else []
+            rows = await state.infer(model, [p.array for p in good], deadline,
+                                     arrival) if good else []
         by_id = {id(p): r for p, r in zip(good, rows)}
         results = []
         for up, p in zip(uploads, prepared):
@@ -259,9 +260,9 @@ def _routes(app: FastAPI, state: ServerState) -> None:
                                f"{did_you_mean(target, model.classes)} Classes: "
                                f"{', '.join(model.classes)}")
             target_index = model.classes.index(target)
-        with state.batcher.arriving():
+        with state.batcher.arriving() as arrival:
             prepared = await prepare(model, uploads[0], display=True)
-            row = (await state.infer(model, [prepared.array], deadline))[0]
+            row = (await state.infer(model, [prepared.array], deadline, arrival))[0]
         # TF work stays on the inference thread; the overlay is drawn off the event loop.
         cam, cls = await state.call(
             lambda: heatmap_for(model.predictor, prepared.array, target_index), deadline)

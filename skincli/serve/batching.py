@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +48,19 @@ class _Job:
 
 RunBatch = Callable[[Any, np.ndarray], Sequence[Any]]
 OnBatch = Callable[[int, float], None]
+
+
+class Arrival:
+    """A request announced to the batcher; `arrived()` withdraws the announcement (once)."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self._done = False
+
+    def arrived(self) -> None:
+        if not self._done:
+            self._done = True
+            self._batcher._arrived()
 
 
 class MicroBatcher:
@@ -96,15 +109,23 @@ class MicroBatcher:
 
     # -- submitting ------------------------------------------------------------------------
     @contextmanager
-    def arriving(self) -> Any:
-        """Mark a request that will submit soon (e.g. while decoding) so a batch waits for it."""
+    def arriving(self) -> Iterator[Arrival]:
+        """Mark a request that will submit soon (e.g. while decoding) so a batch waits for it.
+
+        Call `.arrived()` on the handle as soon as its images are queued: a request waiting
+        for its own result must not make the batch wait for it.
+        """
+        arrival = Arrival(self)
         with self._incoming_lock:
             self._incoming += 1
         try:
-            yield
+            yield arrival
         finally:
-            with self._incoming_lock:
-                self._incoming -= 1
+            arrival.arrived()
+
+    def _arrived(self) -> None:
+        with self._incoming_lock:
+            self._incoming -= 1
 
     def submit(self, owner: Any, array: np.ndarray, deadline: float) -> Future:
         """Queue one preprocessed image for `owner`; the future gets its row of results."""

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from skincli.errors import SkinError
 from skincli.serve.auth import KeyChecker, load_keys
-from skincli.serve.batching import Expired, MicroBatcher, Overloaded
+from skincli.serve.batching import Arrival, Expired, MicroBatcher, Overloaded
 from skincli.serve.errors import ApiError
 from skincli.serve.metrics import Metrics
 from skincli.serve.model import LoadedModel, ModelHolder, Row, load_model
@@ -121,13 +121,15 @@ class ServerState:
             log.error("SIGHUP reload: %s", exc.message)
 
     # -- inference from a request -----------------------------------------------------------
-    async def infer(self, model: LoadedModel, arrays: list[np.ndarray],
-                    deadline: float) -> list[Row]:
+    async def infer(self, model: LoadedModel, arrays: list[np.ndarray], deadline: float,
+                    arrival: Arrival | None = None) -> list[Row]:
         """Queue images for the micro-batcher and wait for their rows (503/504 on failure)."""
         futures = []
         try:
             for arr in arrays:
                 futures.append(self.batcher.submit(model, arr, deadline))
+            if arrival is not None:
+                arrival.arrived()  # queued: the batcher need not wait for this request any more
         except Overloaded as exc:
             for fut in futures:
                 fut.cancel()
