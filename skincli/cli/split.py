@@ -90,9 +90,10 @@ def command(
             for label in counts.index]
     rows.append(["total", *[int(counts[s].sum()) for s in SPLITS], int(counts.values.sum())])
     r = meta["ratios"]
-    title = (f"Split of {meta['n_images']} images (seed {seed}; train/val/test "
-             f"{r['train']:.2f}/{r['val']:.2f}/{r['test']:.2f}"
-             + (", given Test kept" if keep_given_test else "") + ")")
+    ratios = (f"given Test kept; train/val {r['train']:.2f}/{r['val']:.2f} of the rest"
+              if keep_given_test else
+              f"train/val/test {r['train']:.2f}/{r['val']:.2f}/{r['test']:.2f}")
+    title = f"Split of {meta['n_images']} images (seed {seed}; {ratios})"
     ui.console.print(ui.table(title, ["class", *SPLITS, "total"], rows))
     if meta["n_units"] < meta["n_images"]:
         ui.console.print(f"{meta['n_images']} images in {meta['n_units']} units (identical "
