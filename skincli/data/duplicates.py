@@ -61,11 +61,15 @@ def phash_ints(hexes: pd.Series | list[str]) -> np.ndarray:
     return np.array([int(h, 16) if h else 0 for h in hexes], dtype=np.uint64)
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Number of set bits of each uint64 (the Hamming distance of XORed hashes)."""
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
         return np.bitwise_count(x)
     bytes_ = x.view(np.uint8).reshape(*x.shape, 8)
     return np.unpackbits(bytes_, axis=-1).sum(axis=-1)
+
+
+_popcount = popcount  # older name, used by skincli.monitor
 
 
 def near_duplicate_pairs(manifest: pd.DataFrame, params: NearDupParams | None = None,
@@ -89,7 +93,7 @@ def near_duplicate_pairs(manifest: pd.DataFrame, params: NearDupParams | None = 
     found: list[tuple[str, str, int, float]] = []
     for start in range(0, n, block):
         stop = min(n, start + block)
-        dist = _popcount(h[start:stop, None] ^ h[None, :])
+        dist = popcount(h[start:stop, None] ^ h[None, :])
         rows, cols_ = np.nonzero(dist <= params.max_distance)
         keep = cols_ > rows + start  # each unordered pair once, never an image with itself
         for i, j in zip(rows[keep] + start, cols_[keep], strict=True):
