@@ -209,3 +209,31 @@ def test_out_never_replaces_data_or_unrelated_folders(messy: Path, tmp_path: Pat
         assert result.exit_code == 1 and words in result.output
     assert (precious / "thesis.txt").read_text() == "years of work"
     assert (messy / "Train").is_dir()
+
+
+def test_near_duplicate_pairs_same_for_any_block_size() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from skincli.data.duplicates import NearDupParams, near_duplicate_pairs, popcount
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, size=40, dtype=np.uint64)
+    # Every 4th hash gets a near twin (3 bits flipped) with the same colour.
+    twins = base[::4] ^ np.uint64(0b10101)
+    hashes = np.concatenate([base, twins])
+    n = len(hashes)
+    colour = rng.uniform(0, 255, size=(n, 3))
+    colour[40:] = colour[:40:4]
+    m = pd.DataFrame({"sha256": [f"{i:04d}" for i in range(n)], "readable": True,
+                      "phash": [f"{int(h):016x}" for h in hashes],
+                      "mean_r": colour[:, 0], "mean_g": colour[:, 1], "mean_b": colour[:, 2]})
+    params = NearDupParams(max_distance=3, strict_distance=3)
+    whole = near_duplicate_pairs(m, params, block=1024)
+    pieces = near_duplicate_pairs(m, params, block=7)
+    assert whole.equals(pieces)
+    assert sorted(zip(whole["sha_a"], whole["sha_b"])) == [
+        (f"{i:04d}", f"{40 + i // 4:04d}") for i in range(0, 40, 4)]
+    assert (whole["distance"] == 3).all()
+    x = rng.integers(0, 2**63, size=100, dtype=np.uint64)
+    assert popcount(x).tolist() == [bin(int(v)).count("1") for v in x]
