@@ -181,3 +181,11 @@ def test_split_named_folder_beside_class_folders_is_a_class(tmp_path: Path) -> N
     make_class_folders(tmp_path, {"test": 2, "nevus": 2})
     ds = load_dataset(tmp_path)
     assert ds.layout == "folders" and ds.classes == ["nevus", "test"]
+
+
+def test_csv_with_bom_and_windows_line_ends(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.jpg", seed=1)
+    make_image(tmp_path / "b.jpg", seed=2)
+    (tmp_path / "m.csv").write_bytes("\ufeffimage_id,dx\r\na,nv\r\nb,mel\r\n".encode())
+    ds = load_dataset(tmp_path / "m.csv")
+    assert sorted((e.path, e.label) for e in ds.entries) == [("a.jpg", "nv"), ("b.jpg", "mel")]

@@ -201,7 +201,7 @@ def _folder_csv(folder: Path) -> Path | None:
 
 def _csv_has_columns(csv: Path) -> bool:
     try:
-        cols = [c.strip().lower() for c in pd.read_csv(csv, nrows=0).columns]
+        cols = [c.strip().lower() for c in pd.read_csv(csv, nrows=0, encoding="utf-8-sig").columns]
     except Exception:
         return False
     return any(c in cols for c in IMAGE_COLUMNS) and any(c in cols for c in LABEL_COLUMNS)
@@ -231,7 +231,8 @@ def _pick_column(kind: str, given: str | None, candidates: Sequence[str], column
 def _from_csv(csv: Path, image_dir: str | os.PathLike[str] | None, label_col: str | None,
               image_col: str | None, group_col: str | None) -> Dataset:
     try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True,
+                            encoding="utf-8-sig")  # tolerate the BOM spreadsheets write
     except pd.errors.EmptyDataError as exc:
         raise SkinError(f"CSV {csv} is empty", hint="Give it a header row and one row per "
                         "image") from exc
