@@ -17,8 +17,8 @@ import numpy as np
 from skincli.predictor import softmax
 
 T_MIN, T_MAX = 0.05, 20.0
-# Default rule for the uncertain verdict (the same as `skin train`'s --uncertain-accuracy):
-# the least confident validation predictions, as a group, were right less often than this.
+# Default for the uncertain verdict (as `skin train --uncertain-accuracy`): predictions at a
+# confidence where validation accuracy was below this are called uncertain.
 UNCERTAIN_ACCURACY = 0.5
 
 
@@ -64,12 +64,16 @@ def choose_uncertain_threshold(probs: np.ndarray, y: Sequence[int] | np.ndarray,
                                target: float = UNCERTAIN_ACCURACY) -> dict[str, Any]:
     """Pick the top probability below which a prediction is called "uncertain".
 
-    Rule (the same as training uses): sort validation images by confidence and take the
-    largest group of least confident predictions whose accuracy is below `target`; the
-    threshold lies between that group and the next prediction. So "uncertain" means: on
-    validation data, predictions this unsure were wrong more often than `target` allows.
-    Threshold 0.0 (nothing flagged) when even the least confident prediction was right.
+    Rule: fit validation accuracy as a non-decreasing function of the top probability
+    (isotonic regression of right/wrong on confidence); the threshold is where that curve
+    reaches `target`, halfway between the neighbouring validation confidences. So "uncertain"
+    means: on validation data, predictions this unsure were right less than `target` of the
+    time. A cumulative rule ("the least confident group as a whole is below target") is not
+    used because, for a model whose overall accuracy is near the target, it flags almost
+    everything. Threshold 0.0 when even the least confident predictions met the target.
     """
+    from sklearn.isotonic import IsotonicRegression
+
     probs = np.asarray(probs, dtype=np.float64)
     t = np.asarray(y, dtype=np.int64)
     n = t.size
@@ -77,22 +81,23 @@ def choose_uncertain_threshold(probs: np.ndarray, y: Sequence[int] | np.ndarray,
         raise ValueError("choose_uncertain_threshold needs at least one validation image")
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == t
-    order = np.argsort(conf, kind="stable")
-    conf_sorted = conf[order]
-    prefix_acc = np.cumsum(correct[order]) / np.arange(1, n + 1)
-    below = np.flatnonzero(prefix_acc < target)
-    if not below.size:
+    fitted = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0).fit_transform(
+        conf, correct.astype(np.float64))
+    good = fitted >= target
+    if good.all():
         threshold = 0.0
+    elif not good.any():
+        threshold = float(np.nextafter(conf.max(), 2.0))  # nothing on validation was reliable
     else:
-        k = int(below[-1]) + 1  # the k least confident predictions are flagged
-        threshold = (float(np.nextafter(conf_sorted[-1], 2.0)) if k >= n
-                     else float((conf_sorted[k - 1] + conf_sorted[k]) / 2))
+        lowest_good = float(conf[good].min())
+        below = conf[(~good) & (conf < lowest_good)]
+        threshold = (lowest_good + float(below.max())) / 2 if below.size else lowest_good
     uncertain = conf < threshold
     return {
         "threshold": threshold,
         "target_accuracy": float(target),
         "rule": (f"top probability below which validation predictions were right less than "
-                 f"{target:.0%} of the time"),
+                 f"{target:.0%} of the time (isotonic fit of accuracy on confidence)"),
         "uncertain_share": float(uncertain.mean()),
         "accuracy_uncertain": float(correct[uncertain].mean()) if uncertain.any() else None,
         "accuracy_confident": float(correct[~uncertain].mean()) if (~uncertain).any() else None,

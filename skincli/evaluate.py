@@ -404,7 +404,8 @@ def _warnings(result: dict[str, Any]) -> list[str]:
                    "(listed in metrics.json)")
     absent = result["metrics"]["auc_skipped_classes"]
     if absent:
-        out.append(f"ROC AUC skipped for class(es) absent from the data: {', '.join(absent)}")
+        out.append(f"{result['run']['name']}: ROC AUC skipped for class(es) absent from the "
+                   f"data: {', '.join(absent)}")
     return out
 
 

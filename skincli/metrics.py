@@ -3,9 +3,11 @@
 Conventions (the same as scikit-learn's defaults, so numbers can be cross-checked):
 
 - Labels are integer class indices 0..C-1; `probs` is (N, C).
-- Macro F1 averages over the classes present in y_true or y_pred; a class never predicted
-  has precision 0, a class absent from y_true has recall 0 (and no F1 unless predicted).
-- Balanced accuracy is the mean recall over the classes present in y_true.
+- Macro F1 and balanced accuracy average over the classes present in y_true (scikit-learn's
+  `labels=np.unique(y_true)`): a class absent from the test data has no F1, and a stray
+  prediction of it already costs the true class its recall. (scikit-learn's default would
+  also average in a 0 for such a class, so one stray prediction could move macro F1 by 1/C.)
+  A class never predicted has precision 0.
 - One-vs-rest ROC AUC is computed per class present in y_true (and not the only class);
   the macro AUC averages those and lists the classes it skipped.
 - Bootstrap intervals resample images with replacement (percentile method, 95%), vectorised
@@ -69,9 +71,9 @@ def per_class_from_cm(cm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def macro_f1_from_cm(cm: np.ndarray) -> np.ndarray:
-    """Macro F1 over classes present in y_true or y_pred (works on (C,C) or (B,C,C))."""
+    """Macro F1 over the classes present in y_true (works on (C,C) or (B,C,C))."""
     pc = per_class_from_cm(cm)
-    present = (pc["support"] + pc["predicted"]) > 0
+    present = pc["support"] > 0
     return _safe_div((pc["f1"] * present).sum(axis=-1), present.sum(axis=-1))
 
 
@@ -125,7 +127,7 @@ def balanced_accuracy(y_true: Sequence[int] | np.ndarray,
 
 
 def macro_f1(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> float:
-    """Unweighted mean F1 over classes present in y_true or y_pred."""
+    """Unweighted mean F1 over the classes present in y_true."""
     t, p = _as_int(y_true), _as_int(y_pred)
     return float(macro_f1_from_cm(confusion_matrix(t, p, _n_classes(t, p))))
 
@@ -301,14 +303,15 @@ def classification_summary(y_true: Sequence[int] | np.ndarray, probs: np.ndarray
     pc = per_class_from_cm(cm)
     auc = roc_auc_ovr(t, probs)
     macro = float(macro_f1_from_cm(cm))
-    present = (pc["support"] + pc["predicted"]) > 0
     per_class = []
     for i, name in enumerate(classes):
+        # None where a value is undefined: precision of a class never predicted, recall and F1
+        # of a class absent from the data.
         per_class.append({
             "class": name,
-            "precision": float(pc["precision"][i]) if pc["predicted"][i] else 0.0,
+            "precision": float(pc["precision"][i]) if pc["predicted"][i] else None,
             "recall": float(pc["recall"][i]) if pc["support"][i] else None,
-            "f1": float(pc["f1"][i]) if present[i] else None,
+            "f1": float(pc["f1"][i]) if pc["support"][i] else None,
             "support": int(pc["support"][i]),
             "predicted": int(pc["predicted"][i]),
             "auc": auc["per_class"][i],

@@ -52,22 +52,23 @@ def test_fit_temperature_rejects_empty_input() -> None:
         cal.fit_temperature(np.zeros((0, 3)), np.zeros(0))
 
 
-def test_uncertain_threshold_flags_the_least_confident_group_below_target() -> None:
-    logits, y = _overconfident(2000, seed=4, sharpen=1.0)
+def test_uncertain_threshold_separates_unreliable_confidences() -> None:
+    logits, y = _overconfident(3000, seed=4, sharpen=1.0)  # calibrated by construction
     probs = softmax(logits)
     rule = cal.choose_uncertain_threshold(probs, y, target=0.5)
     conf = probs.max(1)
     correct = probs.argmax(1) == y
     flagged = conf < rule["threshold"]
     assert 0 < flagged.mean() < 1
-    assert correct[flagged].mean() < 0.5
     assert rule["accuracy_uncertain"] == pytest.approx(correct[flagged].mean())
     assert rule["uncertain_share"] == pytest.approx(flagged.mean())
-    # It is the largest such group: every larger group of least confident images reaches 50%.
-    order = np.argsort(conf)
-    k = int(flagged.sum())
-    prefix = np.cumsum(correct[order]) / np.arange(1, len(y) + 1)
-    assert (prefix[k:] >= 0.5).all()
+    assert correct[flagged].mean() < 0.5 < correct[~flagged].mean()
+    # Calibrated probabilities: the crossing sits near 0.5 (accuracy ~ confidence).
+    assert 0.4 < rule["threshold"] < 0.6
+    # Just below the threshold predictions were mostly wrong, just above mostly right.
+    near_below = flagged & (conf > rule["threshold"] - 0.05)
+    near_above = ~flagged & (conf < rule["threshold"] + 0.05)
+    assert correct[near_below].mean() < correct[near_above].mean()
 
 
 def test_uncertain_threshold_is_zero_when_every_prediction_is_right() -> None:
@@ -76,14 +77,24 @@ def test_uncertain_threshold_is_zero_when_every_prediction_is_right() -> None:
     assert rule["threshold"] == 0.0 and rule["uncertain_share"] == 0.0
 
 
+def test_uncertain_threshold_flags_everything_when_nothing_is_reliable() -> None:
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.55, 0.45]])
+    rule = cal.choose_uncertain_threshold(probs, [1, 0, 1])
+    assert rule["threshold"] > 0.9 and rule["uncertain_share"] == 1.0
+
+
 def test_uncertain_threshold_by_hand() -> None:
-    # Confidences sorted: 0.5 (wrong), 0.6 (wrong), 0.7 (right), 0.8 (right), 0.9 (right).
+    # Confidences 0.5 (wrong), 0.6 (wrong), 0.7 (right), 0.8 (right), 0.9 (right).
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.5, 0.5]])
     y = np.array([0, 1, 0, 0, 1])
-    # Prefix accuracies: 0, 0, 1/3, 2/4, 3/5 -> below 0.5 for the 3 least confident.
     rule = cal.choose_uncertain_threshold(probs, y, target=0.5)
-    assert rule["threshold"] == pytest.approx(0.75)
-    assert rule["uncertain_share"] == pytest.approx(0.6)
+    assert rule["threshold"] == pytest.approx(0.65)
+    assert rule["uncertain_share"] == pytest.approx(0.4)
+    # Not monotone: 0.5 right, 0.6 and 0.7 wrong -> pooled to 1/3 below 0.75.
+    y2 = np.array([0, 1, 1, 0, 0])
+    rule2 = cal.choose_uncertain_threshold(probs, y2, target=0.5)
+    assert rule2["threshold"] == pytest.approx(0.75)
+    assert rule2["accuracy_uncertain"] == pytest.approx(1 / 3)
 
 
 def test_calibrate_bundle() -> None:

@@ -50,11 +50,15 @@ def test_per_class_matches_sklearn_including_a_never_predicted_class() -> None:
     assert m.macro_f1(y, pred) == pytest.approx(skm.f1_score(y, pred, average="macro"))
 
 
-def test_class_absent_from_truth_follows_sklearn_conventions() -> None:
+def test_class_absent_from_truth_is_left_out_of_the_averages() -> None:
     y = np.array([0, 0, 1, 1, 1, 0])
     pred = np.array([0, 2, 1, 1, 0, 0])  # class 2 predicted but never true
-    assert m.macro_f1(y, pred) == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m.macro_f1(y, pred) == pytest.approx(
+        skm.f1_score(y, pred, labels=np.unique(y), average="macro"))
+    assert m.macro_f1(y, pred) > skm.f1_score(y, pred, average="macro")  # not averaging a 0
     assert m.balanced_accuracy(y, pred) == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    s = m.classification_summary(y, np.eye(3)[pred], ["a", "b", "c"], n_boot=0)
+    assert s["per_class"][2]["f1"] is None and s["per_class"][2]["precision"] == 0.0
 
 
 def test_roc_auc_per_class_and_macro_match_sklearn() -> None:
@@ -91,7 +95,7 @@ def test_bootstrap_matches_a_plain_loop_and_is_seedable() -> None:
     f1s, bals = [], []
     for _ in range(200):
         idx = rng.integers(0, y.size, y.size)
-        f1s.append(skm.f1_score(y[idx], pred[idx], average="macro"))
+        f1s.append(skm.f1_score(y[idx], pred[idx], labels=np.unique(y[idx]), average="macro"))
         bals.append(skm.balanced_accuracy_score(y[idx], pred[idx]))
     assert ci["macro_f1"] == pytest.approx(list(np.quantile(f1s, [0.025, 0.975])))
     assert ci["balanced_accuracy"] == pytest.approx(list(np.quantile(bals, [0.025, 0.975])))

@@ -16,6 +16,11 @@ HELP = ("Evaluate a trained run (default: the current/latest) on its test split 
         "plots; --calibrate fits the temperature; two runs are compared with a paired test.")
 
 
+LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+          "macro_f1": "macro F1", "weighted_f1": "weighted F1", "cohen_kappa": "Cohen's kappa",
+          "macro_auc": "macro ROC AUC", "ece": "ECE (lower is better)"}
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -79,8 +84,9 @@ def _show_single(result: dict[str, Any]) -> None:
                             else ""), highlight=False)
     tta = result.get("tta_comparison")
     if tta:
-        ui.console.print(ui.table("Test-time augmentation", ["metric", "without", "with", "gain"],
-                                  [(k.replace("_", " "), _fmt(tta["without"][k]),
+        ui.console.print(ui.table("Test-time augmentation (gain = with - without)",
+                                  ["metric", "without", "with", "gain"],
+                                  [(LABELS.get(k, k), _fmt(tta["without"][k]),
                                     _fmt(tta["with"][k]), _signed(tta["gain"][k]))
                                    for k in tta["gain"]]))
     unc = result["uncertain"]
@@ -98,10 +104,7 @@ def _show_comparison(result: dict[str, Any]) -> None:
     ui.console.print(f"Comparing [bold]{cmp_['a']}[/] and [bold]{cmp_['b']}[/] on the same "
                      f"{cmp_['n_images']} images ({a['data']['description']})", highlight=False)
     rows = []
-    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                       ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1"),
-                       ("cohen_kappa", "Cohen's kappa"), ("macro_auc", "macro ROC AUC"),
-                       ("ece", "ECE")):
+    for key, label in LABELS.items():
         va, vb = ma[key], mb[key]
         ci_a, ci_b = ma["ci95"].get(key), mb["ci95"].get(key)
         rows.append((label, _fmt(va) + (f" ({_ci(ci_a)})" if ci_a else ""),
