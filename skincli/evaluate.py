@@ -130,6 +130,9 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
         check_labels(df["label"].tolist(), classes, str(data))
         return EvalSet(df["filepath"].tolist(), df["label"].tolist(), what, "data", subset)
     path = Path(split) if split is not None else run_split_path(run_dir)
+    if split is None and not path.is_file():
+        raise SkinError(f"Run {run_dir} holds no split.csv and there is no {DEFAULT_SPLIT}",
+                        hint="Pass --data FOLDER_OR_CSV with labelled images, or --split FILE")
     df = _read_split(path)
     part = df if subset == "all" else df[df["split"] == subset]
     if part.empty:

@@ -205,3 +205,13 @@ def test_real_isic_test_folder_via_data(tmp_path: Path, monkeypatch: pytest.Monk
     assert doc["data"]["n_evaluated"] + doc["data"]["n_skipped"] == n_files
     assert "Test part" in doc["data"]["description"]
     assert sum(r["support"] for r in doc["metrics"]["per_class"]) == doc["data"]["n_evaluated"]
+
+
+def test_run_without_split_says_what_to_pass(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path, classes=CLASSES, name="lonely")
+    result = _evaluate("--runs-dir", "runs")
+    assert result.exit_code == 1
+    out = _flat(result.output)
+    assert "holds no split.csv" in out and "--data" in out
