@@ -145,8 +145,9 @@ def command(
     subset: Annotated[str, typer.Option(
         "--subset", help="Which part: test, val or all.")] = "test",
     calibrate: Annotated[bool, typer.Option(
-        "--calibrate", help="Fit temperature scaling and the uncertain threshold on the "
-        "validation split and store them in run.json.")] = False,
+        "--calibrate", help="Fit temperature scaling and the uncertain threshold on the run's "
+        "validation split and store them in run.json (with the out-of-distribution reference "
+        "for predict's warning, if run.json has none).")] = False,
     tta: Annotated[bool, typer.Option(
         "--tta", help="Also evaluate with test-time augmentation (8 flips/rotations) and "
         "report the gain.")] = False,
