@@ -508,3 +508,15 @@ def test_missing_run_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(SkinError, match="No trained run"):
         with TestClient(app):
             pass
+
+
+def test_explain_a_model_without_feature_map(tmp_path: Path) -> None:
+    import keras
+    from helpers_run import make_run
+
+    inp = keras.Input((32, 32, 3), name="image")
+    out = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(inp))
+    make_run(tmp_path, classes=["a", "b"], name="flat", model=keras.Model(inp, out))
+    with serving(tmp_path / "runs", run="flat") as c:
+        assert c.post("/v1/predict", files=upload(image_bytes())).status_code == 200
+        assert_error(c.post("/v1/explain", files=upload(image_bytes())), 422, "not_explainable")

@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from skincli import DISCLAIMER, __version__
-from skincli.errors import did_you_mean
+from skincli.errors import SkinError, did_you_mean
 from skincli.imageio import ImageError
 from skincli.serve import schemas
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
@@ -174,6 +174,8 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         if pred["uncertain"]:
             state.metrics.uncertain.inc()
         request.scope["skin.images"].append(prepared.sha256)
+        if not state.predlog.enabled:
+            return
         state.predlog.submit({
             "time": time.time(), "request_id": request.scope["skin.request_id"],
             "model_version": model.version, "image_sha256": prepared.sha256,
@@ -240,7 +242,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
               responses={200: {"model": schemas.ExplainResponse,
                                "content": {"image/png": {}},
                                "description": "PNG overlay (default) or JSON with base64 PNGs"},
-                  **_error_responses(*_IMAGE_ERRORS, "invalid_request")})
+                  **_error_responses(*_IMAGE_ERRORS, "not_explainable")})
     async def explain(request: Request,
                       format: Literal["png", "json"] = Query(
                           "png", description="png: the overlay image; json: base64 PNGs plus "
@@ -264,8 +266,11 @@ def _routes(app: FastAPI, state: ServerState) -> None:
             prepared = await prepare(model, uploads[0], display=True)
             row = (await state.infer(model, [prepared.array], deadline, arrival))[0]
         # TF work stays on the inference thread; the overlay is drawn off the event loop.
-        cam, cls = await state.call(
-            lambda: heatmap_for(model.predictor, prepared.array, target_index), deadline)
+        try:
+            cam, cls = await state.call(
+                lambda: heatmap_for(model.predictor, prepared.array, target_index), deadline)
+        except SkinError as exc:
+            raise ApiError("not_explainable", f"No heat map for this model: {exc}") from None
         base = prepared.display
         assert base is not None
         drawn = await run_in_threadpool(render, cam, base, cls)

@@ -33,6 +33,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "the action needs API keys to be configured on the server"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "the route exists but not with this method"),
+    "not_explainable": (422, "this model has no feature map Grad-CAM can explain"),
     "invalid_run": (422, "the run to reload does not exist or cannot be loaded"),
     "reload_in_progress": (409, "another reload is running"),
     "overloaded": (503, "the queue is full; retry after the Retry-After seconds"),
