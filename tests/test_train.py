@@ -125,8 +125,8 @@ def test_same_seed_gives_the_same_run(tmp_path: Path) -> None:
     from skincli.train import train
 
     split = make_split_files(tmp_path)
-    a = train(_cfg(split, deterministic=True, name="a", mixup=0.2))
-    b = train(_cfg(split, deterministic=True, name="b", mixup=0.2))
+    a = train(_cfg(split, name="a", mixup=0.2))  # default: no forced op determinism
+    b = train(_cfg(split, name="b", mixup=0.2))
 
     def losses(run: Path) -> list[str]:
         return [line.split(",")[2] for line in (run / "history.csv").read_text().splitlines()[1:]]

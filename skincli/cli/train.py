@@ -117,7 +117,7 @@ def command(
     from skincli.runs import load_run_info
     from skincli.train import resolve, trainer
 
-    view = _RichProgress()
+    view = TrainProgress()
     if resume:
         ignored = sorted(k for k in options if k != "runs_dir")
         if ignored or preset:
@@ -140,7 +140,7 @@ def command(
         raise typer.Exit(code=130)
 
 
-class _RichProgress:
+class TrainProgress:
     """Receives trainer events: a progress bar per epoch and one line per finished epoch."""
 
     def __init__(self) -> None:
@@ -158,7 +158,7 @@ class _RichProgress:
                             TimeRemainingColumn(), console=ui.console, transient=True)
         self.task: Any = None
 
-    def __enter__(self) -> _RichProgress:
+    def __enter__(self) -> TrainProgress:
         self.bar.start()
         return self
 
