@@ -264,3 +264,28 @@ def test_uncertain_threshold_rule() -> None:
     threshold, share = choose_uncertain_threshold(probs, labels, target=0.5)
     assert threshold == pytest.approx(0.65) and share == pytest.approx(0.5)
     assert choose_uncertain_threshold(probs, np.zeros(6, int), 0.5) == (0.0, 0.0)
+
+
+def test_mirrored_strategy_trains_on_one_cpu(split: Path) -> None:
+    from skincli.train import train
+
+    run = train(_cfg(split, strategy="mirrored", fine_tune_epochs=0))
+    info = load_run_info(run)
+    assert info.config["strategy"] == "mirrored" and info.extra["epochs_run"] == 1
+
+
+def test_ema_changes_the_evaluated_weights_not_the_training(split: Path) -> None:
+    import keras
+
+    from skincli.train import train
+
+    plain = train(_cfg(split, name="plain", epochs=2, fine_tune_epochs=0))
+    ema = train(_cfg(split, name="ema", epochs=2, fine_tune_epochs=0, ema=0.5))
+
+    def column(run: Path, i: int) -> list[str]:
+        return [line.split(",")[i] for line in (run / "history.csv").read_text().splitlines()[1:]]
+
+    assert column(plain, 2) == column(ema, 2)  # same training losses: the raw weights train
+    a = keras.models.load_model(plain / "model.keras").get_layer("logits").get_weights()[0]
+    b = keras.models.load_model(ema / "model.keras").get_layer("logits").get_weights()[0]
+    assert not np.allclose(a, b)  # the saved model holds the averaged weights

@@ -74,6 +74,9 @@ def command(
                                          key="cutmix")] = None,
     dropout: Annotated[float | None, _opt("--dropout", help="Dropout before the logits.",
                                           key="dropout")] = None,
+    ema: Annotated[float | None, _opt("--ema", help="Moving average of the weights (e.g. "
+                                      "0.99) used for validation and the saved model; 0 off.",
+                                      key="ema")] = None,
     patience: Annotated[int | None, _opt("--patience", help="Stop a phase after this many "
                                          "epochs without a better val macro F1.",
                                          key="patience")] = None,

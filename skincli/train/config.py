@@ -43,6 +43,7 @@ class TrainConfig:
     mixup: float = 0.0                # mixup Beta(a, a) parameter; 0 = off
     cutmix: float = 0.0               # cutmix Beta(a, a) parameter; 0 = off
     dropout: float = 0.2              # dropout before the logits layer
+    ema: float = 0.0                  # moving average of weights (e.g. 0.99) for selection; 0=off
     patience: int = 5                 # early stopping: epochs without a better val macro F1
     seed: int = 0                     # fixes initial weights, sampling and augmentation
     deterministic: bool = False       # force deterministic TF kernels (~15% slower on CPU, where
@@ -149,6 +150,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(float(cfg.mixup) >= 0, "mixup", "0 (off) or a positive Beta parameter")
     need(float(cfg.cutmix) >= 0, "cutmix", "0 (off) or a positive Beta parameter")
     need(0 <= float(cfg.dropout) < 1, "dropout", "in [0, 1)")
+    need(0 <= float(cfg.ema) < 1, "ema", "0 (off) or a decay in (0, 1), e.g. 0.99")
     need(int(cfg.patience) >= 1, "patience", "at least 1")
     need(float(cfg.focal_gamma) >= 0, "focal-gamma", "0 or more")
     need(int(cfg.threads) >= 0, "threads", "0 (all cores) or more")

@@ -372,13 +372,18 @@ class _Session:
         """The name to pass to --resume, if a checkpoint exists to resume from."""
         return self.final_dir.name if (self.ckpt / STATE_FILE).exists() else None
 
-    def save_checkpoint(self, model: Any, best_improved: bool) -> None:
+    def save_best(self, model: Any) -> None:
+        """The weights selected so far (what Ctrl-C and the finished run use)."""
         with disk_guard("the checkpoint", self.resume_name()):
             self.ckpt.mkdir(exist_ok=True)
-            if best_improved:
-                tmp = self.ckpt / ".best-tmp.weights.h5"
-                model.save_weights(tmp)
-                os.replace(tmp, self.ckpt / "best.weights.h5")
+            tmp = self.ckpt / ".best-tmp.weights.h5"
+            model.save_weights(tmp)
+            os.replace(tmp, self.ckpt / "best.weights.h5")
+
+    def save_checkpoint(self, model: Any) -> None:
+        """The last epoch's weights, optimizer state and progress (what --resume continues)."""
+        with disk_guard("the checkpoint", self.resume_name()):
+            self.ckpt.mkdir(exist_ok=True)
             tmp = self.ckpt / ".last-tmp.weights.h5"
             model.save_weights(tmp)
             os.replace(tmp, self.ckpt / "last.weights.h5")
@@ -590,7 +595,12 @@ def _keras_callback_base() -> type:
 
 
 class _EpochCallback(_keras_callback_base()):  # type: ignore[misc]
-    """Per-batch progress, then per epoch: val macro F1, best weights, checkpoint, early stop."""
+    """Per-batch progress, then per epoch: val macro F1, best weights, checkpoint, early stop.
+
+    With cfg.ema > 0 it also keeps an exponential moving average of the trainable weights
+    (updated after every step, restarted at each phase); validation, model selection and the
+    saved model then use the averaged weights, while training continues from the raw ones.
+    """
 
     def __init__(self, session: _Session, phase: str, epochs: int, steps: int, val_ds: Any,
                  infer: Any, skipped: Any, split: SplitData) -> None:
@@ -605,6 +615,33 @@ class _EpochCallback(_keras_callback_base()):  # type: ignore[misc]
         self.split = split
         self.t0 = 0.0
         self.epoch = 0
+        self.ema = float(session.cfg.ema)
+        self.shadow: list[Any] = []
+        self._ema_update: Any = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.ema <= 0:
+            return
+        import tensorflow as tf
+
+        variables = list(self.model.trainable_variables)
+        with self.session.strategy.scope():
+            self.shadow = [tf.Variable(v.value, trainable=False) for v in variables]
+        decay = self.ema
+
+        @tf.function
+        def update() -> None:
+            for avg, var in zip(self.shadow, variables):
+                avg.assign(decay * avg + (1.0 - decay) * var.value)
+
+        self._ema_update = update
+
+    def _swap(self) -> None:
+        """Exchange the trainable weights and their moving averages."""
+        for avg, var in zip(self.shadow, self.model.trainable_variables):
+            raw = var.numpy()
+            var.assign(avg.numpy())
+            avg.assign(raw)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.t0 = time.perf_counter()
@@ -613,6 +650,8 @@ class _EpochCallback(_keras_callback_base()):  # type: ignore[misc]
                                               "epochs": self.epochs, "steps": self.steps})
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._ema_update is not None:
+            self._ema_update()
         loss = (logs or {}).get("loss")
         self.session.progress("batch", {"step": batch + 1, "steps": self.steps,
                                         "loss": None if loss is None else float(loss)})
@@ -621,6 +660,8 @@ class _EpochCallback(_keras_callback_base()):  # type: ignore[misc]
         session, state, cfg = self.session, self.session.state, self.session.cfg
         logs = dict(logs or {})
         train_time = time.perf_counter() - self.t0
+        if self.shadow:
+            self._swap()  # evaluate (and maybe keep) the averaged weights
         probs, labels = predict_probs(self.infer, self.val_ds)
         metrics = classification_metrics(labels, probs, self.split.classes)
         lr = self.model.optimizer.learning_rate
@@ -638,14 +679,17 @@ class _EpochCallback(_keras_callback_base()):  # type: ignore[misc]
         if improved:
             state.best_f1, state.best_epoch, state.wait = metrics["macro_f1"], row["epoch"], 0
             session.best_weights = self.model.get_weights()
+            session.save_best(self.model)
         else:
             state.wait += 1
+        if self.shadow:
+            self._swap()  # back to the raw weights to go on training
         state.skipped = dict(self.skipped.reasons)
         self._check_classes()
         stop = state.wait >= cfg.patience and epoch + 1 < self.epochs
         if stop:
             state.stopped_early.append(self.phase)
-        session.save_checkpoint(self.model, improved)
+        session.save_checkpoint(self.model)
         if stop:
             self.model.stop_training = True
         session.progress("epoch", {**row, "best": improved, "best_f1": state.best_f1,
