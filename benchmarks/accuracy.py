@@ -52,6 +52,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "long": {"fine_tune_epochs": 20, "patience": 8},
     "lr-1e-3": {"fine_tune_lr": 1e-3},
     "lr-1e-4": {"fine_tune_lr": 1e-4},
+    "long192": {"input_size": 192, "fine_tune_epochs": 20, "patience": 8},
+    "lr6e-4-16": {"fine_tune_lr": 6e-4, "fine_tune_epochs": 16, "patience": 8},
 }
 
 
