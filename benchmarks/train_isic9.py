@@ -72,16 +72,20 @@ def evaluate_test(run_dir: Path, split: Path, tta: bool) -> dict[str, Any]:
     batch = np.stack([predictor.preprocess(p) for p in test["filepath"]])
     pred = predictor.probabilities(batch, tta=tta).argmax(axis=1)
     seconds = time.perf_counter() - t0
-    labels = list(range(len(classes)))
-    per = f1_score(y, pred, labels=labels, average=None, zero_division=0)
     support = np.bincount(y, minlength=len(classes))
+    # A class without test images has no F1; averaging a 0 for it would misstate the others.
+    present = [i for i, n in enumerate(support) if n > 0]
+    per = f1_score(y, pred, labels=present, average=None, zero_division=0)
+    per_class: dict[str, float | None] = {c: None for c in classes}
+    per_class.update({classes[i]: float(f) for i, f in zip(present, per)})
     return {
         "n_test": int(len(y)),
         "tta": tta,
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(np.mean(per)),
+        "macro_f1_over": [classes[i] for i in present],
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "accuracy": float(accuracy_score(y, pred)),
-        "per_class_f1": {c: float(f) for c, f in zip(classes, per)},
+        "per_class_f1": per_class,
         "support": {c: int(n) for c, n in zip(classes, support)},
         "predict_seconds": round(seconds, 2),
     }
@@ -99,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None,
                         help="result file (default: WORK/train_isic9.json)")
     parser.add_argument("--tta", action="store_true", help="also score with 8-view TTA")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="score an existing run folder on its own split copy (no training)")
     args = parser.parse_args(argv)
 
     if not args.data.is_dir():
         ui.error(f"data folder {args.data} not found; put isic9 there or pass --data FOLDER")
         return 2
     overrides = parse_sets(args.sets)
-    work = args.work or Path(tempfile.mkdtemp(prefix="train-isic9-"))
+    work = args.work or (args.run.parent if args.run else
+                         Path(tempfile.mkdtemp(prefix="train-isic9-")))
     work.mkdir(parents=True, exist_ok=True)
 
     from skincli.cli.train import TrainProgress
@@ -115,16 +122,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ui.console.print(f"work folder: {work}")
     t0 = time.perf_counter()
-    split = make_split(args.data, work, args.split_seed)
-    split_seconds = time.perf_counter() - t0
     try:
-        cfg = resolve({**overrides, "split": str(split), "runs_dir": str(work / "runs")},
-                      preset=args.preset)
-        t1 = time.perf_counter()
-        with TrainProgress() as view:
-            run_dir = train(cfg, progress=view)
-        wall = time.perf_counter() - t1
-        info = load_run_info(run_dir)
+        if args.run:
+            run_dir, split = args.run, args.run / "split.csv"
+            info = load_run_info(run_dir)
+            split_seconds, wall = 0.0, float(info.extra.get("wall_seconds", 0.0))
+        else:
+            split = make_split(args.data, work, args.split_seed)
+            split_seconds = time.perf_counter() - t0
+            cfg = resolve({**overrides, "split": str(split), "runs_dir": str(work / "runs")},
+                          preset=args.preset)
+            t1 = time.perf_counter()
+            with TrainProgress() as view:
+                run_dir = train(cfg, progress=view)
+            wall = time.perf_counter() - t1
+            info = load_run_info(run_dir)
         scores = {"plain": evaluate_test(run_dir, split, tta=False)}
         if args.tta:
             scores["tta"] = evaluate_test(run_dir, split, tta=True)
@@ -152,21 +164,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[Any]] = []
     for key, label in (("macro_f1", "macro F1"), ("balanced_accuracy", "balanced accuracy"),
                        ("accuracy", "accuracy")):
-        rows.append([label] + [s[key] for s in scores.values()]
+        rows.append([f"{label} (classes with test images)" if key == "macro_f1" else label]
+                    + [s[key] for s in scores.values()]
                     + [info.val_metrics.get(key, float("nan"))])
+    def show(value: float | None) -> float | str:
+        return "n/a" if value is None else value
+
     for cls in info.classes:
         rows.append([f"F1 {cls} (n={scores['plain']['support'][cls]})"]
-                    + [s["per_class_f1"][cls] for s in scores.values()]
-                    + [info.val_metrics["per_class_f1"].get(cls) or float("nan")])
+                    + [show(s["per_class_f1"][cls]) for s in scores.values()]
+                    + [show(info.val_metrics["per_class_f1"].get(cls))])
     ui.console.print(ui.table(f"isic9: {info.arch} at {info.input_size} px, "
                               f"{x.get('epochs_run')} epochs (best {result['best_epoch']})",
                               columns, rows))
     ui.console.print(ui.table("time", ["", "value"], [
-        ["training wall time (s)", round(wall, 1)],
-        ["training images/s (excl. validation)", x.get("images_per_second")],
+        ["training wall time", f"{wall:.0f} s ({wall / 60:.1f} min)"],
+        ["training images/s (excl. validation)", f"{x.get('images_per_second', 0):.1f}"],
         ["train / val / test images", f"{x.get('n_train')} / {x.get('n_val')} / "
                                       f"{scores['plain']['n_test']}"],
-        ["split time (s)", round(split_seconds, 1)],
+        ["split time", f"{split_seconds:.1f} s"],
     ]))
     ui.console.print(f"wrote {out}")
     return 0
