@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 from skincli.errors import SkinError
-from skincli.fsutil import write_json, write_text
+from skincli.fsutil import atomic_path, write_json, write_text
 from skincli.runs import MODEL_FILE, RunInfo, next_run_dir, save_run_info
 from skincli.train.config import DEFAULTS, TrainConfig, fine_tune_layers, resolve
 
@@ -746,14 +746,11 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(suffix=".png", dir=path.parent, delete=False) as tmp:
-        tmp_path = Path(tmp.name)
     try:
-        fig.savefig(tmp_path, dpi=100)
-        os.replace(tmp_path, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        tmp_path.unlink(missing_ok=True)
 
 
 # --- entry points -------------------------------------------------------------------------------
