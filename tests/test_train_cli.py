@@ -59,9 +59,6 @@ def test_tiny_run_prints_progress_and_summary(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "cli" / "run.json").exists()
 
 
-@pytest.mark.xfail(reason="skin --config checks keys with isinstance(p, click.Option), but typer "
-                          ">= 0.2x vendors its own click, so every key is rejected as unknown",
-                   strict=False)
 def test_yaml_config_sets_options(tmp_path: Path) -> None:
     split = make_split_files(tmp_path)
     cfg = tmp_path / "c.yaml"
