@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from skincli.fsutil import write_text
-
 # (lesion colour RGB, ellipse aspect, border irregularity, dots) per synthetic class.
 _STYLES: dict[str, tuple[tuple[int, int, int], float, float, int]] = {
     "synthetic-nevus": ((120, 72, 50), 1.0, 0.02, 0),
@@ -57,7 +55,11 @@ def draw_lesion(style: str, rng: np.random.Generator, size: int = 96) -> Image.I
 
 def make_synthetic_dataset(root: str | Path, counts: dict[str, int] | None = None,
                            size: int = 96, seed: int = 0) -> Path:
-    """Write a folder-of-class-folders data set of synthetic lesions; return its root."""
+    """Write a folder-of-class-folders data set of synthetic lesions; return its root.
+
+    Only images go inside `root` (a stray file there would show up in `skin eda`); callers
+    put SYNTHETIC_NOTE beside it.
+    """
     root = Path(root)
     counts = counts or {"synthetic-nevus": 60, "synthetic-melanoma": 40,
                         "synthetic-keratosis": 30, "synthetic-vascular": 20}
@@ -67,5 +69,4 @@ def make_synthetic_dataset(root: str | Path, counts: dict[str, int] | None = Non
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(n):
             draw_lesion(style, rng, size).save(folder / f"{style}_{i:04d}.jpg", quality=92)
-    write_text(root / "SYNTHETIC-README.txt", SYNTHETIC_NOTE)
     return root

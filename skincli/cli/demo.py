@@ -50,7 +50,8 @@ def command(
     images: Annotated[int, typer.Option(min=8, help="Synthetic images in all.")] = 160,
 ) -> None:
     """Generate synthetic lesions and run every lifecycle step on them."""
-    from skincli.synthetic import make_synthetic_dataset, synthetic_classes
+    from skincli.fsutil import write_text
+    from skincli.synthetic import SYNTHETIC_NOTE, make_synthetic_dataset, synthetic_classes
 
     work = workdir or Path(tempfile.mkdtemp(prefix="skin-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,7 @@ def command(
     shares = [0.4, 0.25, 0.2, 0.15]  # imbalanced on purpose, like real collections
     counts = {c: max(2, int(images * s)) for c, s in zip(synthetic_classes(), shares)}
     make_synthetic_dataset(work / "data", counts)
+    write_text(work / "SYNTHETIC-DATA.txt", SYNTHETIC_NOTE)
     ui.console.print(f"Generated {sum(counts.values())} SYNTHETIC images in {work / 'data'}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     results: list[tuple[str, str, float]] = []
@@ -72,7 +74,7 @@ def command(
         if proc.returncode != 0:
             break
     ui.console.print(ui.table("demo summary", ["command", "result", "seconds"],
-                              [(c, s, round(t, 1)) for c, s, t in results]))
+                              [(c, s, f"{t:.1f}") for c, s, t in results]))
     ui.console.print(f"Everything is in {work} (data/, splits/, runs/, reports/).")
     if any(s != "ok" for _, s, _ in results):
         raise SkinError("The demo stopped at a failing step (see its message above)")
