@@ -90,15 +90,20 @@ def test_end_to_end_run_folder_is_complete_and_serves_the_same_numbers(split: Pa
     assert info.arch == "tiny" and info.classes == sorted(COUNTS) and info.input_size == 64
     assert info.preprocessing["normalisation"]
     assert info.split_sha256 == hashlib.sha256(split.read_bytes()).hexdigest()
-    assert info.extra["interrupted"] is False and info.temperature == 1.0
-    assert 0.0 <= info.uncertain_threshold <= 1.0
+    assert info.extra["interrupted"] is False
+    assert isinstance(info.temperature, float) and info.temperature > 0
+    assert info.uncertain_threshold is not None and info.uncertain_threshold >= 0.0
+    assert info.val_metrics["calibration"]["calibrated"] is True
     assert set(info.val_metrics["per_class_f1"]) == set(COUNTS)
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 6 and history[0].startswith("epoch,phase,loss")
     assert "tensorflow" in json.loads((run / "versions.json").read_text()) or \
         "tensorflow-cpu" in json.loads((run / "versions.json").read_text())
-    assert events[0] == "start" and events[-1] == "saving" and events.count("epoch") == 6
+    assert events[0] == "start" and events.count("epoch") == 6
+    # Only 6 validation images: too few for the out-of-distribution reference, said as a warning.
+    assert [e for e in events if e != "warning"][-1] == "saving"
+    assert "reference" not in info.extra and events[-1] == "warning"
 
     # The saved model, loaded the way `predict`/`evaluate` load it, reproduces val metrics.
     predictor = Predictor.from_run(run)
@@ -254,16 +259,99 @@ def test_fine_tune_top_n_and_batchnorm_stay_frozen() -> None:
     assert convs and all(la.trainable for la in convs)
 
 
-def test_uncertain_threshold_rule() -> None:
-    from skincli.train.trainer import choose_uncertain_threshold
+def _val_outputs(run: Path, split: Path) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The saved model's validation logits, computed the way `skin evaluate` reads images."""
+    from skincli.predictor import Predictor
 
-    # Confidence 0.4/0.5 wrong, 0.6 wrong, 0.7..0.9 right: the 3 lowest are below 50%.
-    conf = np.array([0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    probs = np.stack([conf, 1 - conf], axis=1)
-    labels = np.array([1, 1, 1, 0, 0, 0])
-    threshold, share = choose_uncertain_threshold(probs, labels, target=0.5)
-    assert threshold == pytest.approx(0.65) and share == pytest.approx(0.5)
-    assert choose_uncertain_threshold(probs, np.zeros(6, int), 0.5) == (0.0, 0.0)
+    predictor = Predictor.from_run(run)
+    val = [line.split(",")[:2] for line in split.read_text().splitlines()[1:]
+           if line.split(",")[2] == "val"]
+    data = split.parent.parent / "data"
+    batch = np.stack(predictor.read_images([data / p for p, _ in val])).astype(np.float32)
+    labels = np.array([predictor.classes.index(lab) for _, lab in val])
+    return predictor, predictor.logits(batch), labels
+
+
+def test_training_calibrates_like_evaluate_and_stores_the_ood_reference(tmp_path: Path) -> None:
+    from skincli.calibration import calibrate
+    from skincli.train import train
+
+    split = make_split_files(tmp_path, counts={"blue": 8, "green": 8, "red": 8}, val_share=0.5)
+    run = train(_cfg(split, fine_tune_epochs=0))
+    info = load_run_info(run)
+    predictor, logits, labels = _val_outputs(run, split)
+    # The same calibration module, on the same validation images, gives the stored values.
+    want = calibrate(logits, labels, info.config["uncertain_accuracy"])
+    assert isinstance(info.temperature, float) and info.temperature > 0
+    assert info.temperature == pytest.approx(want["temperature"], rel=1e-3)
+    assert info.uncertain_threshold == pytest.approx(want["uncertain"]["threshold"], abs=1e-4)
+    assert info.extra["uncertain_rule"] == want["uncertain"]["rule"]
+    cal = info.val_metrics["calibration"]
+    assert cal["n_val"] == 12 and cal["calibrated"] is True
+    assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9  # T minimises validation NLL
+    assert cal["val_ece_before"] == pytest.approx(want["val_ece_before"], abs=1e-4)
+    assert info.extra["calibration"]["temperature"] == info.temperature
+    ref = info.extra["reference"]
+    assert ref["n"] == 12 and "embedding" in ref and ref["colour"]["threshold"] > 0
+
+    # `predict` can warn right away: a blank white image is flagged, a validation image is not.
+    white = np.full((64, 64, 3), 255, np.uint8)
+    val_image = split.parent.parent / "data" / "blue" / "img_000.jpg"
+    flagged, normal = predictor.predict([white, val_image])
+    assert any("does not look like" in w for w in flagged.warnings)
+    assert normal.warnings == []
+
+
+def test_no_calibrate_keeps_temperature_one(tmp_path: Path) -> None:
+    from skincli.calibration import choose_uncertain_threshold
+    from skincli.predictor import softmax
+    from skincli.train import train
+
+    split = make_split_files(tmp_path, counts={"blue": 8, "green": 8, "red": 8}, val_share=0.5)
+    run = train(_cfg(split, fine_tune_epochs=0, calibrate=False))
+    info = load_run_info(run)
+    assert info.temperature == 1.0 and info.config["calibrate"] is False
+    assert info.val_metrics["calibration"]["calibrated"] is False
+    assert "calibration" not in info.extra
+    _, logits, labels = _val_outputs(run, split)
+    rule = choose_uncertain_threshold(softmax(logits), labels, 0.5)  # one rule, raw probs
+    assert info.uncertain_threshold == pytest.approx(rule["threshold"], abs=1e-4)
+    assert info.extra["reference"]["n"] == 12  # the reference does not depend on T
+
+
+def test_calibrate_option_must_be_a_boolean(split: Path) -> None:
+    from skincli.train import train
+
+    with pytest.raises(SkinError, match="--calibrate"):
+        train(_cfg(split, calibrate="maybe"))
+
+
+def test_validation_inference_is_not_converted_by_autograph(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The per-epoch validation function never has its source parsed by autograph.
+
+    When autograph cannot parse a function's source it logs "AutoGraph could not transform
+    ... could not parse the source code" on every run; a parser that always fails shows it.
+    """
+    from tensorflow.python.autograph.pyct import parser
+
+    from skincli.models.registry import build_model
+    from skincli.train.trainer import _inference_fn
+
+    parsed: list[Any] = []
+
+    def failing_parser(entity: Any, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(entity)
+        raise ValueError("could not parse the source code")
+
+    monkeypatch.setattr(parser, "parse_entity", failing_parser)
+    built = build_model("tiny", 3, weights="none")
+    fn = _inference_fn(built.model, 64)
+    probs = np.asarray(fn(np.zeros((2, 64, 64, 3), np.float32)))
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert parsed == []
+    # Autograph caches conversions per code object, so also check the switch itself.
+    assert getattr(fn, "_autograph", None) is False
 
 
 def test_mirrored_strategy_trains_on_one_cpu(split: Path) -> None:

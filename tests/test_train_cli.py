@@ -40,7 +40,7 @@ def test_help_and_list_archs() -> None:
     result = _run("--help")
     assert result.exit_code == 0
     for option in ("--oversample", "--fine-tune", "--resume", "--preset", "--strategy",
-                   "--list-archs", "--label-smoothing", "--mixup"):
+                   "--list-archs", "--label-smoothing", "--mixup", "--no-calibrate"):
         assert option in result.output
     result = _run("--list-archs")
     assert result.exit_code == 0
@@ -57,6 +57,30 @@ def test_tiny_run_prints_progress_and_summary(tmp_path: Path) -> None:
     assert "Training summary" in result.output and "val macro F1" in result.output
     assert "unreadable" in result.output  # the broken file was skipped and reported
     assert (tmp_path / "runs" / "cli" / "run.json").exists()
+    assert "calibration" in result.output and "T = " in result.output
+    # 6 validation images: too few for the out-of-distribution reference, and it says so.
+    assert "no out-of-distribution reference" in result.output
+
+
+def test_calibration_switch_from_the_cli_and_yaml(tmp_path: Path) -> None:
+    from skincli.runs import load_run_info
+
+    split = make_split_files(tmp_path, counts={"a": 10, "b": 10}, val_share=0.5)
+    runs = tmp_path / "runs"
+    result = _run(*FAST, "--split", str(split), "--runs-dir", str(runs), "--name", "off",
+                  "--no-calibrate")
+    assert result.exit_code == 0, result.output
+    info = load_run_info(runs / "off")
+    assert info.temperature == 1.0 and info.config["calibrate"] is False
+    assert "off (temperature 1.0)" in result.output
+    assert info.extra["reference"]["n"] == 10  # made either way
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"train:\n  arch: tiny\n  epochs: 1\n  fine_tune: none\n  split: {split}\n"
+                   f"  runs_dir: {runs}\n  name: yaml\n  calibrate: false\n")
+    result = runner.invoke(app, ["--config", str(cfg), "train"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert load_run_info(runs / "yaml").config["calibrate"] is False
 
 
 def test_yaml_config_sets_options(tmp_path: Path) -> None:

@@ -102,6 +102,12 @@ def command(
     jit_compile: Annotated[bool | None, _opt("--jit-compile/--no-jit-compile",
                                              help="XLA-compile the training step.",
                                              key="jit_compile")] = None,
+    calibrate: Annotated[bool | None, _opt("--calibrate/--no-calibrate", help="At the end, "
+                                           "fit temperature scaling on the validation images "
+                                           "(off: temperature 1.0; the uncertain threshold "
+                                           "and the out-of-distribution reference are made "
+                                           "either way).",
+                                           key="calibrate")] = None,
     preset: Annotated[str | None, _opt("--preset", help=f"Named defaults: "
                                        f"{', '.join(PRESETS)} (explicit options win).")] = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures "
@@ -215,8 +221,10 @@ def _print_summary(run_dir: Path, info: Any) -> None:
         ("val macro F1", f"{m.get('macro_f1', 0):.3f}"),
         ("val balanced accuracy", f"{m.get('balanced_accuracy', 0):.3f}"),
         ("val accuracy", f"{m.get('accuracy', 0):.3f}"),
-        ("uncertain below", f"{info.uncertain_threshold:.3f} "
-                            f"({x.get('uncertain_val_share', 0):.0%} of validation)"),
+        ("uncertain below", "n/a" if info.uncertain_threshold is None else
+         f"{info.uncertain_threshold:.3f} ({x.get('uncertain_val_share', 0):.0%} of validation)"),
+        ("calibration", _calibration_text(m.get("calibration") or {})),
+        ("out-of-distribution check", "on" if x.get("reference") else "off (too few images)"),
         ("training time", f"{x.get('train_seconds', 0):.0f} s "
                           f"({x.get('images_per_second', 0):.1f} images/s); "
                           f"wall {x.get('wall_seconds', 0):.0f} s"),
@@ -227,6 +235,15 @@ def _print_summary(run_dir: Path, info: Any) -> None:
     ui.console.print(ui.table("Validation F1 per class", ["class", "F1"],
                               [(c, "n/a" if v is None else f"{v:.3f}")
                                for c, v in per_class.items()]))
+
+
+def _calibration_text(cal: dict[str, Any]) -> str:
+    """'T = 1.42: val ECE 0.120 -> 0.041, NLL 0.90 -> 0.81' (or why there is none)."""
+    if not cal.get("calibrated"):
+        return "off (temperature 1.0)" if cal.get("n_val", 1) else "none (no validation images)"
+    return (f"T = {cal['temperature']:.3g}: val ECE {cal['val_ece_before']:.3f} -> "
+            f"{cal['val_ece_after']:.3f}, NLL {cal['val_nll_before']:.3f} -> "
+            f"{cal['val_nll_after']:.3f}")
 
 
 def _print_archs() -> None:

@@ -55,6 +55,7 @@ class TrainConfig:
     cache: str = "memory"             # memory (decode once, keep uint8) | none (decode each time)
     jit_compile: bool = False         # XLA-compile the training step
     uncertain_accuracy: float = 0.5   # see run.json uncertain_threshold (chosen on validation)
+    calibrate: bool = True            # fit temperature scaling on val at the end (off: T = 1)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (what config.yaml holds)."""
@@ -156,6 +157,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(int(cfg.threads) >= 0, "threads", "0 (all cores) or more")
     need(0 < float(cfg.uncertain_accuracy) < 1, "uncertain-accuracy", "between 0 and 1")
     need(cfg.input_size is None or int(cfg.input_size) >= 32, "input-size", "at least 32")
+    need(isinstance(cfg.calibrate, bool), "calibrate", "true or false")
     need(int(cfg.epochs) + int(cfg.fine_tune_epochs) > 0, "epochs",
          "positive when --fine-tune-epochs is 0")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", str(cfg.name)):

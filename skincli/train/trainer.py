@@ -8,6 +8,12 @@ statistics are neither used as batch statistics nor overwritten by a small, imba
 linear warm-up and a cosine decay. After every epoch the validation macro F1 is computed; the
 best weights are kept, and a phase stops early after `patience` epochs without improvement.
 
+At the end, one pass of the selected model over the validation images gives the final
+validation metrics and, through the same code as `skin evaluate --calibrate`
+(skincli.calibration and predictor.build_reference): the temperature (unless calibrate is off),
+the "uncertain" threshold and the out-of-distribution reference, all stored in run.json, so
+`skin predict` gives calibrated probabilities and warnings right after training.
+
 The run is built in `runs/.<name>.tmp/` and renamed to `runs/<name>/` when complete, so a
 crashed run never looks finished. A checkpoint (last weights, optimizer state, progress) is
 written to `ckpt/` after every epoch: `resume()` continues from it. Ctrl-C saves the best model
@@ -15,7 +21,8 @@ so far as a usable run marked `extra.interrupted = true` (its `ckpt/` stays for 
 
 `progress(event, info)` receives, in order: "start", then per phase "phase", per epoch
 "epoch_start", "batch" (each step) and "epoch" (with validation metrics), and finally "saving";
-"warning" may come at any time. It may raise KeyboardInterrupt to stop like Ctrl-C does.
+"warning" may come at any time (also after "saving"). It may raise KeyboardInterrupt to stop
+like Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -198,35 +205,6 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray,
         "per_class_f1": per_class,
         "n": int(len(labels)),
     }
-
-
-def choose_uncertain_threshold(probs: np.ndarray, labels: np.ndarray,
-                               target: float = 0.5) -> tuple[float, float]:
-    """The top probability below which validation predictions were right less than `target`.
-
-    Sorting validation images by confidence, it takes the largest group of least confident
-    predictions whose accuracy is below `target`, and puts the threshold between that group and
-    the next prediction. Returns (threshold, share of validation images flagged); (0.0, 0.0)
-    when even the least confident prediction was right.
-    """
-    probs = np.asarray(probs, np.float64)
-    labels = np.asarray(labels, np.int64)
-    if not len(labels):
-        return 0.0, 0.0
-    conf = probs.max(axis=1)
-    order = np.argsort(conf, kind="stable")
-    correct = (probs.argmax(axis=1) == labels)[order].astype(np.float64)
-    prefix_acc = np.cumsum(correct) / np.arange(1, len(correct) + 1)
-    below = np.flatnonzero(prefix_acc < target)
-    if not len(below):
-        return 0.0, 0.0
-    k = int(below[-1]) + 1  # the k least confident predictions are flagged
-    sorted_conf = conf[order]
-    if k >= len(sorted_conf):
-        threshold = float(np.nextafter(sorted_conf[-1], 2.0))
-    else:
-        threshold = float((sorted_conf[k - 1] + sorted_conf[k]) / 2)
-    return threshold, k / len(sorted_conf)
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -499,26 +477,36 @@ class _Session:
                       shuffle=False)  # the pipeline shuffles
             state.phase_index, state.epoch_in_phase = phase_index + 1, 0
             state.wait = 0
-        return self.finish(built, infer, val_ds, skipped, interrupted=False)
+        return self.finish(built, val_ds, skipped, interrupted=False)
 
-    def finish(self, built: Any, infer: Any, val_ds: Any, skipped: Any,
-               interrupted: bool) -> Path:
-        """Best weights -> validation metrics -> every file of the run -> rename into place."""
+    def finish(self, built: Any, val_ds: Any, skipped: Any, interrupted: bool) -> Path:
+        """Best weights -> validation pass -> calibration -> every file -> rename into place.
+
+        One pass of the saved model over the validation images gives the logits (metrics,
+        temperature, uncertain threshold) and the embeddings and colour statistics (the
+        out-of-distribution reference), computed by the Predictor as `skin evaluate` does.
+        """
         from skincli.models.registry import build_model
+        from skincli.predictor import Predictor, softmax
 
         cfg, split, state = self.cfg, self.split, self.state
         self.progress("saving", {"run": self.final_dir.name, "interrupted": interrupted})
         if self.best_weights is not None:
             built.model.set_weights(self.best_weights)
-        probs, labels = predict_probs(infer, val_ds)
-        metrics = classification_metrics(labels, probs, split.classes)
-        threshold, flagged = choose_uncertain_threshold(probs, labels, cfg.uncertain_accuracy)
-        metrics.update({"best_epoch": state.best_epoch})
         # Save a fresh, uncompiled copy: model.keras then holds no optimizer state.
         clean = build_model(cfg.arch, len(split.classes), weights="none",
                             input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed)
         clean.model.set_weights(built.model.get_weights())
         name = self.final_dir.name
+        info = RunInfo(name=name, arch=cfg.arch, classes=list(split.classes),
+                       input_size=state.input_size, preprocessing=dict(state.preprocessing))
+        val = validation_outputs(Predictor(self.tmp_dir, info, clean.model), val_ds)
+        metrics = classification_metrics(val.labels, softmax(val.logits), split.classes)
+        metrics["best_epoch"] = state.best_epoch
+        cal = calibrate_validation(val, cfg.calibrate, cfg.uncertain_accuracy)
+        metrics["calibration"] = cal["val_metrics"]
+        for message in cal["warnings"]:
+            self.progress("warning", {"message": message})
         with disk_guard("the model", self.resume_name()):
             tmp_model = self.tmp_dir / ".model-tmp.keras"
             clean.model.save(tmp_model)
@@ -528,27 +516,25 @@ class _Session:
         with disk_guard("the history plot", self.resume_name()):
             plot_history(state.history, self.tmp_dir / "history.png")
         images_per_s = state.images_seen / state.train_seconds if state.train_seconds else 0.0
-        info = RunInfo(
-            name=name, arch=cfg.arch, classes=list(split.classes), input_size=state.input_size,
-            preprocessing=dict(state.preprocessing), temperature=1.0,
-            uncertain_threshold=threshold,
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            split_sha256=split.sha256, config=cfg.to_dict(), val_metrics=metrics,
-            extra={
-                "interrupted": interrupted,
-                "uncertain_rule": (f"top probability below which validation predictions were "
-                                   f"right less than {cfg.uncertain_accuracy:.0%} of the time"),
-                "uncertain_val_share": flagged,
-                "skipped_images": len(state.skipped),
-                "skipped_files": sorted(state.skipped)[:100],
-                "epochs_run": len(state.history),
-                "stopped_early": list(state.stopped_early),
-                "train_seconds": round(state.train_seconds, 2),
-                "wall_seconds": round(time.perf_counter() - self.wall_start, 2),
-                "images_per_second": round(images_per_s, 2),
-                "n_train": len(split.train_paths),
-                "n_val": len(split.val_paths),
-            })
+        info.temperature = cal["temperature"]
+        info.uncertain_threshold = cal["uncertain_threshold"]
+        info.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        info.split_sha256 = split.sha256
+        info.config = cfg.to_dict()
+        info.val_metrics = metrics
+        info.extra = {
+            "interrupted": interrupted,
+            **cal["extra"],
+            "skipped_images": len(state.skipped),
+            "skipped_files": sorted(state.skipped)[:100],
+            "epochs_run": len(state.history),
+            "stopped_early": list(state.stopped_early),
+            "train_seconds": round(state.train_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - self.wall_start, 2),
+            "images_per_second": round(images_per_s, 2),
+            "n_train": len(split.train_paths),
+            "n_val": len(split.val_paths),
+        }
         with disk_guard("run.json", self.resume_name()):
             if interrupted:
                 write_json(self.ckpt / STATE_FILE, dataclasses.asdict(state))
@@ -562,6 +548,97 @@ class _Session:
         return self.final_dir
 
 
+# --- the end of training: validation outputs and calibration ------------------------------------
+
+@dataclass
+class ValidationOutputs:
+    """The saved model's outputs on the readable validation images."""
+
+    logits: np.ndarray                # (N, C)
+    labels: np.ndarray                # (N,)
+    embeddings: np.ndarray | None     # (N, D) pooled backbone features, if the model has them
+    colour: np.ndarray                # (N, 7) colour statistics of the model-input images
+
+
+def validation_outputs(predictor: Any, dataset: Any) -> ValidationOutputs:
+    """One pass over an evaluation dataset with `Predictor.logits_and_embeddings`."""
+    from skincli.predictor import colour_features
+
+    logits, labels, embs, colours = [], [], [], []
+    for x, y in dataset:
+        batch = np.asarray(x, dtype=np.float32)
+        out, emb = predictor.logits_and_embeddings(batch, batch_size=max(1, len(batch)))
+        logits.append(out)
+        labels.append(np.asarray(y))
+        colours.append(colour_features(batch))
+        if emb is not None:
+            embs.append(emb)
+    c = len(predictor.classes)
+    if not logits:
+        return ValidationOutputs(np.zeros((0, c), np.float32), np.zeros((0,), np.int64), None,
+                                 np.zeros((0, 7)))
+    return ValidationOutputs(
+        logits=np.concatenate(logits), labels=np.concatenate(labels).astype(np.int64),
+        embeddings=np.concatenate(embs) if len(embs) == len(logits) else None,
+        colour=np.concatenate(colours))
+
+
+def calibrate_validation(val: ValidationOutputs, fit: bool, uncertain_accuracy: float
+                         ) -> dict[str, Any]:
+    """Temperature, uncertain threshold and OOD reference from the validation outputs.
+
+    The same functions as `skin evaluate --calibrate` (skincli.calibration, build_reference).
+    Without `fit` the temperature stays 1.0 and the threshold is chosen on the raw
+    probabilities by the same rule. Returns the run.json pieces and any warnings.
+    """
+    from skincli.calibration import calibrate, choose_uncertain_threshold, temperature_nll
+    from skincli.metrics import expected_calibration_error
+    from skincli.predictor import build_reference, softmax
+
+    n = int(val.labels.size)
+    warnings: list[str] = []
+    if n == 0:
+        warnings.append("no readable validation images: no calibration, no uncertain "
+                        "threshold and no out-of-distribution reference")
+        return {"temperature": 1.0, "uncertain_threshold": None, "warnings": warnings,
+                "val_metrics": {"calibrated": False, "n_val": 0}, "extra": {}}
+    if fit:
+        result = calibrate(val.logits, val.labels, uncertain_accuracy)
+        temperature, rule = float(result["temperature"]), result["uncertain"]
+        scores = {k: result[k] for k in ("val_nll_before", "val_nll_after", "val_ece_before",
+                                          "val_ece_after")}
+    else:
+        temperature = 1.0
+        probs = softmax(val.logits, 1.0)
+        rule = choose_uncertain_threshold(probs, val.labels, uncertain_accuracy)
+        nll = temperature_nll(val.logits, val.labels, 1.0)
+        ece = expected_calibration_error(probs, val.labels)["ece"]
+        scores = {"val_nll_before": nll, "val_nll_after": nll, "val_ece_before": ece,
+                  "val_ece_after": ece}
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    val_metrics = {"calibrated": bool(fit), "temperature": temperature, "n_val": n, **scores}
+    extra: dict[str, Any] = {
+        "uncertain_rule": rule["rule"],
+        "uncertain_val_share": rule["uncertain_share"],
+    }
+    if fit:
+        # The same record `skin evaluate --calibrate` writes (it replaces this one if re-run).
+        extra["calibration"] = {
+            "method": "temperature scaling (validation NLL)", "fitted": stamp,
+            "fitted_by": "skin train", "n_val": n, "previous_temperature": 1.0,
+            "temperature": temperature, **scores}
+    if n >= 10:
+        extra["reference"] = build_reference(
+            val.colour, val.embeddings,
+            source=f"validation split ({n} images), skin train")
+    else:
+        warnings.append(f"only {n} readable validation images: no out-of-distribution "
+                        "reference (it needs 10), so `skin predict` cannot warn about "
+                        "unusual images")
+    return {"temperature": temperature, "uncertain_threshold": float(rule["threshold"]),
+            "val_metrics": val_metrics, "extra": extra, "warnings": warnings}
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
@@ -571,10 +648,18 @@ def _fmt(value: Any) -> str:
 
 
 def _inference_fn(model: Any, size: int) -> Any:
+    """A traced softmax(model(x)) for the per-epoch validation.
+
+    A named function with autograph off (as Keras's own predict step): there is no Python
+    control flow to convert, and autograph would otherwise read and re-parse the source.
+    """
     import tensorflow as tf
 
+    def probabilities(x: Any) -> Any:
+        return tf.nn.softmax(model(x, training=False))
+
     spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-    return tf.function(lambda x: tf.nn.softmax(model(x, training=False)), input_signature=[spec])
+    return tf.function(probabilities, input_signature=[spec], autograph=False)
 
 
 def predict_probs(infer: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -877,8 +962,7 @@ def _save_interrupted(session: _Session) -> Path:
     val_ds = eval_dataset(session.split.val_paths, session.split.val_labels,
                           size=state.input_size, batch_size=max(cfg.batch_size, 32),
                           skipped=skipped, cache=False)
-    return session.finish(built, _inference_fn(built.model, state.input_size), val_ds, skipped,
-                          interrupted=True)
+    return session.finish(built, val_ds, skipped, interrupted=True)
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | None) -> TrainConfig:
