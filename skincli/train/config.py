@@ -27,10 +27,10 @@ class TrainConfig:
     input_size: int | None = None     # square input side in pixels; None = the arch's own size
     epochs: int = 2                   # phase 1: epochs training the head, backbone frozen
     fine_tune: str = "all"            # phase 2: all | top:N (last N backbone layers) | none
-    fine_tune_epochs: int = 12        # phase 2 epochs (0 = no fine-tuning)
+    fine_tune_epochs: int = 16        # phase 2 epochs (0 = no fine-tuning)
     batch_size: int = 32              # images per step
     lr: float = 1e-3                  # peak learning rate of the head phase
-    fine_tune_lr: float = 3e-4        # peak learning rate of the fine-tuning phase
+    fine_tune_lr: float = 6e-4        # peak learning rate of the fine-tuning phase
     weight_decay: float = 0.01        # AdamW decoupled weight decay (scaled by the learning rate)
     warmup_epochs: float = 1.0        # linear warm-up before the cosine decay (each phase)
     min_lr_ratio: float = 0.01        # cosine decays to this fraction of the peak rate
@@ -44,7 +44,7 @@ class TrainConfig:
     cutmix: float = 0.0               # cutmix Beta(a, a) parameter; 0 = off
     dropout: float = 0.2              # dropout before the logits layer
     ema: float = 0.0                  # moving average of weights (e.g. 0.99) for selection; 0=off
-    patience: int = 5                 # early stopping: epochs without a better val macro F1
+    patience: int = 8                 # early stopping: epochs without a better val macro F1
     seed: int = 0                     # fixes initial weights, sampling and augmentation
     deterministic: bool = False       # force deterministic TF kernels (~15% slower on CPU, where
     #                                   a fixed seed and thread count already repeat exactly)
