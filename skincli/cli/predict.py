@@ -201,12 +201,24 @@ def _stats_hook() -> Any:
     return hook
 
 
+def _short_names(files: list[str]) -> dict[str, str]:
+    """Paths relative to the folder they share, so the table shows the part that differs."""
+    if len(files) < 2:
+        return {f: f for f in files}
+    try:
+        common = os.path.commonpath([os.path.abspath(os.path.dirname(f)) for f in files])
+    except ValueError:  # different drives
+        return {f: f for f in files}
+    return {f: os.path.relpath(os.path.abspath(f), common) for f in files}
+
+
 def _show_table(doc: dict[str, Any], top_k: int) -> None:
     rows = []
+    names = _short_names([p.get("file", "") for p in doc["predictions"]])
     for p in doc["predictions"]:
         top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p["top_k"][:top_k])
         verdict = "[yellow]uncertain[/]" if p["uncertain"] else "confident"
-        rows.append((p.get("file", ""), top, verdict, "; ".join(p["warnings"])))
+        rows.append((names.get(p.get("file", ""), ""), top, verdict, "; ".join(p["warnings"])))
     m = doc["model"]
     ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']})",
                               ["file", f"top {top_k} (calibrated probability)", "verdict",
@@ -248,15 +260,27 @@ def command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from skincli.evaluate import load_predictor
-    from skincli.fsutil import write_json, write_text
+    from skincli.fsutil import check_writable, write_json, write_text
 
     paths = expand_inputs(inputs)
     if not paths:
         raise SkinError("No images to predict",
                         hint="Pass image files or folders holding .jpg/.jpeg/.png/.bmp files")
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):  # nothing to do: say so before loading the model
+        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise SkinError(f"{shown} does not exist" if len(missing) == 1 else
+                        f"None of the {len(missing)} inputs exist ({shown})",
+                        hint="Check the path(s); folders are searched for images recursively")
+    for target, option in ((json_out, "--json-out"), (csv_out, "--csv")):
+        if target is not None:
+            check_writable(target, option)
+    if explain_dir is not None:
+        check_writable(explain_dir / "x.png", "--explain-dir")
     predictor = load_predictor(run, runs_dir)
     hook = None if no_log else _stats_hook()
-    show_bar = len(paths) > batch_size and not as_json
+    # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
+    show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
                   console=ui.err_console, transient=True, disable=not show_bar) as bar:
         task = bar.add_task("predict", total=len(paths))
@@ -281,13 +305,20 @@ def command(
         write_json(json_out, doc)
     if csv_out:
         write_text(csv_out, document_csv(doc))
+    if n_ok == 0 and len(results) == 1 and not (as_json or json_out or csv_out):
+        # One file, one reason: say it in the error line itself.
+        raise SkinError(f"Cannot predict {doc['errors'][0]['error']}",
+                        hint="Pass a JPEG, PNG or BMP image")
     for e in doc["errors"]:
         ui.warn(f"skipped {e['error']}")
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
+    elif not n_ok:  # nothing predicted: only where the error rows went, then the error
+        for target in (json_out, csv_out):
+            if target:
+                ui.console.print(f"Wrote {target}", highlight=False)
     else:
-        if doc["predictions"]:
-            _show_table(doc, top_k)
+        _show_table(doc, top_k)
         m = doc["model"]
         ui.console.print(f"Model: {m['name']} ({m['arch']}, version {m['version']}, "
                          f"temperature {m['temperature']:.3g})", highlight=False)
@@ -303,5 +334,5 @@ def command(
             ui.warn(f"{len(doc['errors'])} of {len(results)} file(s) could not be read "
                     "(listed above); the others were predicted")
         else:
-            raise SkinError(f"None of the {len(results)} file(s) could be read",
+            raise SkinError(f"None of the {len(results)} file(s) could be read (reasons above)",
                             hint="Check they are JPEG/PNG/BMP images")
