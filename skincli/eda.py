@@ -19,7 +19,7 @@ from skincli.data.dataset import GIVEN_SPLITS, Dataset, load_dataset
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
 from skincli.data.manifest import build_manifest
 from skincli.errors import SkinError
-from skincli.fsutil import atomic_dir, write_json
+from skincli.fsutil import atomic_dir, check_writable, write_json
 
 DEFAULT_OUT = Path("reports/eda")
 # Lists in report.json are complete; these only bound the extremes lists.
@@ -241,11 +241,7 @@ def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     t0 = time.perf_counter()
     if out is not None:
         _check_out(Path(out), Path(source))
-        try:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SkinError(f"Cannot create the report folder {out}: {exc.strerror or exc}",
-                            hint="Choose a writable --out") from exc
+        check_writable(out)
     dataset = load_dataset(source, csv_image_dir=images, label_col=label_col,
                            image_col=image_col, group_col=group_col)
     t1 = time.perf_counter()

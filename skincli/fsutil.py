@@ -21,12 +21,46 @@ def _umask() -> int:
     return mask
 
 
+def _cannot_write(target: Path, exc: OSError) -> SkinError:
+    """The one-line error for a target whose folder cannot be created or written."""
+    return SkinError(f"Could not write {target}: {exc.strerror or exc}",
+                     hint="Check the folder is writable and the disk has room")
+
+
+def check_writable(target: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Fail before any long work if `target` (a file or folder to be written) cannot be.
+
+    Creates the parent folder and a throw-away file in it: the same steps the atomic writes
+    take at the end, so a read-only place is reported in the first second, not the last.
+    """
+    target = Path(target)
+    for folder in target.parents:  # the nearest existing folder must be one, not a file
+        if folder.exists():
+            if not folder.is_dir():
+                raise SkinError(f"Cannot write {option} {target}: {folder} is a file, not a "
+                                "folder", hint=f"Choose another {option}")
+            break
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe",
+                                     dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SkinError(f"Cannot write {option} {target}: {exc.strerror or exc}",
+                        hint=f"Choose a writable {option}") from exc
+    return target
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # e.g. a read-only place, or a file where a folder should be
+        raise _cannot_write(target, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -36,8 +70,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise SkinError(f"Could not write {target}: {exc.strerror or exc}",
-                        hint="Check the folder is writable and the disk has room") from exc
+        raise _cannot_write(target, exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -69,21 +102,38 @@ def _json_default(obj: Any) -> Any:
 def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; swap it into place only on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise SkinError(f"{target} already exists", hint="Choose another name or remove it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    if target.exists() and not target.is_dir():
+        raise SkinError(f"{target} is a file, not a folder", hint="Choose another path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _cannot_write(target, exc) from exc
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        try:
+            _swap_in(tmp, target)
+        except OSError as exc:
+            raise _cannot_write(target, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Move the finished folder onto `target`; an old `target` comes back if that fails."""
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -237,3 +237,18 @@ def test_near_duplicate_pairs_same_for_any_block_size() -> None:
     assert (whole["distance"] == 3).all()
     x = rng.integers(0, 2**63, size=100, dtype=np.uint64)
     assert popcount(x).tolist() == [bin(int(v)).count("1") for v in x]
+
+
+def test_cli_eda_read_only_out_is_one_line_before_reading(messy: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A read-only folder (root ignores chmod, so refuse the temp files the writes make).
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("skincli.fsutil.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("skincli.fsutil.tempfile.mkdtemp", refuse)
+    result = runner.invoke(app, ["eda", str(messy), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: Cannot write --out")
+    assert "Permission denied" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1  # no tables: it stopped first
