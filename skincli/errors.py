@@ -17,7 +17,8 @@ class SkinError(Exception):
     def __str__(self) -> str:
         text = self.message.rstrip(".")
         if self.hint:
-            text = f"{text}. {self.hint}"
+            # "Did you mean: x?" already ends the sentence; a "." after it would read "?.".
+            text = f"{text} {self.hint}" if text.endswith(("?", "!")) else f"{text}. {self.hint}"
         # One line, always: a newline inside a path or a library message would break it.
         return " ".join(text.split())
 

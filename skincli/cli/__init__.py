@@ -73,10 +73,15 @@ def _check_section(data: dict[str, Any], cmd: click.Command, path: str,
         key = str(raw_key).replace("-", "_")
         label = f"{prefix}{raw_key}"
         sub_key = str(raw_key)
-        if sub_key in subcommands and isinstance(value, dict):
+        if sub_key in subcommands:
+            if value is None:  # an empty section ("train:" with nothing under it)
+                continue
+            if not isinstance(value, dict):
+                raise SkinError(f"Section '{label}' in config {path} must map option names to "
+                                f"values, not {value!r}", hint="e.g. train: {epochs: 10}")
             out[sub_key] = _check_section(value, subcommands[sub_key], path, prefix=f"{label}.")
         elif key in params:
-            out[key] = value
+            out[key] = _check_value(params[key], value, label, path)
         else:
             choices = list(subcommands) + [n.replace("_", "-") for n in params]
             close = difflib.get_close_matches(str(raw_key), choices, n=3, cutoff=0.5)
@@ -84,6 +89,23 @@ def _check_section(data: dict[str, Any], cmd: click.Command, path: str,
                 f"Valid keys here: {', '.join(sorted(choices))}")
             raise SkinError(f"Unknown key '{label}' in config {path}", hint=hint)
     return out
+
+
+def _check_value(param: Any, value: Any, label: str, path: str) -> Any:
+    """Convert a config value the way the option would be, so a wrong type names the file."""
+    if getattr(param, "multiple", False) and isinstance(value, (str, int, float)):
+        value = [value]  # `cors_origin: https://a` means a list of one
+    if value is None:
+        return value
+    try:
+        param.get_runtime_param().coerce(value, param=param, ctx=None)
+    except Exception as exc:  # the option type's own complaint, e.g. "not a valid integer"
+        reason = getattr(exc, "message", None) or str(exc)
+        command = " ".join(label.split(".")[:-1])
+        raise SkinError(f"{label}: {value!r} in config {path} is not valid ({reason})",
+                        hint=f"Fix the value; `skin {command} --help` shows what each option "
+                        "takes") from None
+    return value
 
 
 @app.callback()
