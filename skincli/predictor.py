@@ -39,7 +39,14 @@ from PIL import Image
 
 from skincli import DISCLAIMER
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
-from skincli.runs import DEFAULT_RUNS_DIR, MODEL_FILE, RunInfo, load_run_info, resolve_run
+from skincli.runs import (
+    DEFAULT_RUNS_DIR,
+    MODEL_FILE,
+    RunInfo,
+    check_model_file,
+    load_run_info,
+    resolve_run,
+)
 
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray | Image.Image
 
@@ -122,6 +129,7 @@ class Predictor:
 
         run_dir = resolve_run(run, runs_dir)
         info = load_run_info(run_dir)
+        check_model_file(run_dir)
         model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
         return cls(run_dir, info, model, **kwargs)
 

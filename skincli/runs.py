@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skincli.errors import SkinError
+from skincli.errors import SkinError, did_you_mean
 from skincli.fsutil import write_json, write_text
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -89,6 +89,26 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
         raise SkinError(f"{path} is damaged ({exc})", hint="Train the run again") from exc
 
 
+def check_model_file(run_dir: str | Path) -> Path:
+    """Return the run's model.keras if it looks like a Keras archive; cheap (no TensorFlow),
+    so a damaged copy is one clear line before anything slow starts."""
+    import zipfile
+
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise SkinError(f"Run {run_dir} has no {MODEL_FILE}",
+                        hint="Train the run again, or copy the whole run folder")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            complete = "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        complete = False
+    if not complete:
+        raise SkinError(f"{path} is damaged (not a complete Keras .keras archive)",
+                        hint="Copy the run folder again, or train the run again")
+    return path
+
+
 def update_run_info(run_dir: str | Path, **changes: Any) -> RunInfo:
     """Change fields of run.json (e.g. temperature, test_metrics) atomically."""
     info = load_run_info(run_dir)
@@ -125,7 +145,15 @@ def resolve_run(run: str | Path | None = None, runs_dir: str | Path = DEFAULT_RU
         for candidate in (Path(run), root / str(run)):
             if (candidate / RUN_FILE).exists():
                 return candidate
-        load_run_info(run)  # raises the precise error
+        if not Path(run).exists() and not (root / str(run)).exists():
+            names = [p.name for p in finished_runs(root)]
+            if not names:
+                raise SkinError(f"No run {str(run)!r}: {root}/ holds no trained run",
+                                hint="Train one with `skin train`, or pass --runs-dir")
+            close = did_you_mean(str(run), names).strip()
+            raise SkinError(f"No run {str(run)!r} in {root}/",
+                            hint=close or f"Runs there: {', '.join(names[-10:])}")
+        load_run_info(root / str(run) if (root / str(run)).exists() else run)
     current = root / CURRENT_FILE
     if current.exists():
         name = current.read_text(encoding="utf-8").strip()
@@ -143,10 +171,22 @@ def set_current(run_dir: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR) ->
     write_text(Path(runs_dir) / CURRENT_FILE, Path(run_dir).name + "\n")
 
 
+# A run name is a folder name and a command-line argument: no "..", no leading "-" or ".".
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_run_name(name: str) -> str:
+    """Return `name` if it can be a run folder name, else raise SkinError saying why."""
+    if not RUN_NAME_RE.fullmatch(str(name)):
+        raise SkinError(f"Run name {str(name)!r} is not valid: use letters, digits, '.', '_' "
+                        "and '-', starting with a letter or digit",
+                        hint="e.g. --name effnet-224")
+    return str(name)
+
+
 def next_run_dir(name: str = "train", runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
     """Auto-increment: runs/train, runs/train2, runs/train3 ... (first free name)."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise SkinError(f"Run name {name!r} may only contain letters, digits, '.', '_' and '-'")
+    check_run_name(name)
     root = Path(runs_dir)
     candidate = root / name
     i = 2

@@ -152,6 +152,11 @@ def test_weights_file_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"\0")
     with pytest.raises(SkinError, match="Unsupported weights file"):
         build_model("tiny", 2, weights=str(bad))
+    text = tmp_path / "notes.keras"
+    text.write_text("not a model")
+    # Keras itself calls such a file "not found", which sends people looking for the wrong thing.
+    with pytest.raises(SkinError, match="is not a Keras model file"):
+        build_model("tiny", 2, weights=str(text))
 
 
 def test_bad_arguments_are_clear() -> None:

@@ -107,14 +107,24 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], needle
     assert needle in line
 
 
+@pytest.mark.parametrize("name", ["..", ".", "-x", ".hidden", "a/b"])
+def test_run_names_that_cannot_be_a_folder_or_an_argument(tmp_path: Path, name: str) -> None:
+    result = _run(*FAST, "--split", str(tmp_path / "none.csv"), "--name", name)
+    assert result.output.startswith("error:"), result.output  # no blank line before it
+    line = _one_line_error(result)
+    assert f"Run name {name!r} is not valid" in line and "--name" in line
+
+
 def test_resume_unknown_run(tmp_path: Path) -> None:
     line = _one_line_error(_run("--resume", "nothing-here", "--runs-dir", str(tmp_path)))
     assert "No resumable run 'nothing-here'" in line
 
 
 def test_missing_split_says_which_command_makes_it(tmp_path: Path) -> None:
-    line = _one_line_error(_run(*FAST, "--split", str(tmp_path / "none.csv")))
-    assert "skin split" in line
+    result = _run(*FAST, "--split", str(tmp_path / "none.csv"))
+    # Off a terminal the progress bar stays off: no blank line ahead of the error in logs.
+    assert result.output.startswith("error:"), repr(result.output)
+    assert "skin split" in _one_line_error(result)
 
 
 def test_class_without_training_images(tmp_path: Path) -> None:

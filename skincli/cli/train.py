@@ -164,7 +164,9 @@ class TrainProgress:
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=ui.console, transient=True)
+                            TimeRemainingColumn(), console=ui.console, transient=True,
+                            # off the terminal it would show nothing but a blank line
+                            disable=not ui.console.is_terminal)
         self.task: Any = None
 
     def __enter__(self) -> TrainProgress:

@@ -303,6 +303,11 @@ def _load_weights_file(built: BuiltModel, path: Path) -> str:
                         hint="Pass --weights imagenet, none, or an existing .weights.h5/.keras")
     name = path.name.lower()
     if name.endswith(".keras"):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # Keras would call it "not found", which misleads
+            raise SkinError(f"{path} is not a Keras model file (a .keras file is a zip archive)",
+                            hint="Pass a model.keras saved by `skin train` or keras model.save")
         try:
             src = keras.models.load_model(path, compile=False)
         except Exception as exc:

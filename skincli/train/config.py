@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from skincli.errors import SkinError, did_you_mean
+from skincli.runs import check_run_name
 
 # Cheap to import: no TensorFlow here (the CLI imports this at start-up for its help texts).
 
@@ -160,9 +161,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(isinstance(cfg.calibrate, bool), "calibrate", "true or false")
     need(int(cfg.epochs) + int(cfg.fine_tune_epochs) > 0, "epochs",
          "positive when --fine-tune-epochs is 0")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", str(cfg.name)):
-        raise SkinError(f"Run name {cfg.name!r} may only contain letters, digits, '.', '_' "
-                        "and '-'")
+    check_run_name(cfg.name)
     for key in ("epochs", "fine_tune_epochs", "batch_size", "patience", "seed", "threads"):
         setattr(cfg, key, int(getattr(cfg, key)))
     if cfg.input_size is not None:
