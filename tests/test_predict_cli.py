@@ -80,6 +80,36 @@ def test_no_readable_image_exits_1(env: Path) -> None:
     assert "missing.png: file not found" in out
 
 
+def test_missing_inputs_fail_at_once_without_loading_the_model(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded for nothing")
+
+    monkeypatch.setattr("skincli.evaluate.load_predictor", no_model)
+    for args, expected in [(["typo.jpg"], "typo.jpg does not exist"),
+                           (["a.jpg", "b.png"], "None of the 2 inputs exist (a.jpg, b.png)")]:
+        result = _predict(*args)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"error: {expected}"), result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_one_unreadable_file_is_one_line_with_the_reason(env: Path) -> None:
+    result = _predict("images/fake.jpg")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output  # no model line or disclaimer around a failure
+    assert lines[0].startswith("error: Cannot predict images/fake.jpg: not an image file")
+
+
+def test_unwritable_csv_is_refused_before_predicting(env: Path) -> None:
+    (env / "afile").write_text("x")
+    result = _predict("images", "--csv", "afile/p.csv")
+    assert result.exit_code == 1
+    assert result.output.startswith("error: Cannot write --csv afile/p.csv: afile is a file")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_empty_folder_is_a_clear_error(env: Path) -> None:
     (env / "empty").mkdir()
     result = _predict("empty")
@@ -90,6 +120,7 @@ def test_empty_folder_is_a_clear_error(env: Path) -> None:
 def test_unknown_run_is_a_clear_error(env: Path) -> None:
     result = _predict("images", "--run", "m2")
     assert result.exit_code == 1 and "m2" in result.output and "Traceback" not in result.output
+    assert "Did you mean: m1?" in _flat(result.output)
 
 
 def test_csv_and_json_files(env: Path) -> None:
