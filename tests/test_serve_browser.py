@@ -123,6 +123,9 @@ def test_upload_shows_prediction_bars_uncertain_flag_and_heatmap(
         disclaimer = browser.find_element(By.ID, "disclaimer")
         assert disclaimer.is_displayed() and "not a diagnosis" in disclaimer.text
         assert not browser.find_element(By.ID, "result").is_displayed()
+        # No keys on this server: no key box; no prediction log: the footer does not claim one.
+        assert not browser.find_element(By.ID, "key-box").is_displayed()
+        assert "keeps nothing" in browser.find_element(By.ID, "privacy").text
 
         _choose_file(browser, image)
         label = _wait(browser, lambda d: d.find_element(By.ID, "label").text or None)
@@ -145,6 +148,9 @@ def test_upload_shows_prediction_bars_uncertain_flag_and_heatmap(
         assert browser.execute_script("return arguments[0].naturalHeight", heat) == 120
         preview = browser.find_element(By.ID, "preview")
         assert browser.execute_script("return arguments[0].naturalWidth", preview) == 160
+        # Side by side, the two captions line up (an empty status line used to push one down).
+        captions = browser.find_elements(By.CSS_SELECTOR, ".images figcaption")
+        assert len({c.location["y"] for c in captions}) == 1, [c.location for c in captions]
         assert "request" in browser.find_element(By.ID, "meta").text
         shot = tmp_path / "page.png"
         browser.save_screenshot(str(shot))

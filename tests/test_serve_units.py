@@ -41,8 +41,9 @@ def test_settings_defaults_env_and_overrides() -> None:
 @pytest.mark.parametrize("env, needle", [
     ({"SKIN_PORT": "eighty"}, "SKIN_PORT"),
     ({"SKIN_NO_LOG": "maybe"}, "SKIN_NO_LOG"),
-    ({"SKIN_MAX_BATCH": "0"}, "max_batch"),
-    ({"SKIN_TIMEOUT_S": "0"}, "timeout_s"),
+    ({"SKIN_MAX_BATCH": "0"}, "--max-batch"),
+    ({"SKIN_TIMEOUT_S": "0"}, "--timeout-s"),
+    ({"SKIN_LOG_QUEUE_SIZE": "0"}, "SKIN_LOG_QUEUE_SIZE"),
     ({"SKIN_API_KEYS_FILE": "/nonexistent/keys"}, "keys"),
 ])
 def test_settings_errors_name_the_setting(env: dict[str, str], needle: str) -> None:
@@ -239,3 +240,42 @@ def test_cli_serve_help_and_clear_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "SKIN_PORT" in result.output
     result = runner.invoke(app, ["export", "--help"])
     assert result.exit_code == 0 and "SavedModel" in result.output
+
+
+def test_cli_serve_busy_port_bad_host_and_damaged_model(tmp_path: Path) -> None:
+    """Each is one line before any model loads (no Uvicorn log, no exit code 3)."""
+    import socket
+
+    from helpers_run import make_run
+
+    from skincli.cli import app
+
+    runner = CliRunner()
+    make_run(tmp_path, classes=["a", "b"], name="m1")
+    runs = str(tmp_path / "runs")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "m1", "--runs-dir", runs, "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: Port {port} on 127.0.0.1 is already in use")
+    assert "--port" in result.output and len(result.output.strip().splitlines()) == 1
+    host = "no-such-host.invalid"
+    result = runner.invoke(app, ["serve", "m1", "--runs-dir", runs, "--host", host])
+    assert result.exit_code == 1 and f"Cannot listen on --host {host}" in result.output
+    result = runner.invoke(app, ["serve", "m1", "--runs-dir", runs, "--port", "70000"])
+    assert result.exit_code == 1 and "--port (SKIN_PORT) 70000 is out of range" in result.output
+    (tmp_path / "runs" / "m1" / "model.keras").write_bytes(b"PK\x03\x04 cut short")
+    result = runner.invoke(app, ["serve", "m1", "--runs-dir", runs])
+    assert result.exit_code == 1 and "model.keras is damaged" in result.output
+    result = runner.invoke(app, ["export", "m1", "--runs-dir", runs, "--out",
+                                 str(tmp_path / "exp")])
+    assert result.exit_code == 1 and "model.keras is damaged" in result.output
+    assert not (tmp_path / "exp").exists()
+
+
+def test_check_listen_accepts_a_free_port() -> None:
+    from skincli.cli.serve import check_listen
+
+    check_listen("127.0.0.1", 0)  # port 0: any free port; must not raise

@@ -21,6 +21,41 @@ EXPORT_HELP = ("Export a run as a TensorFlow SavedModel (<out>/<run>/<version>/)
                "TensorFlow Serving can serve, with the same resizing and calibration.")
 
 
+def check_listen(host: str, port: int) -> None:
+    """Bind host:port once and let go, so a busy port or a wrong address is one clear line
+    now instead of a server log after the model has loaded."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SkinError(f"Cannot listen on --host {host}: {exc.strerror}",
+                        hint="Pass an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # Uvicorn sets SO_REUSEADDR too: a port left in TIME_WAIT is free for it, and for us.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SkinError(f"Port {port} on {host} is already in use",
+                                hint=f"Stop the program using it or pass another --port, "
+                                f"e.g. --port {port + 1 if port < 65535 else 8000}") from None
+            if exc.errno == errno.EACCES:
+                raise SkinError(f"Not allowed to listen on port {port}",
+                                hint="Ports below 1024 need administrator rights; use e.g. "
+                                "--port 8000") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise SkinError(f"--host {host} is not an address of this machine",
+                                hint="Use 127.0.0.1 (this machine only) or 0.0.0.0 (every "
+                                "interface)") from None
+            raise SkinError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}",
+                            hint="Check --host and --port") from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -70,7 +105,7 @@ def command(
     runs_dir: Annotated[str | None, typer.Option(help="Folder of runs (default runs).")] = None,
 ) -> None:
     """Start Uvicorn with the app factory; the model loads and warms once per worker."""
-    from skincli.runs import load_run_info, resolve_run
+    from skincli.runs import check_model_file, load_run_info, resolve_run
     from skincli.serve.auth import load_keys
     from skincli.serve.settings import Settings
 
@@ -84,7 +119,9 @@ def command(
     # Fail here, in one line, rather than inside a worker process.
     run_dir = resolve_run(settings.run, settings.runs_dir)
     info = load_run_info(run_dir)
+    check_model_file(run_dir)
     keys = load_keys(settings.api_key, settings.api_keys_file)
+    check_listen(settings.host, settings.port)
     if not keys and not _is_loopback(settings.host):
         ui.warn(f"listening on {settings.host} without API keys: anyone who can reach it can "
                 "use it (set SKIN_API_KEY or --api-keys-file)")

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from skincli.errors import SkinError
-from skincli.fsutil import atomic_dir
-from skincli.runs import DEFAULT_RUNS_DIR, MODEL_FILE, load_run_info, resolve_run
+from skincli.fsutil import atomic_dir, check_writable
+from skincli.runs import DEFAULT_RUNS_DIR, MODEL_FILE, check_model_file, load_run_info, resolve_run
 
 EXTRA_DIR = "assets.extra"  # TF Serving ignores it: the place for our metadata
 
@@ -43,6 +43,7 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = resolve_run(run, runs_dir)
     info = load_run_info(run_dir)
+    check_model_file(run_dir)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", info.name):
         raise SkinError(f"Run name {info.name!r} cannot be a TF Serving model name",
                         hint="Rename the run to letters, digits, '.', '_' and '-'")
@@ -50,11 +51,13 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
     if version is None:
         version = next_version(base)
     if version < 1:
-        raise SkinError(f"--version {version} must be a positive integer")
+        raise SkinError(f"--version {version} must be a positive integer",
+                        hint="e.g. --version 1, or leave it out to take the next one")
     target = base / str(version)
     if target.exists():
         raise SkinError(f"{target} already exists",
                         hint="Pass another --version or leave it out to take the next one")
+    check_writable(target)  # before the slow TensorFlow import and model load
 
     import keras
     import tensorflow as tf

@@ -71,12 +71,13 @@ class Settings:
         ]
         for value, low, high, name in checks:
             if not low <= value <= high:
-                raise SkinError(f"{name} = {value} is out of range",
+                raise SkinError(f"{_label(name)} {value} is out of range",
                                 hint=f"Use a value from {low} to {high}")
         for value, name in ((self.batch_window_ms, "batch_window_ms"),
                             (self.timeout_s, "timeout_s"), (self.max_upload_mb, "max_upload_mb")):
             if not value >= 0 or (name != "batch_window_ms" and value == 0):
-                raise SkinError(f"{name} = {value} must be positive")
+                kind = "0 or more" if name == "batch_window_ms" else "positive"
+                raise SkinError(f"{_label(name)} {value} is not valid: it must be {kind}")
         if self.api_keys_file and not Path(self.api_keys_file).is_file():
             raise SkinError(f"API keys file {self.api_keys_file} does not exist",
                             hint="Pass a file with one key per line")
@@ -107,7 +108,20 @@ class Settings:
         return {"max_batch": self.max_batch, "batch_window_ms": self.batch_window_ms,
                 "queue_size": self.queue_size, "timeout_s": self.timeout_s,
                 "max_upload_mb": self.max_upload_mb, "max_pixels": self.max_pixels,
-                "max_files": self.max_files, "top_k": self.top_k, "tta": self.tta}
+                "max_files": self.max_files, "top_k": self.top_k, "tta": self.tta,
+                "prediction_log": not self.no_log}
+
+
+# Settings that `skin serve` also takes as options (the others exist only as SKIN_* variables).
+_CLI_OPTIONS = {"host", "port", "workers", "max_batch", "batch_window_ms", "max_upload_mb",
+                "max_pixels", "max_files", "timeout_s", "queue_size", "api_keys_file", "store",
+                "tta", "runs_dir"}
+
+
+def _label(name: str) -> str:
+    """How the user set it: '--max-batch (SKIN_MAX_BATCH)', or just the variable."""
+    env = ENV_PREFIX + name.upper()
+    return f"--{name.replace('_', '-')} ({env})" if name in _CLI_OPTIONS else env
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -45,6 +45,12 @@
         $("model-line").textContent = "Model " + body.version + " (" + body.arch + ", " +
           body.classes.length + " classes)";
         if (body.disclaimer) { $("disclaimer").textContent = body.disclaimer; }
+        // Answered without a key: this server needs none, so do not offer a key box.
+        if (!$("api-key").value.trim()) { $("key-box").hidden = true; }
+        if (body.serving && body.serving.prediction_log === false) {
+          $("privacy").textContent = "Images are sent only to this server; it keeps " +
+            "nothing once it has answered.";
+        }
       } else if (r.status === 401) {
         $("model-line").textContent = "This server requires an API key.";
         $("key-box").open = true;
