@@ -352,6 +352,9 @@ def load_predictor(run: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_D
                         hint="Check the run folder or train it again") from exc
 
 
+MAX_BOOTSTRAP = 100_000
+
+
 def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
              data: str | Path | None = None, split: str | Path | None = None,
              subset: str = "test", calibrate: bool = False, tta: bool = False,
@@ -361,6 +364,9 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
     _check_subset(subset)
     if n_boot < 0:
         raise SkinError(f"--bootstrap must be 0 or more, got {n_boot}")
+    if n_boot > MAX_BOOTSTRAP:  # would run for hours; the intervals stop moving long before
+        raise SkinError(f"--bootstrap {n_boot} is too many (at most {MAX_BOOTSTRAP:,})",
+                        hint="1000 (the default) to 10000 gives stable 95% intervals")
     names: list[str | Path | None] = list(runs) if runs else [None]
     if len(names) > 2:
         raise SkinError(f"Compare at most two runs at a time, got {len(names)}",

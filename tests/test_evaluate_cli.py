@@ -149,10 +149,13 @@ def test_compare_two_runs_with_a_paired_test(runs: Path, tmp_path: Path) -> None
 
 def test_errors_are_one_clear_line(runs: Path, tmp_path: Path) -> None:
     cases = [
-        (["nosuchrun", "--runs-dir", str(runs)], "nosuchrun"),
+        (["nosuchrun", "--runs-dir", str(runs)], "Runs there: alpha, beta"),
+        (["alpah", "--runs-dir", str(runs)], "No run 'alpah' in"),
+        (["alpah", "--runs-dir", str(runs)], "Did you mean: alpha?"),
         (["--runs-dir", str(runs), "--subset", "tset"], "Did you mean: test"),
         (["alpha", "beta", "alpha", "--runs-dir", str(runs)], "at most two runs"),
         (["alpha", "alpha", "--runs-dir", str(runs)], "two different runs"),
+        (["alpha", "--runs-dir", str(runs), "--bootstrap", "100000000"], "is too many"),
         (["--runs-dir", str(tmp_path / "empty")], "No trained run"),
         (["--runs-dir", str(runs), "--data", str(tmp_path / "nope")], "does not exist"),
     ]
@@ -161,13 +164,24 @@ def test_errors_are_one_clear_line(runs: Path, tmp_path: Path) -> None:
         assert result.exit_code == 1, (args, result.output)
         assert expected in _flat(result.output), (args, result.output)
         assert "Traceback" not in result.output
+        assert result.output.startswith("error:"), (args, result.output)  # no blank line first
+
+
+def test_unwritable_out_stops_before_any_image_is_read(runs: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = _evaluate("alpha", "--runs-dir", str(runs), "--out", str(tmp_path / "afile" / "r"))
+    assert result.exit_code == 1
+    assert result.output.startswith("error: Cannot write --out")
+    assert "is a file, not a folder" in _flat(result.output)
+    assert len(result.output.strip().splitlines()) == 1  # no metrics printed, then a failure
 
 
 def test_damaged_model_file_is_a_clear_error(runs: Path) -> None:
     (runs / "alpha" / "model.keras").write_bytes(b"not a zip")
     result = _evaluate("alpha", "--runs-dir", str(runs))
     assert result.exit_code == 1
-    assert "Cannot load the model of run" in _flat(result.output)
+    out = _flat(result.output)
+    assert "alpha" in out and "model.keras is damaged" in out and "Traceback" not in out
 
 
 def test_evaluate_and_predict_give_the_same_numbers(runs: Path, tmp_path: Path,

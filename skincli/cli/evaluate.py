@@ -169,9 +169,14 @@ def command(
 
     from skincli import DISCLAIMER
     from skincli.evaluate import default_out, evaluate, write_report
+    from skincli.fsutil import check_writable
 
+    if out is not None:
+        check_writable(out)  # before the images are read, not after
+    # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=ui.err_console, transient=True) as bar:
+                  console=ui.err_console, transient=True,
+                  disable=not ui.err_console.is_terminal) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
