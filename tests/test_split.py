@@ -195,6 +195,13 @@ def test_small_classes_warn(tmp_path: Path) -> None:
     assert not any("'big'" in w for w in res.warnings)
 
 
+def test_a_class_missing_from_a_split_says_so_plainly(tmp_path: Path) -> None:
+    make_class_folders(tmp_path, {"big": 40, "rare": 2})
+    res = make_split(manifest_of(tmp_path))
+    assert not any("only 0" in w for w in res.warnings), res.warnings
+    assert any("'rare' has no images in" in w for w in res.warnings), res.warnings
+
+
 # --- the split file ------------------------------------------------------------------------
 
 
@@ -342,3 +349,18 @@ def test_a_loaded_split_can_be_written_again(tmp_path: Path) -> None:
     again = write_split(SplitResult(frame=df, meta=meta), tmp_path / "two" / "split.csv")
     assert "filepath" not in pd.read_csv(again).columns
     assert load_split(again)["filepath"].tolist() == df["filepath"].tolist()
+
+
+def test_cli_split_read_only_out_is_one_line(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    make_class_folders(data, {"melanoma": 5, "nevus": 5})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("skincli.fsutil.tempfile.mkstemp", refuse)
+    result = runner.invoke(app, ["split", str(data), "--out", str(tmp_path / "s" / "split.csv")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: Cannot write --out")
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

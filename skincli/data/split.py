@@ -23,7 +23,7 @@ import pandas as pd
 from skincli import __version__
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
 from skincli.errors import SkinError
-from skincli.fsutil import write_text
+from skincli.fsutil import check_writable, write_text
 
 DEFAULT_SPLIT_PATH = Path("splits/split.csv")
 SPLITS = ("train", "val", "test")
@@ -290,6 +290,9 @@ def _warnings(counts: pd.DataFrame, ratios: dict[str, float], minimum: int,
                 if n < minimum:
                     out.append(f"class '{label}' has only {n} training image"
                                f"{'s' if n != 1 else ''}: too few to learn it")
+            elif (ratios.get(s, 0) > 0 or n > 0) and n == 0:
+                out.append(f"class '{label}' has no images in {s}: {s} metrics will not "
+                           "cover it (more images of this class would help)")
             elif (ratios.get(s, 0) > 0 or n > 0) and n < minimum:
                 out.append(f"class '{label}' has only {n} image{'s' if n != 1 else ''} in "
                            f"{s} (fewer than {minimum}): its {s} metrics will be noisy")
@@ -313,12 +316,7 @@ def check_out(out: str | os.PathLike[str]) -> Path:
         raise SkinError(f"{out} exists and is not a split file (no {sidecar_path(out).name} "
                         "beside it); it would be overwritten",
                         hint="Choose another --out, e.g. splits/split.csv")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SkinError(f"Cannot create the folder {out.parent}: {exc.strerror or exc}",
-                        hint="Choose a writable --out") from exc
-    return out
+    return check_writable(out)
 
 
 def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> Path:
