@@ -129,13 +129,20 @@ def test_full_report_tables_json_and_plots(tmp_path: Path) -> None:
     assert report["totals"]["n"] == 150          # operations: every model's traffic
     assert report["drift"]["current"]["n"] == 120  # drift: this run's model only
     assert len(report["windows"]) == 3
-    assert report["windows"][-1]["n"] == 150
-    lat = report["windows"][-1]["latency_ms"]
+    # The traffic is from the last hour: today's window, or also yesterday's just after 00:00 UTC.
+    busy = [w for w in report["windows"] if w["n"]]
+    assert sum(w["n"] for w in busy) == 150
+    assert busy and all(w in report["windows"][-2:] for w in busy)
+    lat = busy[-1]["latency_ms"]
     assert lat["p50"] <= lat["p95"] <= lat["p99"]
-    assert abs(sum(report["windows"][-1]["class_share"].values()) - 1) < 1e-9
+    assert abs(sum(busy[-1]["class_share"].values()) - 1) < 1e-9
     for png in ("volume.png", "latency.png", "classes.png", "confidence.png"):
         assert (out / png).stat().st_size > 1000
     assert not list(tmp_path.glob(".rep.*"))  # no temporary folder left behind
+    assert "report.json and PNG plots" in " ".join(result.output.split())
+    result = _monitor(run_dir, db, tmp_path / "bare", "--last", "3", "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert "PNG" not in result.output and not list((tmp_path / "bare").glob("*.png"))
 
 
 def test_label_command_and_performance_alert(tmp_path: Path) -> None:
@@ -164,6 +171,22 @@ def test_label_command_and_performance_alert(tmp_path: Path) -> None:
     assert (tmp_path / "rep" / "performance.png").exists()
 
 
+def test_label_outside_the_run_classes_is_flagged(tmp_path: Path) -> None:
+    run_dir = _make_run(tmp_path)
+    db = tmp_path / "p.db"
+    rows = _log(db, 3, seed=1)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("image_sha256,label\n" + "".join(
+        f"{r['image_sha256']},{lab}\n" for r, lab in zip(rows, ["nevus", "nevuss", "Nevus"])))
+    result = runner.invoke(app, ["monitor", "--run", str(run_dir), "--runs-dir",
+                                 str(run_dir.parent), "label", str(csv), "--store", str(db)])
+    assert result.exit_code == 0, result.output  # stored all the same: the CSV may be right
+    text = " ".join(result.output.split())
+    assert "not among the classes of run champ: 'Nevus', 'nevuss'" in text
+    assert "Did you mean: nevus?" in text
+    assert open_store(db).predictions()["label"].notna().sum() == 3
+
+
 def test_label_by_path_hashes_the_file(tmp_path: Path) -> None:
     img = tmp_path / "imgs" / "a.jpg"
     img.parent.mkdir()
@@ -189,6 +212,14 @@ def test_missing_store_and_bad_window_are_one_line_errors(tmp_path: Path) -> Non
     open_store(tmp_path / "p.db").log([])
     result = _monitor(run_dir, tmp_path / "p.db", tmp_path / "rep", "--window", "fortnight")
     assert result.exit_code == 1 and "--window" in result.output
+    (tmp_path / "afile").write_text("x")
+    result = _monitor(run_dir, tmp_path / "p.db", tmp_path / "afile" / "rep")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("error: Cannot write --out")
+    result = _monitor(run_dir, "bogus://x", tmp_path / "rep")  # type: ignore[arg-type]
+    assert result.exit_code == 1
+    assert "Unknown prediction store type 'bogus'" in result.output
+    assert "pip install" not in result.output  # installing things would not help
 
 
 def test_parse_window() -> None:

@@ -188,3 +188,24 @@ def test_cli_dry_run(world: dict) -> None:
                                       "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "added to train" in result.output and "Dry run" in result.output
+
+
+def test_cli_bad_new_data_is_one_line_with_advice_retrain_can_follow(world: dict,
+                                                                      tmp_path: Path) -> None:
+    from skincli.cli import app
+
+    def run(data: Path) -> str:
+        result = CliRunner().invoke(app, ["monitor", "retrain", "--data", str(data), "--run",
+                                          "champ", "--runs-dir", str(world["runs"]),
+                                          "--dry-run"])
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output
+        return " ".join(result.output.split())
+
+    out = run(tmp_path / "nope")
+    assert out.startswith(f"error: --data {tmp_path / 'nope'} does not exist")
+    csv = tmp_path / "new.csv"
+    csv.write_text("path,verdict\na.jpg,nevus\n")
+    out = run(csv)
+    assert "no label column" in out and "Rename the CSV columns to path and label" in out
+    assert "--label-col" not in out  # retrain has no such option

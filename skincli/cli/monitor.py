@@ -98,12 +98,14 @@ def report(
     if ctx.invoked_subcommand is not None:
         return  # `skin monitor label|retrain`: the group's options only pass --store down
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from skincli.fsutil import check_writable
     from skincli.monitor.drift import Thresholds
     from skincli.monitor.reference import get_reference
     from skincli.monitor.report import build_report, parse_window, write_report
     from skincli.runs import load_run_info, resolve_run
 
     win = parse_window(window)
+    check_writable(out)
     th = Thresholds(alpha=alpha, psi=psi, min_samples=min_samples, min_labels=min_labels,
                     f1_tolerance=f1_tolerance, n_permutations=permutations, seed=seed)
     run_dir = resolve_run(run, runs_dir)
@@ -144,14 +146,14 @@ def report(
                          f"last {win.name}, no threshold crossed (report in {folder})",
                          highlight=False, soft_wrap=True)
         return
-    _print_report(rep, folder)
+    _print_report(rep, folder, plots)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _print_report(rep: Any, folder: Path) -> None:
+def _print_report(rep: Any, folder: Path, plots: bool = True) -> None:
     c = ui.console
     c.print(f"[bold]Model[/] {rep.model_version}   [bold]store[/] {rep.store}   "
             f"[bold]period[/] {rep.period['start']} .. {rep.period['end']}", highlight=False)
@@ -210,7 +212,8 @@ def _print_report(rep: Any, folder: Path) -> None:
                 "(`skin monitor --check` exits 2)", highlight=False, soft_wrap=True)
     else:
         c.print("[green]No threshold crossed.[/]")
-    c.print(f"Report: {folder}/report.json and PNG plots", highlight=False)
+    c.print(f"Report: {folder}/report.json{' and PNG plots' if plots else ''}",
+            highlight=False)
 
 
 @app.command("label", help="Attach confirmed diagnoses: a CSV with image_sha256 (or path: the "
@@ -248,6 +251,26 @@ def label(
     if matched == 0:
         ui.warn("none of these images has a logged prediction yet; check the hashes are of "
                 "the uploaded files")
+    _warn_unknown_labels(ctx, set(labels.mapping.values()))
+
+
+def _warn_unknown_labels(ctx: typer.Context, found: set[str]) -> None:
+    """A label the model cannot predict is usually a typo; it would count as a miss."""
+    from skincli.errors import did_you_mean
+    from skincli.runs import load_run_info, resolve_run
+
+    params = ctx.parent.params if ctx.parent is not None else {}
+    try:
+        info = load_run_info(resolve_run(params.get("run"), params.get("runs_dir") or "runs"))
+    except SkinError:
+        return  # no run to compare with: labels are still stored
+    unknown = sorted(found - set(info.classes))
+    if unknown:
+        ui.warn(f"label(s) not among the classes of run {info.name}: "
+                f"{', '.join(repr(u) for u in unknown[:5])}"
+                f"{' ...' if len(unknown) > 5 else ''}; `skin monitor` counts them as "
+                f"misses.{did_you_mean(unknown[0], info.classes)} Fix the CSV and label again "
+                "(the last label of an image wins)")
 
 
 @app.command("retrain", help="Merge newly labelled images into the champion's data (dedup by "
@@ -273,6 +296,9 @@ def retrain(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from skincli.monitor.retrain import retrain as run_retrain
 
+    if not data.exists():
+        raise SkinError(f"--data {data} does not exist",
+                        hint="Pass a folder of class folders or a CSV with path and label columns")
     def progress(message: str) -> None:
         ui.console.print(message, highlight=False, soft_wrap=True)
 

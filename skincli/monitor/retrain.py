@@ -117,7 +117,13 @@ def merge_new_data(split: pd.DataFrame, new_data: str | Path, classes: list[str]
     from skincli.data.duplicates import NearDupParams, phash_ints
     from skincli.data.split import SPLIT_COLUMNS
 
-    ds = load_dataset(new_data, min_classes=1)
+    try:
+        ds = load_dataset(new_data, min_classes=1)
+    except SkinError as exc:
+        if exc.hint and exc.hint.startswith("Pass --"):  # eda/split options retrain lacks
+            raise SkinError(exc.message, hint="Rename the CSV columns to path and label, or "
+                            "use class folders") from None
+        raise
     entries = ds.frame()
     summary: dict[str, Any] = {"new_data": str(Path(new_data).resolve()),
                                "found": int(len(entries)), "unreadable": 0,

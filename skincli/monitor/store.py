@@ -362,9 +362,17 @@ class SqlAlchemyStore(PredictionStore):
         self._sa = sa
         try:
             self._engine = sa.create_engine(url, pool_pre_ping=True, future=True)
-        except (ImportError, sa.exc.ArgumentError) as exc:
+        except sa.exc.NoSuchModuleError as exc:  # a scheme no database answers to
+            scheme = url.split("://", 1)[0]
+            raise SkinError(f"Unknown prediction store type {scheme!r} in {_redact(url)}",
+                            hint="Use a file path, sqlite:///FILE.db or "
+                            "postgresql://user@host/db") from exc
+        except ImportError as exc:  # a known database whose driver is missing
             raise SkinError(f"Cannot use the prediction store {_redact(url)}: {exc}",
-                            hint="pip install sqlalchemy psycopg, and check the URL") from exc
+                            hint="Install its driver, e.g. pip install psycopg") from exc
+        except sa.exc.ArgumentError as exc:
+            raise SkinError(f"Cannot use the prediction store {_redact(url)}: {exc}",
+                            hint="Check the URL, e.g. postgresql://user@host/db") from exc
         md = sa.MetaData()
         self._pred = sa.Table(
             "predictions", md,
