@@ -21,7 +21,8 @@ HELP = ("Run eda -> split -> train -> evaluate -> predict on a small SYNTHETIC d
         "(generated on the fly) to see the whole lifecycle before bringing your own data.")
 
 
-def demo_steps(arch: str, epochs: int, fine_tune_epochs: int, input_size: int) -> list[list[str]]:
+def demo_steps(arch: str, epochs: int, fine_tune_epochs: int, input_size: int,
+               name: str = "demo") -> list[list[str]]:
     """The commands the demo runs, exactly as a user would type them in the work folder."""
     sample = "data/synthetic-melanoma/synthetic-melanoma_0000.jpg"
     return [
@@ -29,7 +30,7 @@ def demo_steps(arch: str, epochs: int, fine_tune_epochs: int, input_size: int) -
         ["split", "data"],
         ["train", "--arch", arch, "--oversample", "--epochs", str(epochs),
          "--fine-tune-epochs", str(fine_tune_epochs), "--input-size", str(input_size),
-         "--name", "demo"],
+         "--name", name],
         ["evaluate"],
         ["predict", sample, "data/synthetic-nevus/synthetic-nevus_0000.jpg"],
     ]
@@ -50,20 +51,35 @@ def command(
     images: Annotated[int, typer.Option(min=8, help="Synthetic images in all.")] = 160,
 ) -> None:
     """Generate synthetic lesions and run every lifecycle step on them."""
-    from skincli.fsutil import write_text
+    from skincli.fsutil import atomic_dir, write_text
+    from skincli.models.registry import get_arch
+    from skincli.runs import next_run_dir
     from skincli.synthetic import SYNTHETIC_NOTE, make_synthetic_dataset, synthetic_classes
 
+    get_arch(arch)  # a typo fails now, not after the data, eda and split steps
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SkinError(f"Cannot create --workdir {workdir}: {exc.strerror or exc}",
+                            hint="Choose a writable folder, or leave --workdir out") from None
     work = workdir or Path(tempfile.mkdtemp(prefix="skin-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
+    note = work / "SYNTHETIC-DATA.txt"
+    if (work / "data").exists() and not note.exists():
+        # Never mix synthetic lesions into someone's own data/ folder.
+        raise SkinError(f"{work} already has a data/ folder that `skin demo` did not make",
+                        hint="Choose a new or empty --workdir")
+    run_name = next_run_dir("demo", work / "runs").name  # demo, demo2... on a second go
     ui.console.rule("[bold]skin demo[/] — synthetic data, for demonstration only")
     shares = [0.4, 0.25, 0.2, 0.15]  # imbalanced on purpose, like real collections
     counts = {c: max(2, int(images * s)) for c, s in zip(synthetic_classes(), shares)}
-    make_synthetic_dataset(work / "data", counts)
-    write_text(work / "SYNTHETIC-DATA.txt", SYNTHETIC_NOTE)
+    with atomic_dir(work / "data") as tmp:  # a second go replaces the images, never adds
+        make_synthetic_dataset(tmp, counts)
+    write_text(note, SYNTHETIC_NOTE)
     ui.console.print(f"Generated {sum(counts.values())} SYNTHETIC images in {work / 'data'}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     results: list[tuple[str, str, float]] = []
-    for args in demo_steps(arch, epochs, fine_tune_epochs, input_size):
+    for args in demo_steps(arch, epochs, fine_tune_epochs, input_size, run_name):
         shown = "skin " + " ".join(shlex.quote(a) for a in args)
         ui.console.rule(f"[cyan]$ {shown}")
         start = time.perf_counter()
