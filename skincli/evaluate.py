@@ -270,7 +270,7 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
     summary = classification_summary(scored.y, probs, predictor.classes, n_boot=n_boot,
                                       seed=seed)
     result: dict[str, Any] = {
-        "run": _run_block(predictor),
+        "run": predictor.model_summary(),
         "data": {"description": eval_set.description, "subset": eval_set.subset,
                  "kind": eval_set.kind, "n_images": len(eval_set.filepaths),
                  "n_evaluated": int(scored.y.size), "n_skipped": len(scored.skipped),
@@ -298,14 +298,6 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["_arrays"] = {"y": scored.y, "probs": probs, "filepaths": scored.filepaths}
     return result
-
-
-def _run_block(predictor: Any) -> dict[str, Any]:
-    info = predictor.info
-    return {"name": info.name, "version": info.version, "arch": info.arch,
-            "run_dir": str(predictor.run_dir), "classes": list(info.classes),
-            "temperature": float(info.temperature or 1.0),
-            "uncertain_threshold": info.uncertain_threshold}
 
 
 def is_own_test_split(predictor: Any, eval_set: EvalSet) -> bool:

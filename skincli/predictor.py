@@ -133,6 +133,14 @@ class Predictor:
         model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
         return cls(run_dir, info, model, **kwargs)
 
+    def model_summary(self) -> dict[str, Any]:
+        """What every output (predict, evaluate) says about the model that produced it."""
+        info = self.info
+        return {"name": info.name, "version": info.version, "arch": info.arch,
+                "run_dir": str(self.run_dir), "classes": list(info.classes),
+                "temperature": self.temperature,
+                "uncertain_threshold": info.uncertain_threshold}
+
     @property
     def temperature(self) -> float:
         """The calibration temperature in use."""

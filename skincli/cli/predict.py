@@ -44,15 +44,6 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def model_block(predictor: Any) -> dict[str, Any]:
-    """What every output says about the model."""
-    info = predictor.info
-    return {"name": info.name, "version": info.version, "arch": info.arch,
-            "run_dir": str(predictor.run_dir), "classes": list(info.classes),
-            "temperature": float(info.temperature or 1.0),
-            "uncertain_threshold": info.uncertain_threshold}
-
-
 def error_dict(exc: ImageError) -> dict[str, str]:
     """A per-file error as data (the file name is the start of the message)."""
     text = str(exc)
@@ -73,7 +64,7 @@ def build_document(predictor: Any, results: list[Any], tta: bool,
                 d["explanation"] = explanations[i]
             preds.append(d)
     return {
-        "model": model_block(predictor),
+        "model": predictor.model_summary(),
         "disclaimer": DISCLAIMER,
         "tta": tta,
         "predictions": preds,
