@@ -350,21 +350,23 @@ class _Session:
         """The name to pass to --resume, if a checkpoint exists to resume from."""
         return self.final_dir.name if (self.ckpt / STATE_FILE).exists() else None
 
+    def _save_weights(self, model: Any, name: str) -> None:
+        """ckpt/<name>.weights.h5 written atomically (Keras needs the .weights.h5 suffix, so
+        fsutil.atomic_path's .tmp name does not fit)."""
+        self.ckpt.mkdir(exist_ok=True)
+        tmp = self.ckpt / f".{name}-tmp.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, self.ckpt / f"{name}.weights.h5")
+
     def save_best(self, model: Any) -> None:
         """The weights selected so far (what Ctrl-C and the finished run use)."""
         with disk_guard("the checkpoint", self.resume_name()):
-            self.ckpt.mkdir(exist_ok=True)
-            tmp = self.ckpt / ".best-tmp.weights.h5"
-            model.save_weights(tmp)
-            os.replace(tmp, self.ckpt / "best.weights.h5")
+            self._save_weights(model, "best")
 
     def save_checkpoint(self, model: Any) -> None:
         """The last epoch's weights, optimizer state and progress (what --resume continues)."""
         with disk_guard("the checkpoint", self.resume_name()):
-            self.ckpt.mkdir(exist_ok=True)
-            tmp = self.ckpt / ".last-tmp.weights.h5"
-            model.save_weights(tmp)
-            os.replace(tmp, self.ckpt / "last.weights.h5")
+            self._save_weights(model, "last")
             values = {f"v{i:04d}": np.asarray(v.numpy())
                       for i, v in enumerate(model.optimizer.variables)}
             tmp_npz = self.ckpt / ".optimizer-tmp.npz"
