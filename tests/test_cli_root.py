@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from skincli.cli import app
@@ -95,3 +96,36 @@ def test_hint_after_a_question_reads_as_a_sentence() -> None:
     text = str(SkinError("Unknown arch 'x'. Did you mean: y?", hint="See --list-archs"))
     assert text == "Unknown arch 'x'. Did you mean: y? See --list-archs"
     assert str(SkinError("Bad value", hint="Use 1")) == "Bad value. Use 1"
+
+
+def _entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                 *argv: str) -> tuple[int, str]:
+    """Run the console-script entry point in-process; return its exit code and stderr."""
+    from skincli.cli import main
+
+    monkeypatch.setattr("sys.argv", ["skin", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+def test_usage_mistakes_are_one_line_with_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, expected in ((("trian",), "Did you mean 'train'?"),
+                           (("predict", "--top-k", "0", "x.jpg"), "--top-k"),
+                           (("split", "--bogus"), "--bogus")):
+        code, err = _entry_point(monkeypatch, capsys, *argv)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, argv
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        assert expected in lines[0] and "--help" in lines[0]
+        assert "Traceback" not in err and "╭" not in err
+
+
+def test_entry_point_passes_through_exit_codes(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    code, _ = _entry_point(monkeypatch, capsys, "--version")
+    assert code == 0
+    code, err = _entry_point(monkeypatch, capsys, "predict", str(tmp_path / "missing.jpg"))
+    assert code == 1 and "does not exist" in err

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
 import yaml
+from rich.markup import escape as rich_escape
 
 from skincli import __version__, ui
 from skincli.cli import demo, eda, evaluate, monitor, predict, serve, split, train
@@ -134,6 +136,30 @@ def root(
         raise typer.Exit(code=1) from None
 
 
+def _is(exc: BaseException, name: str) -> bool:
+    """True if `exc` is a Click exception named `name` (Typer may bundle its own Click)."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage mistakes are one line on stderr (exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        if _is(exc, "NoArgsIsHelpError"):
+            code = 0  # the help text has been shown already
+        elif _is(exc, "UsageError"):
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "skin"
+            message = exc.format_message()  # type: ignore[attr-defined]
+            ui.error(rich_escape(f"{message} (see '{where} --help')"))
+            code = exc.exit_code  # type: ignore[attr-defined]
+        elif _is(exc, "ClickException"):
+            ui.error(rich_escape(exc.format_message()))  # type: ignore[attr-defined]
+            code = exc.exit_code  # type: ignore[attr-defined]
+        elif _is(exc, "Abort"):
+            ui.error("aborted.")
+            code = 1
+        else:
+            raise
+    sys.exit(code if isinstance(code, int) else 0)
