@@ -275,6 +275,33 @@ def test_cli_serve_busy_port_bad_host_and_damaged_model(tmp_path: Path) -> None:
     assert not (tmp_path / "exp").exists()
 
 
+def test_cli_serve_and_export_model_that_fails_to_load(tmp_path: Path) -> None:
+    """A valid archive with cut-short weights passes the quick check but cannot load:
+    serve and export still say so in one line, and export leaves no folder behind."""
+    import zipfile
+
+    from helpers_run import make_run
+
+    from skincli.cli import app
+
+    make_run(tmp_path, classes=["a", "b"], name="m1")
+    model_file = tmp_path / "runs" / "m1" / "model.keras"
+    with zipfile.ZipFile(model_file) as src:
+        members = {name: src.read(name) for name in src.namelist()}
+    with zipfile.ZipFile(model_file, "w") as dst:
+        for name, data in members.items():
+            dst.writestr(name, data[: len(data) // 3] if name.endswith(".h5") else data)
+    runner = CliRunner()
+    runs = str(tmp_path / "runs")
+    for argv in (["serve", "m1", "--runs-dir", runs, "--port", "0"],
+                 ["export", "m1", "--runs-dir", runs, "--out", str(tmp_path / "exp" / "x")]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 1, result.output
+        assert "Cannot load the model of run" in result.output, result.output
+        assert "Traceback" not in result.output and "Serving" not in result.output
+    assert not (tmp_path / "exp").exists()
+
+
 def test_check_listen_accepts_a_free_port() -> None:
     from skincli.cli.serve import check_listen
 

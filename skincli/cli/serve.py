@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -129,6 +129,21 @@ def command(
         import uvicorn
     except ImportError as exc:
         raise SkinError("uvicorn is not installed", hint="pip install uvicorn") from exc
+    if settings.workers == 1:
+        from skincli.serve.app import create_app
+
+        # One process: load the model here so a run that cannot be loaded is one error line
+        # (inside Uvicorn's startup it would be a traceback), and serve this very app.
+        target: Any = create_app(settings)
+        with ui.err_console.status("Loading the model..."):
+            target.state.skin.preload()
+    else:
+        from skincli.serve.model import load_model
+
+        # Each worker loads its own copy; check once here that the run can be loaded at all.
+        with ui.err_console.status("Checking that the model loads..."):
+            load_model(settings)
+        target = "skincli.serve.app:create_app"
     os.environ.update(settings.to_env())  # the factory in each worker reads these
     ui.err_console.print(
         f"Serving [bold]{info.version}[/] ({info.arch}, {len(info.classes)} classes) on "
@@ -136,7 +151,7 @@ def command(
         f"API keys {'on' if keys else 'off'}, CORS "
         f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
         f"prediction log {'off' if settings.no_log else 'on'}.", highlight=False)
-    uvicorn.run("skincli.serve.app:create_app", factory=True, host=settings.host,
+    uvicorn.run(target, factory=settings.workers > 1, host=settings.host,
                 port=settings.port, workers=settings.workers, access_log=False,
                 log_level="info", timeout_graceful_shutdown=int(settings.timeout_s) + 5,
                 server_header=False)

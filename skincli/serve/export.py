@@ -57,31 +57,43 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
     if target.exists():
         raise SkinError(f"{target} already exists",
                         hint="Pass another --version or leave it out to take the next one")
+    # Folders that check_writable creates are removed again if the export fails, so a
+    # failed export leaves nothing behind.
+    created = [folder for folder in target.parents if not folder.exists()]
     check_writable(target)  # before the slow TensorFlow import and model load
-
-    import keras
-    import tensorflow as tf
-
     try:
-        model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
-    except Exception as exc:
-        raise SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}",
-                        hint="Check the run folder or train it again") from exc
-    archive = build_archive(model, info.classes, int(info.input_size),
-                            float(info.temperature or 1.0))
-    with atomic_dir(target, overwrite=False) as tmp:
-        tmp.rmdir()  # ExportArchive creates the folder itself
+        import keras
+        import tensorflow as tf
+
         try:
-            archive.write_out(str(tmp), verbose=False)
-        except TypeError:  # older Keras without `verbose`
-            archive.write_out(str(tmp))
-        extra = tmp / EXTRA_DIR
-        extra.mkdir(exist_ok=True)
-        (extra / "skin.json").write_text(json.dumps({
-            "run": info.to_dict(), "signatures": ["serving_default", "predict_pixels"],
-            "inputs": {"serving_default": "image_bytes", "predict_pixels": "pixels"},
-            "tensorflow": tf.__version__,
-        }, indent=2, default=str) + "\n", encoding="utf-8")
+            model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            raise SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}: "
+                            f"{first_line}",
+                            hint="Check the run folder or train it again") from exc
+        archive = build_archive(model, info.classes, int(info.input_size),
+                                float(info.temperature or 1.0))
+        with atomic_dir(target, overwrite=False) as tmp:
+            tmp.rmdir()  # ExportArchive creates the folder itself
+            try:
+                archive.write_out(str(tmp), verbose=False)
+            except TypeError:  # older Keras without `verbose`
+                archive.write_out(str(tmp))
+            extra = tmp / EXTRA_DIR
+            extra.mkdir(exist_ok=True)
+            (extra / "skin.json").write_text(json.dumps({
+                "run": info.to_dict(), "signatures": ["serving_default", "predict_pixels"],
+                "inputs": {"serving_default": "image_bytes", "predict_pixels": "pixels"},
+                "tensorflow": tf.__version__,
+            }, indent=2, default=str) + "\n", encoding="utf-8")
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
     return target
 
 

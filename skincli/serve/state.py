@@ -34,6 +34,11 @@ class ServerState:
         self.metrics.queue_depth.read = lambda: self.batcher.qsize()
         self._reload_lock = asyncio.Lock()
         self.ready = False
+        self._preloaded: LoadedModel | None = None
+
+    def preload(self) -> None:
+        """Load and warm the model now, so a broken run fails before a port is opened."""
+        self._preloaded = load_model(self.settings)
 
     def _workers(self) -> tuple[MicroBatcher, PredictionLogger]:
         settings = self.settings
@@ -57,7 +62,7 @@ class ServerState:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Load and warm the model, then start the threads (blocking; call off the loop)."""
-        model = load_model(self.settings)
+        model, self._preloaded = self._preloaded or load_model(self.settings), None
         self._install(model)
         if self.batcher.stopped:  # the app is started again after a shutdown (tests, embedding)
             self.batcher, self.predlog = self._workers()
