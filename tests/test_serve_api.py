@@ -520,3 +520,15 @@ def test_explain_a_model_without_feature_map(tmp_path: Path) -> None:
     with serving(tmp_path / "runs", run="flat") as c:
         assert c.post("/v1/predict", files=upload(image_bytes())).status_code == 200
         assert_error(c.post("/v1/explain", files=upload(image_bytes())), 422, "not_explainable")
+
+
+def test_docs_page_and_its_assets_are_served_locally(client: Any) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text  # nothing from another host
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css",
+                  "/static/docs.js"):
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 100, asset
+    assert client.get("/docs-assets/nope.js").status_code == 404

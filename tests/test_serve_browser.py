@@ -185,3 +185,18 @@ def test_page_asks_for_the_api_key(runs: Path, browser: Any, tmp_path: Path) -> 
         label = _wait(browser, lambda d: d.find_element(By.ID, "label").text or None)
         assert label in CLASSES
         assert not browser.find_element(By.ID, "error").is_displayed()
+
+
+def test_docs_page_lists_the_endpoints_without_a_cdn(runs: Path, browser: Any) -> None:
+    """/docs is Swagger UI from files this API serves (the browser has no internet here)."""
+    from selenium.webdriver.common.by import By
+
+    with LiveServer(_app(runs, run="page")) as server:
+        browser.get(f"{server.url}/docs")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {e.text.replace("\u200b", "")
+                 for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/predict", "/v1/predict/batch", "/health"} <= paths, paths
+        blocked = [entry for entry in browser.get_log("browser")
+                   if "Content Security Policy" in entry.get("message", "")]
+        assert not blocked, blocked

@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -134,7 +140,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _routes(app, state)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    swagger = swagger_ui_dir()
+    if swagger is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
     return app
+
+
+def swagger_ui_dir() -> Path | None:
+    """Swagger UI 5's files from the fastapi-offline package, so /docs works offline."""
+    try:
+        folder = Path(str(resources.files("fastapi_offline") / "static"))
+    except ModuleNotFoundError:
+        return None
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>skin API: interactive documentation</title>
+<link rel="stylesheet" href="/docs-assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs-assets/favicon.png">
+</head><body><div id="swagger-ui"></div>
+<script src="/docs-assets/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script>
+</body></html>
+"""
 
 
 def _elapsed_ms(request: Request) -> float:
@@ -332,6 +362,18 @@ def _routes(app: FastAPI, state: ServerState) -> None:
              summary="Prometheus metrics (text format 0.0.4)")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        if swagger_ui_dir() is None:
+            raise ApiError("not_found", "Swagger UI is not installed: pip install "
+                           "fastapi-offline (the schema is at /openapi.json)")
+        # Swagger UI sets inline styles and data: images; scripts stay 'self' only.
+        return HTMLResponse(DOCS_PAGE, headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                       "style-src 'self' 'unsafe-inline'; script-src 'self'; "
+                                       "connect-src 'self'; frame-ancestors 'none'",
+            "Referrer-Policy": "no-referrer"})
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:

@@ -85,7 +85,7 @@ class RequestContext:
         route = getattr(scope.get("route"), "path", None)
         raw = scope.get("path", "")
         # Never label with a raw path: clients could explode the number of series.
-        path = route or ("/static" if raw.startswith("/static/") else
+        path = route or ("/static" if raw.startswith(("/static/", "/docs-assets/")) else
                          raw if raw in _PLAIN_ROUTES else "unmatched")
         metrics = self.state.metrics
         metrics.requests.inc(route=path, method=scope.get("method", ""), status=str(status))
