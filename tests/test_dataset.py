@@ -189,3 +189,13 @@ def test_csv_with_bom_and_windows_line_ends(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_bytes("\ufeffimage_id,dx\r\na,nv\r\nb,mel\r\n".encode())
     ds = load_dataset(tmp_path / "m.csv")
     assert sorted((e.path, e.label) for e in ds.entries) == [("a.jpg", "nv"), ("b.jpg", "mel")]
+
+
+def test_csv_column_options_on_class_folders_are_an_error_not_ignored(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "data", {"nevus": 2, "melanoma": 2})
+    for option in ("label_col", "image_col", "group_col"):
+        with pytest.raises(SkinError) as info:
+            load_dataset(tmp_path / "data", **{option: "dx"})
+        flag = "--" + option.replace("_", "-")
+        assert flag in str(info.value) and "only apply to CSV data" in str(info.value)
+    assert len(load_dataset(tmp_path / "data").entries) == 4  # without the option it loads

@@ -117,6 +117,14 @@ def load_dataset(source: str | os.PathLike[str],
             if csv_image_dir is not None:
                 raise SkinError(f"--images was given but {src} holds no CSV file",
                                 hint="Pass the CSV file as DATA, or drop --images")
+            # Column options mean nothing for class folders: say so rather than ignore them.
+            given = [flag for flag, value in (("--label-col", label_col),
+                                              ("--image-col", image_col),
+                                              ("--group-col", group_col)) if value]
+            if given:
+                raise SkinError(f"{' and '.join(given)} only apply to CSV data, but {src} "
+                                "holds class folders and no CSV file",
+                                hint="Drop the option, or pass the CSV file as DATA")
             ds = _from_folder(src)
     _check_classes(ds, min_classes)
     return ds
