@@ -197,5 +197,5 @@ def test_csv_column_options_on_class_folders_are_an_error_not_ignored(tmp_path: 
         with pytest.raises(SkinError) as info:
             load_dataset(tmp_path / "data", **{option: "dx"})
         flag = "--" + option.replace("_", "-")
-        assert flag in str(info.value) and "only apply to CSV data" in str(info.value)
+        assert flag in str(info.value) and "only applies to CSV data" in str(info.value)
     assert len(load_dataset(tmp_path / "data").entries) == 4  # without the option it loads

@@ -122,7 +122,8 @@ def load_dataset(source: str | os.PathLike[str],
                                               ("--image-col", image_col),
                                               ("--group-col", group_col)) if value]
             if given:
-                raise SkinError(f"{' and '.join(given)} only apply to CSV data, but {src} "
+                verb = "applies" if len(given) == 1 else "apply"
+                raise SkinError(f"{' and '.join(given)} only {verb} to CSV data, but {src} "
                                 "holds class folders and no CSV file",
                                 hint="Drop the option, or pass the CSV file as DATA")
             ds = _from_folder(src)
