@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py                          # default config, one fixed split
     python benchmarks/accuracy.py --configs default,res260,focal
     python benchmarks/accuracy.py --folds 5 --configs default   # confirm with 5 splits
+    python benchmarks/accuracy.py --report a.json b.json         # one table from saved runs
 
 Every split is leakage-free (images grouped by content hash and near-duplicate links, label
 conflicts dropped) and made by `skincli.data.split.make_split`; fold k uses seed k, so the
@@ -95,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tta", action="store_true", help="skip the TTA evaluation")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
+    parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="train nothing: print one table from saved result files")
+    parser.add_argument("--baseline", default="default",
+                        help="config the paired difference column compares against")
     args = parser.parse_args(argv)
+    if args.report:
+        return _report(args.report, args.baseline)
 
     import yaml
 
@@ -149,7 +156,25 @@ def main(argv: list[str] | None = None) -> int:
     except SkinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _print_table(results)
+    _print_table(results, args.baseline)
+    return 0
+
+
+def _report(files: list[Path], baseline: str) -> int:
+    """Merge the runs of saved result files (a later file wins for the same config and fold)."""
+    import json
+
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in files:
+        try:
+            runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {path} is not a result file of this benchmark ({exc}); pass the "
+                  "JSON written by --out", file=sys.stderr)
+            return 2
+        for run in runs:
+            merged[(run["config"], int(run["fold"]))] = run
+    _print_table(list(merged.values()), baseline)
     return 0
 
 
@@ -160,8 +185,13 @@ def _print_row(r: dict[str, Any]) -> None:
                      + f", {r['minutes']:.1f} min")
 
 
-def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Aggregate per config over folds (mean ± std)."""
+def summarise(results: list[dict[str, Any]], baseline: str = "default") -> list[dict[str, Any]]:
+    """Aggregate per config over folds (mean ± std), with the paired difference to `baseline`.
+
+    The difference is averaged over the folds both configs ran on: the same split, so the
+    split-to-split spread (several points of macro F1 here) cancels out of it.
+    """
+    base = {r["fold"]: r["plain"]["macro_f1"] for r in results if r["config"] == baseline}
     rows = []
     for name in dict.fromkeys(r["config"] for r in results):
         rs = [r for r in results if r["config"] == name]
@@ -171,7 +201,10 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         per = {c: float(np.mean([r["plain"]["per_class_f1"][c] for r in rs]))
                for c in rs[0]["plain"]["per_class_f1"]}
         worst = min(per, key=per.get)
-        rows.append({"config": name, "folds": len(rs), "macro_f1_mean": float(f1.mean()),
+        diffs = [r["plain"]["macro_f1"] - base[r["fold"]] for r in rs if r["fold"] in base]
+        rows.append({"paired_diff_mean": float(np.mean(diffs)) if diffs and name != baseline
+                     else None, "paired_folds": len(diffs),
+                     "config": name, "folds": len(rs), "macro_f1_mean": float(f1.mean()),
                      "macro_f1_std": float(f1.std()), "tta_macro_f1_mean":
                      float(tta.mean()) if tta.size else None,
                      "balanced_accuracy_mean": float(ba.mean()), "worst_class": worst,
@@ -180,23 +213,27 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_table(results: list[dict[str, Any]]) -> None:
-    rows = summarise(results)
+def _print_table(results: list[dict[str, Any]], baseline: str = "default") -> None:
+    rows = summarise(results, baseline)
+    if not ui.console.is_terminal:
+        ui.console.width = max(ui.console.width, 132)  # a log file: do not fold the table
     ui.console.print(ui.table(
         "accuracy on held-out test splits (leakage-free)",
-        ["config", "folds", "macro F1", "with TTA", "balanced acc", "worst class",
-         "worst F1", "train min"],
+        ["config", "splits", "macro F1", f"vs {baseline}, same splits", "with TTA",
+         "balanced acc", "worst class", "worst F1", "train min"],
         [(r["config"], r["folds"], f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f}",
+          "-" if r["paired_diff_mean"] is None else
+          f"{r['paired_diff_mean']:+.3f} ({r['paired_folds']})",
           "-" if r["tta_macro_f1_mean"] is None else f"{r['tta_macro_f1_mean']:.3f}",
-          r["balanced_accuracy_mean"], r["worst_class"], r["worst_class_f1"],
-          r["minutes_mean"]) for r in rows]))
+          f"{r['balanced_accuracy_mean']:.3f}", r["worst_class"], f"{r['worst_class_f1']:.3f}",
+          f"{r['minutes_mean']:.1f}") for r in rows]))
 
 
 def _write(out: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from skincli.fsutil import write_json
 
     write_json(out, {"data": str(args.data), "folds": args.folds,
-                     "summary": summarise(results), "runs": results})
+                     "summary": summarise(results, args.baseline), "runs": results})
 
 
 if __name__ == "__main__":
