@@ -202,6 +202,7 @@ def summarise(results: list[dict[str, Any]], baseline: str = "default") -> list[
                for c in rs[0]["plain"]["per_class_f1"]}
         worst = min(per, key=per.get)
         diffs = [r["plain"]["macro_f1"] - base[r["fold"]] for r in rs if r["fold"] in base]
+        minutes = [r["minutes"] for r in rs if r.get("minutes") is not None]
         rows.append({"paired_diff_mean": float(np.mean(diffs)) if diffs and name != baseline
                      else None, "paired_folds": len(diffs),
                      "config": name, "folds": len(rs), "macro_f1_mean": float(f1.mean()),
@@ -209,14 +210,14 @@ def summarise(results: list[dict[str, Any]], baseline: str = "default") -> list[
                      float(tta.mean()) if tta.size else None,
                      "balanced_accuracy_mean": float(ba.mean()), "worst_class": worst,
                      "worst_class_f1": per[worst], "per_class_f1": per,
-                     "minutes_mean": float(np.mean([r["minutes"] for r in rs]))})
+                     "minutes_mean": float(np.mean(minutes)) if minutes else None})
     return rows
 
 
 def _print_table(results: list[dict[str, Any]], baseline: str = "default") -> None:
     rows = summarise(results, baseline)
     if not ui.console.is_terminal:
-        ui.console.width = max(ui.console.width, 132)  # a log file: do not fold the table
+        ui.console.width = max(ui.console.width, 150)  # a log file: do not fold the table
     ui.console.print(ui.table(
         "accuracy on held-out test splits (leakage-free)",
         ["config", "splits", "macro F1", f"vs {baseline}, same splits", "with TTA",
@@ -226,7 +227,7 @@ def _print_table(results: list[dict[str, Any]], baseline: str = "default") -> No
           f"{r['paired_diff_mean']:+.3f} ({r['paired_folds']})",
           "-" if r["tta_macro_f1_mean"] is None else f"{r['tta_macro_f1_mean']:.3f}",
           f"{r['balanced_accuracy_mean']:.3f}", r["worst_class"], f"{r['worst_class_f1']:.3f}",
-          f"{r['minutes_mean']:.1f}") for r in rows]))
+          "-" if r["minutes_mean"] is None else f"{r['minutes_mean']:.1f}") for r in rows]))
 
 
 def _write(out: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
