@@ -55,6 +55,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lr-1e-4": {"fine_tune_lr": 1e-4},
     "long192": {"input_size": 192, "fine_tune_epochs": 20, "patience": 8},
     "lr6e-4-16": {"fine_tune_lr": 6e-4, "fine_tune_epochs": 16, "patience": 8},
+    "previous-default": {"fine_tune_lr": 3e-4, "fine_tune_epochs": 12, "patience": 5},
 }
 
 
