@@ -328,20 +328,11 @@ def store_test_metrics(predictor: Any, result: dict[str, Any]) -> None:
 
 
 def load_predictor(run: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Any:
-    """Load a run's Predictor with a one-line error if its model file is damaged."""
+    """Load a run's Predictor (a damaged model file is a one-line SkinError from from_run)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from skincli.predictor import Predictor
-    from skincli.runs import resolve_run
 
-    run_dir = resolve_run(run, runs_dir)
-    try:
-        return Predictor.from_run(run_dir, runs_dir)
-    except SkinError:
-        raise
-    except Exception as exc:  # a damaged or foreign model file: name the run, no traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}: {first}",
-                        hint="Check the run folder or train it again") from exc
+    return Predictor.from_run(run, runs_dir)
 
 
 MAX_BOOTSTRAP = 100_000

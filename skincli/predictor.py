@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from skincli import DISCLAIMER
+from skincli.errors import SkinError
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
 from skincli.runs import (
     DEFAULT_RUNS_DIR,
@@ -45,6 +46,7 @@ from skincli.runs import (
     RunInfo,
     check_model_file,
     load_run_info,
+    model_load_error,
     resolve_run,
 )
 
@@ -128,10 +130,15 @@ class Predictor:
         import keras
 
         run_dir = resolve_run(run, runs_dir)
-        info = load_run_info(run_dir)
-        check_model_file(run_dir)
-        model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
-        return cls(run_dir, info, model, **kwargs)
+        try:
+            info = load_run_info(run_dir)
+            check_model_file(run_dir)
+            model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+            return cls(run_dir, info, model, **kwargs)
+        except SkinError:
+            raise
+        except Exception as exc:  # a damaged or foreign model file: name the run, no traceback
+            raise model_load_error(run_dir, exc) from exc
 
     def model_summary(self) -> dict[str, Any]:
         """What every output (predict, evaluate) says about the model that produced it."""

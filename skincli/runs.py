@@ -109,6 +109,13 @@ def check_model_file(run_dir: str | Path) -> Path:
     return path
 
 
+def model_load_error(run_dir: str | Path, exc: BaseException) -> SkinError:
+    """The one-line error for a model file Keras could not load (damaged or foreign)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}: {first}",
+                     hint="Check the run folder or train it again")
+
+
 def update_run_info(run_dir: str | Path, **changes: Any) -> RunInfo:
     """Change fields of run.json (e.g. temperature, test_metrics) atomically."""
     info = load_run_info(run_dir)

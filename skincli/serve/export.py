@@ -24,7 +24,14 @@ from typing import Any
 
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_dir, check_writable
-from skincli.runs import DEFAULT_RUNS_DIR, MODEL_FILE, check_model_file, load_run_info, resolve_run
+from skincli.runs import (
+    DEFAULT_RUNS_DIR,
+    MODEL_FILE,
+    check_model_file,
+    load_run_info,
+    model_load_error,
+    resolve_run,
+)
 
 EXTRA_DIR = "assets.extra"  # TF Serving ignores it: the place for our metadata
 
@@ -68,10 +75,7 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
         try:
             model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
         except Exception as exc:
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            raise SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}: "
-                            f"{first_line}",
-                            hint="Check the run folder or train it again") from exc
+            raise model_load_error(run_dir, exc) from exc
         archive = build_archive(model, info.classes, int(info.input_size),
                                 float(info.temperature or 1.0))
         with atomic_dir(target, overwrite=False) as tmp:

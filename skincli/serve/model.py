@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from skincli.errors import SkinError
 from skincli.runs import resolve_run
 from skincli.serve.settings import Settings
 
@@ -131,14 +130,7 @@ def load_model(settings: Settings, run: str | None = None) -> LoadedModel:
 
     start = time.perf_counter()
     run_dir = resolve_run(run if run is not None else settings.run, settings.runs_dir)
-    try:
-        predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels)
-    except SkinError:
-        raise
-    except Exception as exc:  # a damaged model file: say which run, not a traceback
-        raise SkinError(f"Cannot load the model of run {run_dir}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                        hint="Check the run folder or train it again") from exc
+    predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels)
     model = LoadedModel(predictor=predictor, run_dir=Path(run_dir),
                         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         load_seconds=0.0, tta=settings.tta)
