@@ -137,10 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "X-Model-Name", "X-Model-Version",
                                            "X-Latency-Ms"], max_age=600)
     app.add_middleware(RequestContext, state=state)  # added last = outermost
-    _routes(app, state)
+    swagger = swagger_ui_dir()
+    _routes(app, state, docs=swagger is not None)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    swagger = swagger_ui_dir()
     if swagger is not None:
         app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
     return app
@@ -183,7 +183,7 @@ def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
     return out
 
 
-def _routes(app: FastAPI, state: ServerState) -> None:
+def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
     settings = state.settings
 
     def begin(request: Request, *, admin: bool = False) -> float:
@@ -365,7 +365,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:
-        if swagger_ui_dir() is None:
+        if not docs:  # looked up once, when the app was built
             raise ApiError("not_found", "Swagger UI is not installed: pip install "
                            "fastapi-offline (the schema is at /openapi.json)")
         # Swagger UI sets inline styles and data: images; scripts stay 'self' only.
