@@ -60,6 +60,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # a one-split comparison, and the two runs form a two-seed ensemble.
     "seed-1": {"seed": 1},
     "ema": {"ema": 0.99},
+    "head-256": {"head_units": 256},
 }
 
 

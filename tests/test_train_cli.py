@@ -155,3 +155,35 @@ def test_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "No space left" in line
     assert "--resume" not in line  # the first checkpoint failed: nothing to resume
     assert not list((tmp_path / "runs").iterdir())
+
+
+def test_hidden_head_trains_predicts_and_explains(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+    import yaml
+
+    from skincli.explain import explain
+    from skincli.predictor import Predictor
+
+    split = make_split_files(tmp_path)
+    result = _run(*FAST, "--head-units", "8", "--split", str(split), "--runs-dir",
+                  str(tmp_path / "runs"), "--name", "mlp")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "mlp"
+    assert yaml.safe_load((run / "config.yaml").read_text())["head_units"] == 8
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    assert model.get_layer("head_hidden").units == 8
+    predictor = Predictor.from_run(run)
+    batch = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    logits, embeddings = predictor.logits_and_embeddings(batch)
+    assert logits.shape == (2, len(predictor.info.classes))
+    assert embeddings.shape == (2, 8)  # the embedding is what the logits layer sees
+    cams = explain(predictor, batch)
+    assert len(cams) == 2
+
+
+def test_negative_head_units_is_a_one_line_error(tmp_path: Path) -> None:
+    split = make_split_files(tmp_path, counts={"a": 4, "b": 4})
+    line = _one_line_error(_run(*FAST, "--split", str(split), "--runs-dir",
+                                str(tmp_path / "runs"), "--head-units", "-1"))
+    assert "--head-units" in line

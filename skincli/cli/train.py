@@ -74,6 +74,9 @@ def command(
                                          key="cutmix")] = None,
     dropout: Annotated[float | None, _opt("--dropout", help="Dropout before the logits.",
                                           key="dropout")] = None,
+    head_units: Annotated[int | None, _opt("--head-units", help="Hidden units between the "
+                                           "pooled features and the logits (0 = linear head).",
+                                           key="head_units")] = None,
     ema: Annotated[float | None, _opt("--ema", help="Moving average of the weights (e.g. "
                                       "0.99) used for validation and the saved model; 0 off.",
                                       key="ema")] = None,

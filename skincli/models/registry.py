@@ -2,7 +2,8 @@
 
 Every built model takes float32 RGB images in 0..255 of shape (None, S, S, 3), normalises them
 INSIDE the model with standard Keras layers, runs a nested functional backbone named "backbone"
-(ending in global average pooling), then `head_dropout` -> `logits` (Dense, no softmax).
+(ending in global average pooling), then `head_dropout` -> `logits` (Dense, no softmax);
+with head_units > 0 a hidden swish layer `head_hidden` (after its own dropout) comes first.
 Only standard Keras layers are used, so `keras.models.load_model("x.keras")` works without
 custom_objects.
 
@@ -348,12 +349,14 @@ def _load_weights_file(built: BuiltModel, path: Path) -> str:
 
 def build_model(arch: str, num_classes: int, weights: str = "imagenet",
                 input_size: int | None = None, dropout: float = 0.2,
-                seed: int = 0) -> BuiltModel:
+                seed: int = 0, head_units: int = 0) -> BuiltModel:
     """Build `arch` with a fresh `num_classes`-way logits head.
 
     weights: "imagenet" (pretrained backbone; for `tiny` there is none, so it means random),
     "none" (random init), or a path to a .weights.h5/.keras file (whole model if it fits,
     otherwise the backbone).
+    head_units: 0 puts the logits layer straight on the pooled features; N > 0 adds one
+    hidden layer of N swish units (with its own dropout) in between.
     """
     spec = get_arch(arch)
     if int(num_classes) < 2:
@@ -364,6 +367,8 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet",
         raise SkinError(f"Input size {size} is too small", hint="Use at least 32 pixels")
     if not 0.0 <= float(dropout) < 1.0:
         raise SkinError(f"Dropout must be in [0, 1), got {dropout}")
+    if int(head_units) < 0:
+        raise SkinError(f"head_units must be 0 (linear head) or more, got {head_units}")
     w = str(weights)
     mode = w.lower()
     if mode not in ("imagenet", "none"):
@@ -387,6 +392,9 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet",
     for layer in pre_layers:
         x = layer(x)
     x = backbone(x)
+    if int(head_units) > 0:
+        x = layers.Dropout(float(dropout), seed=int(seed) + 1, name="head_hidden_dropout")(x)
+        x = layers.Dense(int(head_units), activation="swish", name="head_hidden")(x)
     x = layers.Dropout(float(dropout), seed=int(seed), name="head_dropout")(x)
     logits = layers.Dense(int(num_classes), name="logits")(x)
     model = keras.Model(inputs, logits, name=f"skin_{spec.name}")

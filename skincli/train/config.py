@@ -43,7 +43,8 @@ class TrainConfig:
     augment: float = 1.0              # augmentation strength: 0 = off, 1 = default, up to 2
     mixup: float = 0.0                # mixup Beta(a, a) parameter; 0 = off
     cutmix: float = 0.0               # cutmix Beta(a, a) parameter; 0 = off
-    dropout: float = 0.2              # dropout before the logits layer
+    dropout: float = 0.2              # dropout before the logits layer (and the hidden one)
+    head_units: int = 0               # 0 = linear head on pooled features; N = hidden layer
     ema: float = 0.0                  # moving average of weights (e.g. 0.99) for selection; 0=off
     patience: int = 8                 # early stopping: epochs without a better val macro F1
     seed: int = 0                     # fixes initial weights, sampling and augmentation
@@ -152,6 +153,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(float(cfg.mixup) >= 0, "mixup", "0 (off) or a positive Beta parameter")
     need(float(cfg.cutmix) >= 0, "cutmix", "0 (off) or a positive Beta parameter")
     need(0 <= float(cfg.dropout) < 1, "dropout", "in [0, 1)")
+    need(int(cfg.head_units) >= 0, "head-units", "0 (linear head) or a number of units")
     need(0 <= float(cfg.ema) < 1, "ema", "0 (off) or a decay in (0, 1), e.g. 0.99")
     need(int(cfg.patience) >= 1, "patience", "at least 1")
     need(float(cfg.focal_gamma) >= 0, "focal-gamma", "0 or more")

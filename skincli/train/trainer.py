@@ -415,7 +415,8 @@ class _Session:
         with strategy.scope():
             built = build_model(cfg.arch, num_classes,
                                 weights="none" if resuming else cfg.weights,
-                                input_size=cfg.input_size, dropout=cfg.dropout, seed=cfg.seed)
+                                input_size=cfg.input_size, dropout=cfg.dropout, seed=cfg.seed,
+                                head_units=cfg.head_units)
         model = built.model
         if not resuming:
             state.preprocessing = dict(built.preprocessing)
@@ -497,7 +498,8 @@ class _Session:
             built.model.set_weights(self.best_weights)
         # Save a fresh, uncompiled copy: model.keras then holds no optimizer state.
         clean = build_model(cfg.arch, len(split.classes), weights="none",
-                            input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed)
+                            input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed,
+                            head_units=cfg.head_units)
         clean.model.set_weights(built.model.get_weights())
         name = self.final_dir.name
         info = RunInfo(name=name, arch=cfg.arch, classes=list(split.classes),
@@ -957,7 +959,8 @@ def _save_interrupted(session: _Session) -> Path:
 
     cfg, state = session.cfg, session.state
     built = build_model(cfg.arch, len(session.split.classes), weights="none",
-                        input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed)
+                        input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed,
+                        head_units=cfg.head_units)
     built.model.load_weights(best)
     session.best_weights = None
     skipped = SkippedImages(dict(state.skipped))
