@@ -59,6 +59,19 @@ def test_describe_lists_every_env_var() -> None:
 # --- metrics ------------------------------------------------------------------------------------
 
 
+def test_error_labels_name_the_serve_option_where_there_is_one() -> None:
+    """The settings named as `--option (SKIN_X)` in errors are exactly serve's own options."""
+    import dataclasses
+    import inspect
+
+    from skincli.cli.serve import command
+    from skincli.serve import settings as settings_module
+
+    params = set(inspect.signature(command).parameters)
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert settings_module._CLI_OPTIONS == (params & fields) - {"run"}  # run is an argument
+
+
 def test_histogram_is_cumulative_and_counter_labels() -> None:
     h = Histogram("lat", "latency", ("route",), buckets=(0.1, 1.0))
     for v in (0.05, 0.5, 0.5, 3.0):
