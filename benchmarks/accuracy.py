@@ -4,6 +4,7 @@
     python benchmarks/accuracy.py --configs default,res260,focal
     python benchmarks/accuracy.py --folds 5 --configs default   # confirm with 5 splits
     python benchmarks/accuracy.py --report a.json b.json         # one table from saved runs
+    python benchmarks/accuracy.py --report a.json --markdown     # ... as a Markdown table
 
 Every split is leakage-free (images grouped by content hash and near-duplicate links, label
 conflicts dropped) and made by `skincli.data.split.make_split`; fold k uses seed k, so the
@@ -63,6 +64,37 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "head-256": {"head_units": 256},
 }
 
+# What each configuration is, for the Markdown table (--markdown).
+DESCRIPTIONS: dict[str, str] = {
+    "default": "**default** (Lite0 224 px, fine-tune all at lr 6e-4 × 16 epochs, oversampling, "
+               "label smoothing 0.1)",
+    "fast": "`--preset fast` (192 px, 1 + 5 epochs)",
+    "thorough": "`--preset thorough` (260 px, 3 + 24 epochs)",
+    "head-only": "head only, backbone frozen (`--fine-tune none`)",
+    "top-60": "fine-tune only the top 60 layers (`--fine-tune top:60`)",
+    "res192": "192 px input (`--input-size 192`)",
+    "res260": "260 px input (`--input-size 260`)",
+    "lite1": "EfficientNet-Lite1, 240 px (`--arch efficientnet_lite1`)",
+    "lite2": "EfficientNet-Lite2, 260 px (`--arch efficientnet_lite2`)",
+    "no-oversample": "no oversampling (`--no-oversample`)",
+    "class-weights": "class weights instead of oversampling",
+    "focal": "focal loss (γ 2) with oversampling (`--loss focal`)",
+    "no-smoothing": "no label smoothing (`--label-smoothing 0`)",
+    "augment-0.5": "augmentation strength 0.5 (`--augment 0.5`)",
+    "augment-1.5": "augmentation strength 1.5 (`--augment 1.5`)",
+    "mixup": "mixup every batch, Beta(0.2) (`--mixup 0.2`)",
+    "cutmix": "cutmix every batch (`--cutmix 1.0`)",
+    "long": "20 fine-tuning epochs (`--fine-tune-epochs 20`)",
+    "lr-1e-3": "fine-tune lr 1e-3",
+    "lr-1e-4": "fine-tune lr 1e-4",
+    "long192": "192 px input, 20 fine-tuning epochs",
+    "lr6e-4-16": "fine-tune lr 6e-4 × 16 epochs (= default)",
+    "previous-default": "previous default: fine-tune lr 3e-4 × 12 epochs",
+    "seed-1": "the default with another seed (`--seed 1`): one split's noise floor",
+    "ema": "moving average of the weights, decay 0.99 (`--ema 0.99`)",
+    "head-256": "stronger head: 256 swish units before the logits (`--head-units 256`)",
+}
+
 
 def evaluate_run(run_dir: Path, frame: Any, tta: bool) -> dict[str, Any]:
     """Macro F1, balanced accuracy and per-class F1 of a run on the split's test rows."""
@@ -104,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
                         help="train nothing: print one table from saved result files")
+    parser.add_argument("--markdown", action="store_true",
+                        help="with --report: print a Markdown table (for README)")
     parser.add_argument("--baseline", default="default",
                         help="config the paired difference column compares against")
     args = parser.parse_args(argv)
     if args.report:
-        return _report(args.report, args.baseline)
+        return _report(args.report, args.baseline, args.markdown)
 
     import yaml
 
@@ -166,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(files: list[Path], baseline: str) -> int:
+def _report(files: list[Path], baseline: str, markdown: bool = False) -> int:
     """Merge the runs of saved result files (a later file wins for the same config and fold)."""
     import json
 
@@ -180,8 +214,33 @@ def _report(files: list[Path], baseline: str) -> int:
             return 2
         for run in runs:
             merged[(run["config"], int(run["fold"]))] = run
-    _print_table(list(merged.values()), baseline)
+    if markdown:
+        print(markdown_table(list(merged.values()), baseline))
+    else:
+        _print_table(list(merged.values()), baseline)
     return 0
+
+
+def markdown_table(results: list[dict[str, Any]], baseline: str = "default") -> str:
+    """The summary as a GitHub Markdown table: baseline first, then best to worst."""
+    def num(value: float | None, fmt: str) -> str:
+        return "" if value is None else format(value, fmt).replace("-", "−")
+
+    lines = [f"| configuration | splits | test macro F1 | vs {baseline}, same splits | with TTA "
+             "| balanced acc. | worst class (F1) | minutes |", "|---|---|---|---|---|---|---|---|"]
+    rows = summarise(results, baseline)
+    # The baseline first, then best to worst by the paired difference.
+    rows.sort(key=lambda r: (r["paired_diff_mean"] is not None, -(r["paired_diff_mean"] or 0)))
+    for r in rows:
+        f1 = f"{r['macro_f1_mean']:.3f}" + (f" ± {r['macro_f1_std']:.3f}" if r["folds"] > 1
+                                             else "")
+        lines.append(" | ".join([
+            f"| {DESCRIPTIONS.get(r['config'], r['config'])}", str(r["folds"]), f1,
+            num(r["paired_diff_mean"], "+.3f"), num(r["tta_macro_f1_mean"], ".3f"),
+            f"{r['balanced_accuracy_mean']:.3f}",
+            f"{r['worst_class']} ({r['worst_class_f1']:.2f})",
+            num(r["minutes_mean"], ".1f")]) + " |")
+    return "\n".join(lines)
 
 
 def _print_row(r: dict[str, Any]) -> None:

@@ -53,3 +53,21 @@ def test_report_merges_files_and_rejects_a_foreign_file(tmp_path: Path,
     bad.write_text("[1, 2]")
     assert bench.main(["--report", str(bad)]) == 2
     assert "not a result file" in capsys.readouterr().err
+
+
+def test_markdown_report_describes_configs(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"runs": [_run("default", 0, 0.70), _run("default", 1, 0.60),
+                                         _run("ema", 0, 0.66)]}))
+    assert bench.main(["--report", str(path), "--markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| configuration |") and len(lines) == 4
+    assert "0.650 ± 0.050" in lines[2]
+    assert lines[3].startswith("| moving average of the weights") and "| −0.040 |" in lines[3]
+
+
+def test_every_config_has_a_description() -> None:
+    bench = _bench()
+    assert set(bench.CONFIGS) <= set(bench.DESCRIPTIONS)
