@@ -56,9 +56,6 @@ def test_describe_lists_every_env_var() -> None:
     assert "SKIN_API_KEY" in names and "SKIN_BATCH_WINDOW_MS" in names
 
 
-# --- metrics ------------------------------------------------------------------------------------
-
-
 def test_error_labels_name_the_serve_option_where_there_is_one() -> None:
     """The settings named as `--option (SKIN_X)` in errors are exactly serve's own options."""
     import dataclasses
@@ -70,6 +67,9 @@ def test_error_labels_name_the_serve_option_where_there_is_one() -> None:
     params = set(inspect.signature(command).parameters)
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert settings_module._CLI_OPTIONS == (params & fields) - {"run"}  # run is an argument
+
+
+# --- metrics ------------------------------------------------------------------------------------
 
 
 def test_histogram_is_cumulative_and_counter_labels() -> None:

@@ -391,6 +391,15 @@ class _Session:
         for var, value in zip(variables, values):
             var.assign(value)
 
+    def build(self, weights: str, input_size: int | None) -> Any:
+        """The run's model as the config describes it (one place for every build option)."""
+        from skincli.models.registry import build_model
+
+        cfg = self.cfg
+        return build_model(cfg.arch, len(self.split.classes), weights=weights,
+                           input_size=input_size, dropout=cfg.dropout, seed=cfg.seed,
+                           head_units=cfg.head_units)
+
     def write_history(self) -> None:
         rows = self.state.history
         lines = [",".join(HISTORY_COLUMNS)]
@@ -400,7 +409,6 @@ class _Session:
 
     # the run ---------------------------------------------------------------------------------
     def run(self) -> Path:
-        from skincli.models.registry import build_model
         from skincli.train.pipeline import (
             SkippedImages,
             balanced_class_weights,
@@ -413,10 +421,7 @@ class _Session:
         strategy = self.strategy
         resuming = (self.ckpt / STATE_FILE).exists()
         with strategy.scope():
-            built = build_model(cfg.arch, num_classes,
-                                weights="none" if resuming else cfg.weights,
-                                input_size=cfg.input_size, dropout=cfg.dropout, seed=cfg.seed,
-                                head_units=cfg.head_units)
+            built = self.build("none" if resuming else cfg.weights, cfg.input_size)
         model = built.model
         if not resuming:
             state.preprocessing = dict(built.preprocessing)
@@ -489,7 +494,6 @@ class _Session:
         temperature, uncertain threshold) and the embeddings and colour statistics (the
         out-of-distribution reference), computed by the Predictor as `skin evaluate` does.
         """
-        from skincli.models.registry import build_model
         from skincli.predictor import Predictor, softmax
 
         cfg, split, state = self.cfg, self.split, self.state
@@ -497,9 +501,7 @@ class _Session:
         if self.best_weights is not None:
             built.model.set_weights(self.best_weights)
         # Save a fresh, uncompiled copy: model.keras then holds no optimizer state.
-        clean = build_model(cfg.arch, len(split.classes), weights="none",
-                            input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed,
-                            head_units=cfg.head_units)
+        clean = self.build("none", state.input_size)
         clean.model.set_weights(built.model.get_weights())
         name = self.final_dir.name
         info = RunInfo(name=name, arch=cfg.arch, classes=list(split.classes),
@@ -954,13 +956,10 @@ def _save_interrupted(session: _Session) -> Path:
     if not best.exists():
         shutil.rmtree(session.tmp_dir, ignore_errors=True)
         raise KeyboardInterrupt
-    from skincli.models.registry import build_model
     from skincli.train.pipeline import SkippedImages, eval_dataset
 
     cfg, state = session.cfg, session.state
-    built = build_model(cfg.arch, len(session.split.classes), weights="none",
-                        input_size=state.input_size, dropout=cfg.dropout, seed=cfg.seed,
-                        head_units=cfg.head_units)
+    built = session.build("none", state.input_size)
     built.model.load_weights(best)
     session.best_weights = None
     skipped = SkippedImages(dict(state.skipped))
