@@ -62,6 +62,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "seed-1": {"seed": 1},
     "ema": {"ema": 0.99},
     "head-256": {"head_units": 256},
+    # With --metadata (labels from the archive, conflicts resolved, lesion-grouped splits),
+    # two ways of making the data that are scored on the same lesion-grouped test images:
+    # trained the way the project did before metadata (folder labels, conflicts dropped) ...
+    "folder-labels": {"_data": "folder-labels"},
+    # ... and the default on a split that groups only copies and near-duplicates, not lesions
+    # (scored on its own test split: how much ignoring lesions overstates).
+    "no-lesion-groups": {"_data": "no-lesion-groups"},
 }
 
 # What each configuration is, for the Markdown table (--markdown).
@@ -93,6 +100,9 @@ DESCRIPTIONS: dict[str, str] = {
     "seed-1": "the default with another seed (`--seed 1`): one split's noise floor",
     "ema": "moving average of the weights, decay 0.99 (`--ema 0.99`)",
     "head-256": "stronger head: 256 swish units before the logits (`--head-units 256`)",
+    "folder-labels": "trained on the folders' labels, conflicts dropped (as before metadata)",
+    "no-lesion-groups": "split without lesion groups (copies and near-duplicates only), "
+                        "scored on its own test split",
 }
 
 
@@ -122,9 +132,45 @@ def evaluate_run(run_dir: Path, frame: Any, tta: bool) -> dict[str, Any]:
     return out
 
 
+def variant_split(variant: str, manifest: Any, frame: Any, seed: int) -> Any:
+    """The training split of a data variant, derived from the lesion-grouped split `frame`.
+
+    folder-labels: the same train/val images with the folders' labels, minus every image
+    filed under two classes (what `--conflicts drop` without metadata did); the test rows are
+    unchanged (metadata labels), so both are scored on the same images.
+    no-lesion-groups: a new split of the same images that groups only content copies and
+    near-duplicates (lesion ids removed).
+    """
+    from skincli.data.split import SplitResult, make_split
+
+    if variant == "no-lesion-groups":
+        m = manifest.copy()
+        m.attrs = dict(manifest.attrs)
+        m["group"] = ""
+        return make_split(m, val=0.15, test=0.15, seed=seed)
+    if variant != "folder-labels":
+        raise ValueError(variant)
+    filed = manifest["folder_label"].where(manifest["folder_label"] != "", manifest["label"])
+    per_hash = filed.groupby(manifest["sha256"]).nunique()
+    conflicted = set(per_hash.index[per_hash > 1])
+    df = frame.drop(columns=["filepath"]).copy()
+    keep = (df["split"] == "test") | ~df["sha256"].isin(conflicted)
+    train_val = df["split"] != "test"
+    df.loc[train_val, "label"] = df.loc[train_val, "folder_label"].where(
+        df.loc[train_val, "folder_label"] != "", df.loc[train_val, "label"])
+    df = df[keep].reset_index(drop=True)
+    meta = dict(frame.attrs["meta"])
+    meta.update(conflicts="drop (folder labels for train/val)",
+                classes=sorted(df["label"].unique().tolist()), n_images=int(len(df)))
+    return SplitResult(frame=df, meta=meta)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--metadata", type=Path, default=None,
+                        help="image metadata CSV (e.g. ../shared/data/isic9_metadata.csv): "
+                        "labels from it, conflicts resolved, lesion-grouped splits")
     parser.add_argument("--configs", default="default",
                         help=f"comma-separated names from: {', '.join(CONFIGS)}")
     parser.add_argument("--folds", type=int, default=1, help="splits (seeds 0..folds-1)")
@@ -167,27 +213,44 @@ def main(argv: list[str] | None = None) -> int:
         extra[key.strip()] = yaml.safe_load(value)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="skin-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(load_dataset(args.data))
+    try:
+        manifest = build_manifest(load_dataset(args.data, metadata=args.metadata))
+    except SkinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    needs_meta = [n for n in names if "_data" in CONFIGS[n]]
+    if needs_meta and args.metadata is None:
+        print(f"error: config(s) {needs_meta} compare against metadata labels; pass "
+              "--metadata FILE", file=sys.stderr)
+        return 2
     results: list[dict[str, Any]] = []
     try:
         for fold in range(args.first_fold, args.first_fold + args.folds):
             split_path = work / f"split-seed{fold}.csv"
             if not split_path.exists():
-                write_split(make_split(manifest, val=0.15, test=0.15, seed=fold,
-                                       conflicts="drop"), split_path)
+                write_split(make_split(manifest, val=0.15, test=0.15, seed=fold), split_path)
             frame = load_split(split_path)
             for name in names:
                 overrides = dict(CONFIGS[name])
                 preset = overrides.pop("preset", None)
+                data_variant = overrides.pop("_data", None)
+                train_split, score_frame = split_path, frame
+                if data_variant:
+                    train_split = work / f"split-seed{fold}-{data_variant}.csv"
+                    if not train_split.exists():
+                        write_split(variant_split(data_variant, manifest, frame, fold),
+                                    train_split)
+                    if data_variant == "no-lesion-groups":
+                        score_frame = load_split(train_split)
                 overrides.update(extra)
-                overrides.update({"split": str(split_path), "runs_dir": str(work / "runs"),
+                overrides.update({"split": str(train_split), "runs_dir": str(work / "runs"),
                                   "name": f"{name}-seed{fold}"})
                 cfg = resolve(overrides, preset=preset)
                 ui.console.rule(f"{name} · split seed {fold}")
                 start = time.perf_counter()
                 run_dir = train(cfg)
                 minutes = (time.perf_counter() - start) / 60
-                scores = evaluate_run(run_dir, frame, tta=not args.no_tta)
+                scores = evaluate_run(run_dir, score_frame, tta=not args.no_tta)
                 results.append({"config": name, "fold": fold, "minutes": minutes,
                                 "overrides": overrides, "preset": preset,
                                 "run": str(run_dir), **scores})

@@ -109,13 +109,22 @@ def exact_duplicates(ok: pd.DataFrame) -> dict[str, Any]:
     multi = ok[ok.duplicated("sha256", keep=False)].sort_values(["sha256", "path"])
     within, conflicts, leakage = [], [], []
     pair_counts: dict[tuple[str, str], int] = {}
+    if "folder_label" in multi and (multi["folder_label"] != "").any():
+        # With metadata, a conflict is about where the copies were filed; the metadata's
+        # label (the same for every copy of one id) is what `split --conflicts resolve` keeps.
+        multi = multi.assign(metadata_label=multi["label"],
+                             label=multi["folder_label"].where(multi["folder_label"] != "",
+                                                               multi["label"]))
     for sha, g in multi.groupby("sha256", sort=False):
         labels = sorted(g["label"].unique())
         for label, gl in g.groupby("label"):
             if len(gl) > 1:
                 within.append({"sha256": sha, "label": label, "files": _files(gl)})
         if len(labels) > 1:
-            conflicts.append({"sha256": sha, "labels": labels, "files": _files(g)})
+            item = {"sha256": sha, "labels": labels, "files": _files(g)}
+            if "metadata_label" in g and g["metadata_label"].nunique() == 1:
+                item["metadata_label"] = g["metadata_label"].iloc[0]
+            conflicts.append(item)
             for i, a in enumerate(labels):
                 for b in labels[i + 1:]:
                     pair_counts[(a, b)] = pair_counts.get((a, b), 0) + 1
@@ -185,6 +194,34 @@ def near_duplicates(ok: pd.DataFrame, params: NearDupParams) -> dict[str, Any]:
     }
 
 
+def metadata_findings(ok: pd.DataFrame, join: dict[str, Any]) -> dict[str, Any]:
+    """What the metadata says: folder-vs-metadata labels, lesions and patients with several
+    images (and those straddling given splits), and the subgroups available."""
+    out = dict(join)
+    for level, col in (("lesions", "lesion_id"), ("patients", "patient_id")):
+        rows = ok[ok[col] != ""]
+        # One photograph may be filed twice: count images by metadata id, not files.
+        per = rows.drop_duplicates("image_id").groupby(col).size()
+        multi = per[per > 1]
+        splits = rows[rows["given_split"] != ""].groupby(col)["given_split"].nunique()
+        straddle = sorted(splits[splits > 1].index)
+        out[level] = {
+            "with_id": int(len(per)), "with_several_images": int(len(multi)),
+            "images_in_those": int(multi.sum()),
+            "straddling_given_splits": len(straddle),
+            "straddling_list": [
+                {"id": lid, "files": _files(rows[rows[col] == lid].sort_values("path"))}
+                for lid in straddle],
+        }
+    sub: dict[str, dict[str, int]] = {}
+    for col in ("sex", "age", "site"):
+        vals = ok.drop_duplicates("image_id")[col]
+        counts = vals[vals != ""].value_counts()
+        sub[col] = {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: kv[0])}
+    out["subgroups"] = sub
+    return out
+
+
 def analyse(manifest: pd.DataFrame, dataset: Dataset,
             params: NearDupParams | None = None) -> dict[str, Any]:
     """The full report (without plots or timings) for a manifest of `dataset`."""
@@ -210,6 +247,8 @@ def analyse(manifest: pd.DataFrame, dataset: Dataset,
     report["images"] = image_properties(ok)
     report.update(exact_duplicates(ok))
     report["near_duplicates"] = near_duplicates(ok, params)
+    if dataset.metadata:
+        report["metadata"] = metadata_findings(ok, dataset.metadata)
     return report
 
 
@@ -230,6 +269,8 @@ def _check_out(out: Path, source: Path) -> None:
 def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = DEFAULT_OUT,
             *, images: str | os.PathLike[str] | None = None, label_col: str | None = None,
             image_col: str | None = None, group_col: str | None = None,
+            metadata: str | os.PathLike[str] | None = None, labels: str | None = None,
+            group: str | None = None, class_map: dict[str, str] | None = None,
             workers: int | None = None, plots: bool = True, cache: bool = True,
             params: NearDupParams | None = None, seed: int = 0,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -243,7 +284,8 @@ def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None =
         _check_out(Path(out), Path(source))
         check_writable(out)
     dataset = load_dataset(source, csv_image_dir=images, label_col=label_col,
-                           image_col=image_col, group_col=group_col)
+                           image_col=image_col, group_col=group_col, metadata=metadata,
+                           labels=labels, group=group, class_map=class_map)
     t1 = time.perf_counter()
     manifest = build_manifest(dataset, workers=workers, cache=cache, progress=progress)
     t2 = time.perf_counter()
@@ -281,5 +323,8 @@ def summary_numbers(report: dict[str, Any]) -> dict[str, int]:
         "label_conflicts": report.get("label_conflicts", {}).get("images", 0),
         "leakage": report.get("leakage", {}).get("images", 0),
         "near_duplicate_clusters": report.get("near_duplicates", {}).get("clusters", 0),
+        "metadata_disagreements": report.get("metadata", {}).get("disagreements", 0),
+        "lesions_with_several_images": report.get("metadata", {}).get("lesions", {})
+        .get("with_several_images", 0),
     }
 

@@ -11,7 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from skincli import ui
-from skincli.cli.common import handle_errors
+from skincli.cli.common import (
+    ClassMapOpt,
+    GroupOpt,
+    LabelsOpt,
+    MetadataOpt,
+    handle_errors,
+    metadata_args,
+)
 
 HELP = ("Explore a data set: images per class and balance, sizes, colour, brightness, "
         "sharpness, unreadable files, duplicates, label conflicts, Train/Test leakage and "
@@ -66,6 +73,10 @@ def command(
     near_dup_distance: Annotated[int, typer.Option(min=0, max=32, help="Largest perceptual-hash "
                                                    "distance (bits of 64) for near-duplicate "
                                                    "suspects.")] = 10,
+    metadata: MetadataOpt = None,
+    labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Explore a data set and write a report folder."""
     from skincli.data.duplicates import NearDupParams
@@ -76,7 +87,8 @@ def command(
     with progress_bar(not json) as progress:
         report = run_eda(data, out, images=images, label_col=label_col, image_col=image_col,
                          group_col=group_col, workers=workers, plots=plots, cache=cache,
-                         params=params, progress=progress)
+                         params=params, progress=progress,
+                         **metadata_args(metadata, labels, group, class_map))
     if json:
         typer.echo(jsonlib.dumps(report, indent=2, default=str))
         return
@@ -159,8 +171,10 @@ def show_report(report: dict[str, Any]) -> None:
                           for p in con["by_class_pair"][:6])
         c.print(f"\n[bold]Label conflicts[/] by class pair: {pairs}", highlight=False)
         for item in con["items"][:SHOW]:
-            c.print("  " + " = ".join(f"{f['path']} ({f['label']})" for f in item["files"]),
-                    highlight=False)
+            truth = (f"  → metadata: {item['metadata_label']}" if item.get("metadata_label")
+                     else "")
+            c.print("  " + " = ".join(f"{f['path']} ({f['label']})" for f in item["files"])
+                    + truth, highlight=False)
         _more(con["images"], out)
     if leak["images"]:
         c.print("\n[bold]Leakage[/] (same image in two given splits):")
@@ -186,8 +200,52 @@ def show_report(report: dict[str, Any]) -> None:
                 + (f"  [yellow]({', '.join(flags)})[/]" if flags else ""), highlight=False)
         _more(near["clusters"], out)
 
+    if "metadata" in report:
+        show_metadata(report["metadata"], out)
+
     t = report["timing"]
     where = f"Report: {out}/ (report.json, manifest.csv" + (
         f", {len(report['plots'])} plots)" if report["plots"] else ")")
     c.print(f"\n{where} in {t['total_s']:.1f}s ({t['files_read']} files read, "
             f"{t['cache_hits']} from cache)", highlight=False)
+
+
+def show_metadata(m: dict[str, Any], out: str) -> None:
+    """The metadata section: folder vs metadata labels, every disagreement, lesions."""
+    c = ui.console
+    meta = m["metadata"]
+    c.print(f"\n[bold]Metadata[/] {Path(meta['path']).name} ({meta['format']}, {meta['ids']} "
+            f"ids): {m['matched_images']} images matched, {m['images_without_row']} without a "
+            f"row (they keep their folder label), {m['rows_without_image']} rows match no "
+            f"image. Labels used: {m['labels']}.", highlight=False)
+    folders = list(m["folder_vs_metadata"])
+    dxs = sorted({d for row in m["folder_vs_metadata"].values() for d in row})
+    if folders:
+        rows = [[f, *[m["folder_vs_metadata"][f].get(d, 0) or "" for d in dxs]] for f in folders]
+        c.print(ui.table("Folder (rows) vs metadata diagnosis (columns)", ["folder", *dxs], rows))
+    c.print(f"[bold]{m['disagreements']}[/] files are filed under a class the metadata "
+            "contradicts:", highlight=False)
+    for d in m["disagreement_list"]:  # every one: these are the label errors of the data
+        c.print(f"  {d['path']}: folder {d['folder']}, metadata {d['metadata']}",
+                highlight=False)
+    for e in m["emptied_classes"]:
+        ui.warn(f"folder '{e['class']}' holds no {e['class']} by the metadata: not a class here")
+    les = m["lesions"]
+    c.print(f"\n[bold]Lesions[/]: {les['with_id']} with a lesion id, "
+            f"[bold]{les['with_several_images']}[/] photographed more than once "
+            f"({les['images_in_those']} images); {les['straddling_given_splits']} straddle the "
+            "given splits (`skin split --metadata` keeps each lesion in one split).",
+            highlight=False)
+    for item in les["straddling_list"][:SHOW]:
+        c.print(f"  {item['id']}: " + ", ".join(f"{f['path']}" for f in item["files"]),
+                highlight=False)
+    _more(les["straddling_given_splits"], out)
+    pat = m["patients"]
+    if pat["with_id"]:
+        c.print(f"Patients: {pat['with_id']} with an id, {pat['with_several_images']} with "
+                f"several images; {pat['straddling_given_splits']} straddle the given splits.",
+                highlight=False)
+    sub = m["subgroups"]
+    parts = [f"{k}: {len(v)} values" for k, v in sub.items() if v]
+    if parts:
+        c.print("Subgroups for `skin evaluate`: " + "; ".join(parts), highlight=False)

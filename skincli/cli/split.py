@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from skincli import ui
-from skincli.cli.common import handle_errors
+from skincli.cli.common import (
+    ClassMapOpt,
+    GroupOpt,
+    LabelsOpt,
+    MetadataOpt,
+    handle_errors,
+    metadata_args,
+)
 from skincli.cli.eda import progress_bar
 
 HELP = ("Split a data set into train/val/test, stratified by class and leakage-proof (identical "
@@ -22,6 +29,7 @@ SHOW = 6
 class Conflicts(str, Enum):
     """What to do with the same image filed under two classes."""
 
+    resolve = "resolve"
     drop = "drop"
     keep_first = "keep-first"
     error = "error"
@@ -44,9 +52,11 @@ def command(
     keep_given_test: Annotated[bool, typer.Option(help="Use the given Test/ folder as the test "
                                                   "split; its copies in Train are dropped "
                                                   "from Train.")] = False,
-    conflicts: Annotated[Conflicts, typer.Option(help="Same image under different classes: "
-                                                 "drop all copies, keep the first listed, or "
-                                                 "stop with an error.")] = Conflicts.drop,
+    conflicts: Annotated[Conflicts | None, typer.Option(
+        help="Same image under different classes: keep the copy whose folder matches the "
+        "metadata (resolve; the default with --metadata), drop all copies (the default "
+        "without), keep the first listed, or stop with an error.", show_default=False)]
+    = None,
     keep_duplicates: Annotated[bool, typer.Option(help="Keep every copy of an image within a "
                                                   "class (default: keep one).")] = False,
     group_near_dups: Annotated[bool, typer.Option(help="Keep near-duplicate suspects in the "
@@ -59,6 +69,10 @@ def command(
     = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel readers (default: CPU "
                                                 "count).")] = None,
+    metadata: MetadataOpt = None,
+    labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Write a stratified, leakage-proof split file."""
     from skincli.data.dataset import load_dataset
@@ -76,11 +90,13 @@ def command(
     check_ratios(val, 0.0 if keep_given_test else test)
     check_out(out)
     dataset = load_dataset(data, csv_image_dir=images, label_col=label_col,
-                           image_col=image_col, group_col=group_col)
+                           image_col=image_col, group_col=group_col,
+                           **metadata_args(metadata, labels, group, class_map))
     with progress_bar(True) as progress:
         manifest = build_manifest(dataset, workers=workers, progress=progress)
     result = make_split(manifest, val=val, test=test, seed=seed,
-                        keep_given_test=keep_given_test, conflicts=conflicts.value,
+                        keep_given_test=keep_given_test,
+                        conflicts=conflicts.value if conflicts else None,
                         keep_duplicates=keep_duplicates, group_near_dups=group_near_dups)
     path = write_split(result, out)
 
@@ -99,6 +115,18 @@ def command(
         ui.console.print(f"{meta['n_images']} images in {meta['n_units']} units (identical "
                          "images, groups and near-duplicates are kept together).",
                          highlight=False)
+    if meta["groups_kept_together"]:
+        unit = {"lesion": "lesions", "patient": "patients"}.get(
+            (meta.get("metadata") or {}).get("group") or "", "groups")
+        ui.console.print(f"{meta['groups_kept_together']} {unit} with several images "
+                         f"({meta['images_in_those_groups']} images) each kept within one "
+                         "split.", highlight=False)
+    if meta.get("metadata"):
+        m = meta["metadata"]
+        source = "the metadata" if m["labels"] == "metadata" else "the folders"
+        ui.console.print(f"Labels from {source} ({Path(m['path']).name}, {m['format']}): "
+                         f"{m['matched_images']} images matched, {m['disagreements']} folder "
+                         "labels disagree with it.", highlight=False)
 
     dropped = meta["dropped"]
     if dropped:
@@ -115,4 +143,4 @@ def command(
     for w in result.warnings:
         ui.warn(w)
     ui.console.print(f"\nWrote {path} and {sidecar_path(path).name} "
-                     f"(conflicts policy: {conflicts.value}).", highlight=False)
+                     f"(conflicts policy: {meta['conflicts']}).", highlight=False)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -42,6 +43,19 @@ class Entry:
     label: str
     given_split: str = ""   # "train", "val", "test", or "" when the layout gives no split
     group: str = ""         # e.g. HAM10000 lesion_id; "" when unknown
+    # Filled by a metadata join (skincli.data.metadata); "" without one.
+    folder_label: str = ""  # the label the layout gave, when metadata relabelled the image
+    image_id: str = ""
+    lesion_id: str = ""
+    patient_id: str = ""
+    age: str = ""
+    sex: str = ""
+    site: str = ""
+
+
+# Columns of Dataset.frame(), in order.
+ENTRY_FIELDS = ["path", "label", "given_split", "group", "folder_label", "image_id",
+                "lesion_id", "patient_id", "age", "sex", "site"]
 
 
 @dataclass
@@ -56,6 +70,8 @@ class Dataset:
     # Files seen but not listed, with the reason (non-image suffix, CSV id without a file...).
     skipped: list[dict[str, str]] = field(default_factory=list)
     columns: dict[str, str] = field(default_factory=dict)  # CSV columns used (image/label/group)
+    # What the metadata join found (skincli.data.metadata.JoinReport.to_dict()), or None.
+    metadata: dict[str, Any] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -68,9 +84,8 @@ class Dataset:
         return any(e.given_split for e in self.entries)
 
     def frame(self) -> pd.DataFrame:
-        """The entries as a DataFrame with path, filepath, label, given_split, group."""
-        df = pd.DataFrame([e.__dict__ for e in self.entries],
-                          columns=["path", "label", "given_split", "group"])
+        """The entries as a DataFrame: path, filepath, label, given_split, group, metadata."""
+        df = pd.DataFrame([e.__dict__ for e in self.entries], columns=ENTRY_FIELDS)
         df.insert(1, "filepath", [str(self.root / p) for p in df["path"]])
         return df
 
@@ -86,13 +101,29 @@ class Dataset:
 def load_dataset(source: str | os.PathLike[str],
                  csv_image_dir: str | os.PathLike[str] | None = None,
                  label_col: str | None = None, image_col: str | None = None,
-                 group_col: str | None = None, min_classes: int = 2) -> Dataset:
+                 group_col: str | None = None, min_classes: int = 2,
+                 metadata: str | os.PathLike[str] | None = None, labels: str | None = None,
+                 group: str | None = None, class_map: dict[str, str] | None = None) -> Dataset:
     """List a data set from a folder or a CSV, detecting the layout.
 
     A CSV is used when `source` is a .csv file, or a folder holding exactly one CSV with
     recognisable image and label columns. Raises SkinError for a missing path, an empty
     folder, fewer than `min_classes` classes or a CSV without the needed columns.
+
+    With `metadata` (an ISIC archive export, HAM10000_metadata.csv or challenge ground truth)
+    its diagnosis becomes the label (`labels="metadata"`, the default; "folder" keeps the
+    layout's), its lesion (or, with `group="patient"`, patient) ids the groups, and its age,
+    sex and site the subgroups. See skincli.data.metadata.
     """
+    from skincli.data import metadata as md
+
+    md.check_choices(labels, group)
+    if metadata is None and (labels is not None or group is not None or class_map):
+        given = [flag for flag, v in (("--labels", labels), ("--group", group),
+                                      ("--class-map", class_map)) if v]
+        raise SkinError(f"{' and '.join(given)} need(s) --metadata FILE",
+                        hint="Pass the metadata CSV the images came with, or drop the option")
+    meta = md.load_metadata(metadata, class_map) if metadata is not None else None
     src = Path(source).expanduser()
     if not src.exists():
         raise SkinError(f"Data path {src} does not exist",
@@ -127,6 +158,9 @@ def load_dataset(source: str | os.PathLike[str],
                                 "holds class folders and no CSV file",
                                 hint="Drop the option, or pass the CSV file as DATA")
             ds = _from_folder(src)
+    if meta is not None and ds.entries:
+        ds.entries, report = md.join(ds.entries, meta, labels or "metadata", group or "lesion")
+        ds.metadata = report.to_dict()
     _check_classes(ds, min_classes)
     return ds
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageStat
 
-from skincli.data.dataset import Dataset
+from skincli.data.dataset import ENTRY_FIELDS, Dataset
 from skincli.fsutil import atomic_path
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, open_image
 
@@ -31,10 +31,9 @@ STATS_MAX_SIDE = 1024
 FILE_COLUMNS = ["sha256", "width", "height", "size_bytes", "readable", "error", "error_code",
                 "phash", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness",
                 "sharpness"]
-ENTRY_COLUMNS = ["path", "filepath", "label", "given_split", "group"]
+ENTRY_COLUMNS = ["path", "filepath"] + ENTRY_FIELDS[1:]
 COLUMNS = ENTRY_COLUMNS + FILE_COLUMNS
-STR_COLUMNS = ["path", "filepath", "label", "given_split", "group", "sha256", "error",
-               "error_code", "phash"]
+STR_COLUMNS = ENTRY_COLUMNS + ["sha256", "error", "error_code", "phash"]
 
 
 def cache_dir() -> Path:
@@ -174,7 +173,8 @@ def build_manifest(dataset: Dataset, workers: int | None = None, cache: bool = T
     df = entries.merge(files, on="filepath", how="left")
     df = _fix_types(df)
     df.attrs.update(root=str(dataset.root), layout=dataset.layout, cache_hits=len(unique) -
-                    len(todo), files_read=len(todo), skipped=list(dataset.skipped))
+                    len(todo), files_read=len(todo), skipped=list(dataset.skipped),
+                    metadata=dataset.metadata)
     return df
 
 

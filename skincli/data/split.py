@@ -27,15 +27,18 @@ from skincli.fsutil import check_writable, write_text
 
 DEFAULT_SPLIT_PATH = Path("splits/split.csv")
 SPLITS = ("train", "val", "test")
-CONFLICT_POLICIES = ("drop", "keep-first", "error")
+CONFLICT_POLICIES = ("resolve", "drop", "keep-first", "error")
 # Fewer images than this for a class in a split make its metrics too noisy to read.
 MIN_PER_SPLIT = 5
 # Columns written to the split file, in order (the manifest's, minus what is true of every
 # row that survives: readable, no error).
+# Metadata columns travel with the split so evaluate can report subgroups.
+META_COLUMNS = ["folder_label", "image_id", "lesion_id", "patient_id", "age", "sex", "site"]
 SPLIT_COLUMNS = ["path", "label", "split", "given_split", "group", "sha256", "width", "height",
                  "size_bytes", "phash", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b",
-                 "brightness", "sharpness"]
-_STR_COLUMNS = ["path", "label", "split", "given_split", "group", "sha256", "phash"]
+                 "brightness", "sharpness", *META_COLUMNS]
+_STR_COLUMNS = ["path", "label", "split", "given_split", "group", "sha256", "phash",
+                *META_COLUMNS]
 
 
 @dataclass
@@ -53,7 +56,7 @@ class SplitResult:
 
 
 def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15, seed: int = 42,
-               keep_given_test: bool = False, conflicts: str = "drop",
+               keep_given_test: bool = False, conflicts: str | None = None,
                keep_duplicates: bool = False, group_near_dups: bool = True,
                near_dup_params: NearDupParams | None = None,
                min_per_split: int = MIN_PER_SPLIT) -> SplitResult:
@@ -61,14 +64,21 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
 
     With keep_given_test the given Test rows are the test split, `val` is the fraction of the
     remaining images, and Train images that duplicate (or share a group / near-duplicate link
-    with) a test image are dropped from Train.
+    with) a test image are dropped from Train. `conflicts` defaults to "resolve" when the
+    manifest carries metadata labels, else "drop".
     """
     check_ratios(val, 0.0 if keep_given_test else test)
+    join = manifest.attrs.get("metadata") or None
+    if conflicts is None:
+        conflicts = "resolve" if join and join.get("labels") == "metadata" else "drop"
     if conflicts not in CONFLICT_POLICIES:
         raise SkinError(f"Unknown conflicts policy '{conflicts}'",
                         hint=f"Use one of: {', '.join(CONFLICT_POLICIES)}")
     df = manifest.reset_index(drop=True).copy()
     df["_order"] = np.arange(len(df))
+    for col in META_COLUMNS + ["group"]:
+        if col not in df:
+            df[col] = ""
     dropped: list[dict[str, str]] = []
 
     def drop(rows: pd.DataFrame, kind: str, reasons: list[str] | str) -> None:
@@ -125,6 +135,9 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     losses = pd.Series([d["label"] for d in dropped if d["kind"] == "label_conflict"],
                        dtype=object).value_counts()
     result.warnings = _warnings(counts, ratios, min_per_split, before, losses, conflicts)
+    if join:
+        result.warnings = list(join.get("warnings", [])) + result.warnings
+    grouped = df[df["group"] != ""].groupby("group").size()
     result.meta = {
         "skincli_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -141,6 +154,10 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
         "classes": sorted(result.frame["label"].unique().tolist()),
         "n_images": int(len(result.frame)),
         "n_units": int(df["_unit"].nunique()),
+        # Groups (lesions, patients) with several images, each kept within one split.
+        "groups_kept_together": int((grouped > 1).sum()),
+        "images_in_those_groups": int(grouped[grouped > 1].sum()),
+        "metadata": _join_summary(join),
         "counts": {c: {s: int(counts.loc[c, s]) for s in SPLITS} for c in counts.index},
         "totals": {s: int(counts[s].sum()) for s in SPLITS},
         "dropped_counts": pd.Series([d["kind"] for d in dropped], dtype=object)
@@ -164,33 +181,81 @@ def check_ratios(val: float, test: float) -> None:
 
 
 def _apply_conflict_policy(df: pd.DataFrame, policy: str, drop: Any) -> pd.DataFrame:
-    labels = df.groupby("sha256")["label"].nunique()
-    conflicted = labels[labels > 1].index
+    """Handle the same image (content hash) filed under different classes.
+
+    A conflict is a hash whose copies carry different labels, or were filed under different
+    folders (`folder_label`) even where metadata gave them one label. `resolve` keeps the
+    copy whose folder matches its metadata label (the metadata is the truth); hashes whose
+    labels still differ cannot be resolved and are dropped.
+    """
+    filed = df["folder_label"].where(df["folder_label"] != "", df["label"])
+    by_hash = pd.DataFrame({"sha256": df["sha256"], "label": df["label"], "filed": filed})
+    stats = by_hash.groupby("sha256").agg(labels=("label", "nunique"), filed=("filed",
+                                                                              "nunique"))
+    conflicted = stats.index[(stats["labels"] > 1) | (stats["filed"] > 1)]
     if len(conflicted) == 0:
         return df
     rows = df[df["sha256"].isin(conflicted)].sort_values("_order")
     if policy == "error":
         first = rows[rows["sha256"] == rows["sha256"].iloc[0]]
-        example = " = ".join(f"{p} ({lab})" for p, lab in zip(first["path"], first["label"],
+        example = " = ".join(f"{p} ({lab})" for p, lab in zip(first["path"], filed[first.index],
                                                                strict=True))
         raise SkinError(f"{len(conflicted)} label conflicts (the same image under different "
                         f"classes), e.g. {example}",
-                        hint="Fix the labels, or use --conflicts drop or --conflicts keep-first")
-    reasons: dict[int, str] = {}
+                        hint="Fix the labels, or use --conflicts resolve (with --metadata), "
+                        "drop or keep-first")
+    reasons: dict[int, tuple[str, str]] = {}  # row -> (kind, reason)
     for _, grp in rows.groupby("sha256", sort=False):
-        names = sorted(grp["label"].unique())
-        if policy == "drop":
+        names = sorted(set(filed[grp.index]))
+        one_label = grp["label"].nunique() == 1
+        if policy == "resolve" and one_label:
+            truth = grp["label"].iloc[0]
+            match = grp.index[filed[grp.index] == truth]
+            keep = match[0] if len(match) else grp.index[0]
             for i in grp.index:
-                reasons[i] = f"label conflict: the same image is filed as {' and '.join(names)}"
+                if i != keep:
+                    reasons[i] = ("resolved_conflict",
+                                  f"label conflict resolved: filed as '{filed[i]}', the "
+                                  f"metadata says '{truth}' (kept {df.at[keep, 'path']})")
+        elif policy in ("drop", "resolve"):
+            why = f"label conflict: the same image is filed as {' and '.join(names)}"
+            if policy == "resolve":
+                why += " and the metadata does not settle it"
+            for i in grp.index:
+                reasons[i] = ("label_conflict", why)
         else:
             first_label, first_path = grp["label"].iloc[0], grp["path"].iloc[0]
             for i, lab in zip(grp.index, grp["label"], strict=True):
-                if lab != first_label:
-                    reasons[i] = (f"label conflict: the same image is kept as '{first_label}' "
-                                  f"({first_path})")
-    gone = df.loc[list(reasons)]
-    drop(gone, "label_conflict", [reasons[i] for i in gone.index])
+                if i != grp.index[0] and (lab != first_label or filed[i] != filed[grp.index[0]]):
+                    reasons[i] = ("label_conflict", f"label conflict: the same image is kept "
+                                  f"as '{first_label}' ({first_path})")
+    for kind in ("resolved_conflict", "label_conflict"):
+        idx = [i for i, (k, _) in reasons.items() if k == kind]
+        if idx:
+            gone = df.loc[idx]
+            drop(gone, kind, [reasons[i][1] for i in gone.index])
     return df.drop(index=list(reasons))
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where a split's labels and groups came from, for the run folder (run.json)."""
+    m = meta.get("metadata") or {}
+    return {"label_source": m.get("labels") or "layout", "group": m.get("group") or "",
+            "metadata_file": m.get("path", ""), "metadata_sha256": m.get("sha256", ""),
+            "metadata_format": m.get("format", ""), "conflicts": meta.get("conflicts", ""),
+            "layout": meta.get("layout", "")}
+
+
+def _join_summary(join: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What split.json (and so the run folder) records of the metadata join."""
+    if not join:
+        return None
+    return {**join.get("metadata", {}), "labels": join.get("labels"), "group": join.get("group"),
+            "matched_images": join.get("matched_images"),
+            "images_without_row": join.get("images_without_row"),
+            "rows_without_image": join.get("rows_without_image"),
+            "disagreements": join.get("disagreements"),
+            "emptied_classes": [c["class"] for c in join.get("emptied_classes", [])]}
 
 
 def _drop_exact_copies(df: pd.DataFrame, prefer_test: bool, drop: Any) -> pd.DataFrame:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from skincli.data.split import provenance
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_path, write_json, write_text
 from skincli.runs import MODEL_FILE, RunInfo, next_run_dir, save_run_info
@@ -540,6 +541,7 @@ class _Session:
             "images_per_second": round(images_per_s, 2),
             "n_train": len(split.train_paths),
             "n_val": len(split.val_paths),
+            "data": provenance(split.frame.attrs.get("meta", {})),
         }
         with disk_guard("run.json", self.resume_name()):
             if interrupted:
