@@ -54,3 +54,34 @@ def test_eda_and_split_on_isic9(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert (df.loc[df["split"] == "test", "given_split"] == "test").all()
     assert set(df["split"]) == {"train", "val", "test"}
     assert all(Path(p).is_file() for p in df["filepath"].head(50))
+
+
+METADATA = ISIC9.parent / "isic9_metadata.csv"
+
+
+@pytest.mark.skipif(not METADATA.is_file(), reason=f"{METADATA} not present")
+def test_eda_and_split_with_archive_metadata(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "eda"
+    result = runner.invoke(app, ["eda", str(ISIC9), "--metadata", str(METADATA), "--out",
+                                 str(out), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "report.json").read_text())["metadata"]
+    assert meta["disagreements"] == 158 == len(meta["disagreement_list"])
+    assert meta["lesions"]["with_several_images"] == 226
+    assert meta["lesions"]["images_in_those"] == 491
+    assert [c["class"] for c in meta["emptied_classes"]] == ["seborrheic keratosis"]
+
+    split = tmp_path / "split.csv"
+    result = runner.invoke(app, ["split", str(ISIC9), "--metadata", str(METADATA), "--out",
+                                 str(split)])
+    assert result.exit_code == 0, result.output
+    df = load_split(split)
+    assert len(df) == 1792
+    assert "seborrheic keratosis" not in set(df["label"])
+    lesions = df[df["lesion_id"] != ""]
+    assert (lesions.groupby("lesion_id")["split"].nunique() == 1).all()
+    assert (df.groupby("sha256")["split"].nunique() == 1).all()
+    # Every actinic keratosis the archive knows is kept (none lost to a conflict).
+    assert (df["label"] == "actinic keratosis").sum() == 120
