@@ -52,6 +52,8 @@ class EvalSet:
     kind: str  # "split" or "data"
     subset: str
     split_path: Path | None = None
+    # Subgroup values per image (sex, age band, site) from metadata; empty without it.
+    subgroups: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,15 +108,25 @@ def check_labels(labels: Sequence[str], classes: Sequence[str], source: str) -> 
 
 
 def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None = None,
-                  split: str | Path | None = None, subset: str = "test") -> EvalSet:
-    """Resolve what to evaluate on (see the module docstring)."""
+                  split: str | Path | None = None, subset: str = "test",
+                  metadata: dict[str, Any] | None = None) -> EvalSet:
+    """Resolve what to evaluate on (see the module docstring).
+
+    `metadata`: load_dataset's metadata keyword arguments (metadata, labels, group,
+    class_map) for `data`.
+    """
+    from skincli.subgroups import groups_from_frame
+
     _check_subset(subset)
     if data is not None and split is not None:
         raise SkinError("Pass either --data or --split, not both")
+    if metadata and metadata.get("metadata") is not None and data is None:
+        raise SkinError("--metadata applies to --data", hint="Pass --data DIR with it; a "
+                        "split made with --metadata already carries the metadata")
     if data is not None:
         from skincli.data.dataset import load_dataset
 
-        ds = load_dataset(data, min_classes=1)
+        ds = load_dataset(data, min_classes=1, **(metadata or {}))
         df = ds.frame()
         what = f"{data} ({ds.describe()})"
         if ds.has_given_split:
@@ -128,7 +140,8 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
             raise SkinError(f"No images to evaluate in {data}",
                             hint="Pass a folder of class folders or a labelled CSV")
         check_labels(df["label"].tolist(), classes, str(data))
-        return EvalSet(df["filepath"].tolist(), df["label"].tolist(), what, "data", subset)
+        return EvalSet(df["filepath"].tolist(), df["label"].tolist(), what, "data", subset,
+                       subgroups=groups_from_frame(df))
     path = Path(split) if split is not None else run_split_path(run_dir)
     if split is None and not path.is_file():
         raise SkinError(f"Run {run_dir} holds no split.csv and there is no {DEFAULT_SPLIT}",
@@ -142,7 +155,8 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
     where = "the run's own split" if path == Path(run_dir) / "split.csv" else str(path)
     return EvalSet(part["filepath"].tolist(), part["label"].tolist(),
                    f"{subset} part of {where} ({path})" if subset != "all" else
-                   f"all of {where} ({path})", "split", subset, split_path=path)
+                   f"all of {where} ({path})", "split", subset, split_path=path,
+                   subgroups=groups_from_frame(part))
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -295,9 +309,23 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
         calibration["eval_reliability_before"] = pre["bins"]
         calibration["temperature_before"] = t_before
         result["calibration"] = calibration
+    if eval_set.subgroups:
+        result["subgroups"] = _subgroups(eval_set, scored, probs, predictor.classes, n_boot, seed)
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["_arrays"] = {"y": scored.y, "probs": probs, "filepaths": scored.filepaths}
     return result
+
+
+def _subgroups(eval_set: EvalSet, scored: Scored, probs: np.ndarray, classes: Sequence[str],
+               n_boot: int, seed: int) -> dict[str, Any]:
+    """Subgroup metrics of the images that were scored (unreadable ones are left out)."""
+    from skincli.subgroups import subgroup_metrics
+
+    where = {p: i for i, p in enumerate(eval_set.filepaths)}
+    rows = [where[p] for p in scored.filepaths]
+    groups = {attr: [vals[i] for i in rows] for attr, vals in eval_set.subgroups.items()}
+    return subgroup_metrics(scored.y, probs.argmax(axis=1), classes, groups,
+                            n_boot=n_boot, seed=seed)
 
 
 def is_own_test_split(predictor: Any, eval_set: EvalSet) -> bool:
@@ -342,8 +370,13 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
              data: str | Path | None = None, split: str | Path | None = None,
              subset: str = "test", calibrate: bool = False, tta: bool = False,
              n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
-             progress: Progress | None = None) -> dict[str, Any]:
-    """Evaluate one run, or compare two on the same images (paired test)."""
+             progress: Progress | None = None,
+             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate one run, or compare two on the same images (paired test).
+
+    `metadata`: load_dataset's metadata keyword arguments for `data` (labels, groups and
+    subgroups from an image metadata file).
+    """
     _check_subset(subset)
     if n_boot < 0:
         raise SkinError(f"--bootstrap must be 0 or more, got {n_boot}")
@@ -358,7 +391,8 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
     if len(predictors) == 2 and predictors[0].run_dir.resolve() == predictors[1].run_dir.resolve():
         raise SkinError(f"Both runs are {predictors[0].run_dir}", hint="Pass two different runs")
     first = predictors[0]
-    eval_set = load_eval_set(first.run_dir, first.classes, data=data, split=split, subset=subset)
+    eval_set = load_eval_set(first.run_dir, first.classes, data=data, split=split, subset=subset,
+                             metadata=metadata)
     warnings: list[str] = []
     for other in predictors[1:]:
         if sorted(other.classes) != sorted(first.classes):
@@ -394,6 +428,11 @@ def _warnings(result: dict[str, Any]) -> list[str]:
     if n_skip:
         out.append(f"{result['run']['name']}: {n_skip} unreadable image(s) were skipped "
                    "(listed in metrics.json)")
+    for f in result.get("subgroups", {}).get("flagged", []):
+        out.append(f"{result['run']['name']}: subgroup {f['attribute']}={f['value']} "
+                   f"({f['n']} images) has macro F1 {f['macro_f1']:.3f} (95% CI "
+                   f"{f['ci95'][0]:.3f}–{f['ci95'][1]:.3f}), wholly below the overall "
+                   f"{result['subgroups']['overall_macro_f1']:.3f}")
     absent = result["metrics"]["auc_skipped_classes"]
     if absent:
         out.append(f"{result['run']['name']}: ROC AUC skipped for class(es) absent from the "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_run import make_run
-from imagegen import make_class_folders, make_truncated_jpeg
+from imagegen import PALETTE, make_class_folders, make_image, make_truncated_jpeg
 from typer.testing import CliRunner
 
 from skincli import DISCLAIMER
@@ -229,3 +229,28 @@ def test_run_without_split_says_what_to_pass(tmp_path: Path,
     assert result.exit_code == 1
     out = _flat(result.output)
     assert "holds no split.csv" in out and "--data" in out
+
+
+def test_subgroups_from_metadata(runs: Path, tmp_path: Path) -> None:
+    files = {c: [make_image(tmp_path / "clinic" / c / f"ISIC_{k}{i:03d}.jpg", PALETTE[k],
+                            seed=40 + 20 * k + i) for i in range(12)]
+             for k, c in enumerate(("nevus", "melanoma"))}
+    rows = [{"isic_id": p.stem, "diagnosis": label, "sex": "female" if i % 2 else "male",
+             "age_approx": "35" if i % 3 else "70", "anatom_site_general": "back"}
+            for label, paths in files.items() for i, p in enumerate(paths)]
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame(rows).to_csv(meta, index=False)
+    result = _evaluate("beta", "--runs-dir", str(runs), "--data", str(tmp_path / "clinic"),
+                       "--metadata", str(meta), "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    assert "Subgroups" in _flat(result.output)
+    sub = json.loads((tmp_path / "s" / "metrics.json").read_text())["subgroups"]
+    assert {r["value"] for r in sub["attributes"]["sex"]} == {"female", "male"}
+    assert sum(r["n"] for r in sub["attributes"]["sex"]) == 24
+    assert {r["value"] for r in sub["attributes"]["age_band"]} == {"30-44", "60-74"}
+    for r in sub["attributes"]["sex"]:
+        lo, hi = r["ci95"]
+        assert lo <= r["macro_f1"] <= hi
+        assert set(r["per_class_recall"]) == {"nevus", "melanoma"}
+    result = _evaluate("beta", "--runs-dir", str(runs), "--metadata", str(meta))
+    assert result.exit_code == 1 and "--metadata applies to --data" in _flat(result.output)

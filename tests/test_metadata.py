@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from imagegen import PALETTE, make_image
 from typer.testing import CliRunner
 
-from imagegen import PALETTE, make_image
 from skincli.cli import app
 from skincli.data.dataset import load_dataset
 from skincli.data.manifest import build_manifest

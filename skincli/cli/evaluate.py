@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 
 from skincli import ui
-from skincli.cli.common import handle_errors
+from skincli.cli.common import (
+    ClassMapOpt,
+    GroupOpt,
+    LabelsOpt,
+    MetadataOpt,
+    handle_errors,
+    metadata_args,
+)
 
 HELP = ("Evaluate a trained run (default: the current/latest) on its test split or any labelled "
         "folder/CSV: metrics with 95% bootstrap intervals, per-class table, weak classes, "
@@ -89,12 +96,32 @@ def _show_single(result: dict[str, Any]) -> None:
                                   [(LABELS.get(k, k), _fmt(tta["without"][k]),
                                     _fmt(tta["with"][k]), _signed(tta["gain"][k]))
                                    for k in tta["gain"]]))
+    if result.get("subgroups"):
+        _show_subgroups(result["subgroups"])
     unc = result["uncertain"]
     if unc["threshold"] is not None:
         ui.console.print(f"Uncertain verdicts (top probability < {unc['threshold']:.3f}): "
                          f"{unc['share']:.0%} of images; accuracy {_fmt(unc['accuracy_uncertain'])}"
                          f" when uncertain vs {_fmt(unc['accuracy_confident'])} otherwise.",
                          highlight=False)
+
+
+def _show_subgroups(sub: dict[str, Any]) -> None:
+    """Macro F1 and per-class recall per sex, age band and site (from the metadata)."""
+    rows = []
+    for attr, items in sub["attributes"].items():
+        for r in items:
+            if "macro_f1" not in r:
+                rows.append((attr, r["value"], r["n"], "-", "-", r.get("note", "")))
+                continue
+            worst = min(r["per_class_recall"].items(), key=lambda kv: kv[1]["recall"])
+            flag = "[red]below overall[/]" if r["below_overall"] else ""
+            rows.append((attr, r["value"], r["n"], _fmt(r["macro_f1"]), _ci(r["ci95"]),
+                         f"{worst[0]} {worst[1]['recall']:.2f} (n={worst[1]['n']}) {flag}"))
+    ui.console.print(ui.table(
+        f"Subgroups (overall macro F1 {sub['overall_macro_f1']:.3f}; 95% CIs from "
+        f"{sub['n_boot']} resamples; per-class recall in metrics.json)",
+        ["attribute", "value", "images", "macro F1", "95% CI", "lowest recall"], rows))
 
 
 def _show_comparison(result: dict[str, Any]) -> None:
@@ -162,6 +189,10 @@ def command(
                                             help="Images per forward pass.")] = 32,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where runs live.",
                                            file_okay=False)] = Path("runs"),
+    metadata: MetadataOpt = None,
+    labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Evaluate (or compare) trained runs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -186,7 +217,8 @@ def command(
 
         result = evaluate(runs, runs_dir=runs_dir, data=data, split=split, subset=subset,
                           calibrate=calibrate, tta=tta, n_boot=bootstrap, seed=seed,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress,
+                          metadata=metadata_args(metadata, labels, group, class_map))
     for w in result["warnings"]:
         ui.warn(w)
     if "runs" in result:
