@@ -209,3 +209,42 @@ def test_cli_bad_new_data_is_one_line_with_advice_retrain_can_follow(world: dict
     out = run(csv)
     assert "no label column" in out and "Rename the CSV columns to path and label" in out
     assert "--label-col" not in out  # retrain has no such option
+
+
+def test_new_photograph_of_a_test_lesion_stays_out(tmp_path: Path) -> None:
+    from skincli.monitor.retrain import merge_new_data
+
+    data = tmp_path / "data"
+    make_class_folders(data, {c: 10 for c in CLASSES}, seed=3)
+    rows = [{"isic_id": p.stem, "diagnosis": p.parent.name, "lesion_id": f"L{i}"}
+            for i, p in enumerate(sorted(data.rglob("*.jpg")))]
+    import pandas as pd
+
+    # make_class_folders reuses stems across classes: give each file a unique id first.
+    for row, p in zip(rows, sorted(data.rglob("*.jpg"))):
+        new_name = p.with_name(f"{p.parent.name[:2]}_{p.name}")
+        p.rename(new_name)
+        row["isic_id"] = new_name.stem
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    ds = load_dataset(data, metadata=tmp_path / "meta.csv")
+    result = make_split(build_manifest(ds, cache=False, workers=1), val=0.25, test=0.25, seed=0,
+                        min_per_split=1)
+    write_split(result, tmp_path / "split.csv")
+    split = load_split(tmp_path / "split.csv")
+    test_row = split[split["split"] == "test"].iloc[0]
+    train_row = split[split["split"] == "train"].iloc[0]
+    new = tmp_path / "new"
+    make_image(new / test_row["label"] / "N_1.jpg", seed=501)   # same lesion as a test image
+    make_image(new / train_row["label"] / "N_2.jpg", seed=502)  # same lesion as a train image
+    make_image(new / train_row["label"] / "N_3.jpg", seed=503)  # a new lesion
+    pd.DataFrame([{"isic_id": "N_1", "diagnosis": test_row["label"],
+                   "lesion_id": test_row["lesion_id"]},
+                  {"isic_id": "N_2", "diagnosis": train_row["label"],
+                   "lesion_id": train_row["lesion_id"]},
+                  {"isic_id": "N_3", "diagnosis": train_row["label"], "lesion_id": "L_new"}]
+                 ).to_csv(tmp_path / "new_meta.csv", index=False)
+    merged, added, summary = merge_new_data(split, new, CLASSES,
+                                            metadata={"metadata": tmp_path / "new_meta.csv"})
+    assert summary["same_lesion_test"] == 1
+    assert sorted(Path(p).name for p in added["path"]) == ["N_2.jpg", "N_3.jpg"]
+    assert added.loc[added["path"].str.endswith("N_2.jpg"), "split"].item() == "train"

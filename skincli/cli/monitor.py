@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import typer
 
 from skincli import ui
-from skincli.cli.common import handle_errors
+from skincli.cli.common import (
+    ClassMapOpt,
+    GroupOpt,
+    LabelsOpt,
+    MetadataOpt,
+    handle_errors,
+    metadata_args,
+)
 from skincli.errors import SkinError
 
 HELP = ("Watch the model in production: volume, latency, class mix and confidence per window; "
@@ -291,6 +298,10 @@ def retrain(
                                       "new images.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only merge and report the data; "
                                           "no training, no promotion.")] = False,
+    metadata: MetadataOpt = None,
+    labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    class_map: ClassMapOpt = None,
 ) -> None:
     """Train a challenger on old + new data and promote it only if it is better."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -303,12 +314,14 @@ def retrain(
         ui.console.print(message, highlight=False, soft_wrap=True)
 
     result = run_retrain(data, champion=run, runs_dir=runs_dir, margin=margin, seed=seed,
-                         dry_run=dry_run, progress=progress)
+                         dry_run=dry_run, progress=progress,
+                         metadata=metadata_args(metadata, labels, group, class_map))
     d = result.data
     ui.console.print(ui.table("New data", ["", "images"], [
         ["found", d["found"]], ["unreadable", d["unreadable"]],
         ["already in the data set (same bytes)", d["duplicate_existing"]],
         ["look like held-out test images (perceptual hash)", d["near_duplicate_test"]],
+        ["another photograph of a test lesion (metadata)", d.get("same_lesion_test", 0)],
         ["duplicates within the new data", d["duplicate_new"]],
         ["class not known to the champion", d["unknown_class"]],
         ["added to train", d["added_train"]], ["added to val", d["added_val"]]]))

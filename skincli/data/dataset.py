@@ -123,7 +123,8 @@ def load_dataset(source: str | os.PathLike[str],
                                       ("--class-map", class_map)) if v]
         raise SkinError(f"{' and '.join(given)} need(s) --metadata FILE",
                         hint="Pass the metadata CSV the images came with, or drop the option")
-    meta = md.load_metadata(metadata, class_map) if metadata is not None else None
+    if metadata is not None and not Path(metadata).expanduser().is_file():
+        md.load_metadata(metadata)  # fails fast, before the images are listed
     src = Path(source).expanduser()
     if not src.exists():
         raise SkinError(f"Data path {src} does not exist",
@@ -158,7 +159,8 @@ def load_dataset(source: str | os.PathLike[str],
                                 "holds class folders and no CSV file",
                                 hint="Drop the option, or pass the CSV file as DATA")
             ds = _from_folder(src)
-    if meta is not None and ds.entries:
+    if metadata is not None and ds.entries:
+        meta = md.load_metadata(metadata, class_map, known_classes=ds.classes)
         ds.entries, report = md.join(ds.entries, meta, labels or "metadata", group or "lesion")
         ds.metadata = report.to_dict()
     _check_classes(ds, min_classes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,13 @@ def parse_class_map(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def load_metadata(path: str | Path, class_map: dict[str, str] | None = None) -> Metadata:
-    """Read a metadata CSV in any of the FORMATS; raise SkinError for anything unusable."""
+def load_metadata(path: str | Path, class_map: dict[str, str] | None = None,
+                  known_classes: Sequence[str] = ()) -> Metadata:
+    """Read a metadata CSV in any of the FORMATS; raise SkinError for anything unusable.
+
+    A diagnosis not in the class table that names one of `known_classes` (the data set's own
+    class folders, any case) is taken as that class.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise SkinError(f"Metadata file {p} does not exist or is not a file",
@@ -157,7 +163,7 @@ def load_metadata(path: str | Path, class_map: dict[str, str] | None = None) -> 
         raise SkinError(f"Metadata file {p} cannot be parsed as CSV "
                         f"({str(exc).splitlines()[0]})",
                         hint="Check it is a comma-separated text file") from exc
-    mapping = {**DEFAULT_CLASS_MAP, **(class_map or {})}
+    mapping = {**{c.lower(): c for c in known_classes}, **DEFAULT_CLASS_MAP, **(class_map or {})}
     fmt, norm = _normalise(table, p, mapping)
     meta = Metadata(path=p.resolve(), sha256=hashlib.sha256(raw).hexdigest(), format=fmt,
                     table=norm, class_map=mapping)

@@ -110,15 +110,31 @@ def _near(new_ph: np.ndarray, old_ph: np.ndarray, max_bits: int) -> np.ndarray:
     return out
 
 
+def _lesion_keys(frame: pd.DataFrame) -> pd.Series:
+    """Each row's identity unit without its kind prefix ("lesion:HAM_1" and a CSV's "HAM_1"
+    are one lesion), from the group column, else the lesion_id column."""
+    empty = pd.Series("", index=frame.index)
+    group = frame["group"].astype(str) if "group" in frame else empty
+    group = group.str.replace(r"^(lesion|patient|image):", "", regex=True)
+    lesion = frame["lesion_id"].astype(str) if "lesion_id" in frame else empty
+    return group.where(group != "", lesion)
+
+
 def merge_new_data(split: pd.DataFrame, new_data: str | Path, classes: list[str],
-                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(merged split frame, added rows, summary) — new images never enter the test split."""
+                   seed: int = 0, metadata: dict[str, Any] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(merged split frame, added rows, summary) — new images never enter the test split.
+
+    `metadata`: load_dataset's metadata keyword arguments: labels and lesion groups from an
+    image metadata file; a new photograph of a lesion in the test split is left out, one of a
+    lesion in train or val follows it.
+    """
     from skincli.data.dataset import load_dataset
     from skincli.data.duplicates import NearDupParams, phash_ints
     from skincli.data.split import SPLIT_COLUMNS
 
     try:
-        ds = load_dataset(new_data, min_classes=1)
+        ds = load_dataset(new_data, min_classes=1, **(metadata or {}))
     except SkinError as exc:
         if exc.hint and exc.hint.startswith("Pass --"):  # eda/split options retrain lacks
             raise SkinError(exc.message, hint="Rename the CSV columns to path and label, or "
@@ -128,7 +144,8 @@ def merge_new_data(split: pd.DataFrame, new_data: str | Path, classes: list[str]
     summary: dict[str, Any] = {"new_data": str(Path(new_data).resolve()),
                                "found": int(len(entries)), "unreadable": 0,
                                "duplicate_existing": 0, "duplicate_test": 0,
-                               "near_duplicate_test": 0, "duplicate_new": 0,
+                               "near_duplicate_test": 0, "same_lesion_test": 0,
+                               "duplicate_new": 0,
                                "conflicting_labels": 0, "unknown_class": 0,
                                "unknown_class_names": [], "added_train": 0, "added_val": 0}
     info = _inspect_all(list(entries["filepath"]))
@@ -175,14 +192,24 @@ def merge_new_data(split: pd.DataFrame, new_data: str | Path, classes: list[str]
 
     near_test = _near(new_ph, part_ph("test"), max_bits)
     summary["near_duplicate_test"] = int(near_test.sum())
-    df = df[~near_test]
-    new_ph = new_ph[~near_test]
+    # Another photograph of a test lesion (same group) would leak it into training.
+    groups = _lesion_keys(existing)
+    test_groups = set(groups[existing["split"] == "test"]) - {""}
+    same_lesion = _lesion_keys(df).isin(test_groups).to_numpy() & ~near_test
+    summary["same_lesion_test"] = int(same_lesion.sum())
+    drop_test = near_test | same_lesion
+    df = df[~drop_test]
+    new_ph = new_ph[~drop_test]
 
     # A near-copy of a val (train) image follows it, so one lesion is never on both sides.
     assigned = np.full(len(df), "", dtype=object)
     assigned[_near(new_ph, part_ph("val"), max_bits)] = "val"
     near_train = _near(new_ph, part_ph("train"), max_bits)
     assigned[(assigned == "") & near_train] = "train"
+    group_split = dict(zip(groups, existing["split"], strict=True))
+    for i, g in enumerate(_lesion_keys(df)):
+        if g and assigned[i] == "" and group_split.get(g) in ("train", "val"):
+            assigned[i] = group_split[g]
     n_tr = int((existing["split"] == "train").sum())
     n_va = int((existing["split"] == "val").sum())
     val_fraction = n_va / max(n_tr + n_va, 1)
@@ -199,8 +226,7 @@ def merge_new_data(split: pd.DataFrame, new_data: str | Path, classes: list[str]
     root = split.attrs.get("root")
     rel = [os.path.relpath(Path(p).resolve(), root) if root else str(Path(p).resolve())
            for p in df["filepath"]]
-    df = df.assign(split=assigned, path=[Path(r).as_posix() for r in rel], given_split="",
-                   group="")
+    df = df.assign(split=assigned, path=[Path(r).as_posix() for r in rel], given_split="")
     added = df.reindex(columns=SPLIT_COLUMNS)
     summary["added_train"] = int((assigned == "train").sum())
     summary["added_val"] = int((assigned == "val").sum())
@@ -282,7 +308,8 @@ def retrain(new_data: str | Path, champion: str | Path | None = None,
             runs_dir: str | Path = "runs", margin: float = 0.01, seed: int = 0,
             dry_run: bool = False, train_fn: TrainFn | None = None,
             evaluate_fn: EvaluateFn | None = None, n_boot: int = 1000,
-            progress: Progress | None = None) -> RetrainResult:
+            progress: Progress | None = None,
+            metadata: dict[str, Any] | None = None) -> RetrainResult:
     """Merge new data, train a challenger, compare on the same held-out data, maybe promote."""
     from skincli.data.split import SplitResult, load_split, split_file_sha256, write_split
 
@@ -313,7 +340,8 @@ def retrain(new_data: str | Path, champion: str | Path | None = None,
             raise SkinError(f"Champion {champ_dir.name}'s split has no test images to compare on",
                             hint="Make a split with a test fraction above 0 and train again")
         say(f"Checking the new images in {new_data} against {champ_dir.name}'s data ...")
-        merged, added, summary = merge_new_data(split, new_data, classes, seed=seed)
+        merged, added, summary = merge_new_data(split, new_data, classes, seed=seed,
+                                                metadata=metadata)
         work = runs_dir / RETRAIN_DIR / rid
         meta = dict(split.attrs.get("meta") or {})
         meta["retrain"] = {"id": rid, "from_run": champ_dir.name, **summary}
