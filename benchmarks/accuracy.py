@@ -62,6 +62,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "seed-1": {"seed": 1},
     "ema": {"ema": 0.99},
     "head-256": {"head_units": 256},
+    "sampling-0.5": {"oversample_strength": 0.5},
     # With --metadata (labels from the archive, conflicts resolved, lesion-grouped splits),
     # two ways of making the data that are scored on the same lesion-grouped test images:
     # trained the way the project did before metadata (folder labels, conflicts dropped) ...
@@ -100,6 +101,7 @@ DESCRIPTIONS: dict[str, str] = {
     "seed-1": "the default with another seed (`--seed 1`): one split's noise floor",
     "ema": "moving average of the weights, decay 0.99 (`--ema 0.99`)",
     "head-256": "stronger head: 256 swish units before the logits (`--head-units 256`)",
+    "sampling-0.5": "square-root class balancing (`--oversample-strength 0.5`)",
     "folder-labels": "trained on the folders' labels, conflicts dropped (as before metadata)",
     "no-lesion-groups": "split without lesion groups (copies and near-duplicates only), "
                         "scored on its own test split",

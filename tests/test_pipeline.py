@@ -93,9 +93,10 @@ def test_same_seed_same_batches_other_seed_differs(images) -> None:
     assert not np.array_equal(first(5), first(6))
 
 
-def _label_shares(paths, labels, oversample: bool) -> np.ndarray:
+def _label_shares(paths, labels, oversample: bool, strength: float = 1.0) -> np.ndarray:
     data = train_dataset(paths, labels, num_classes=3, size=SIZE, batch_size=16,
-                         skipped=SkippedImages(), oversample=oversample, augment=0.0, seed=1)
+                         skipped=SkippedImages(), oversample=oversample, augment=0.0, seed=1,
+                         oversample_strength=strength)
     y = np.concatenate([b[1].numpy() for b in _take(data.dataset, 60)])
     return y.sum(axis=0) / len(y)
 
@@ -107,6 +108,15 @@ def test_oversampling_balances_classes(images) -> None:
     assert natural[0] > 0.7  # 40 of 50 images are class a
     # 960 draws: each class near 1/3 (binomial sd ~0.015; allow 5 sd).
     np.testing.assert_allclose(balanced, 1 / 3, atol=0.075)
+
+
+def test_oversample_strength_interpolates_between_natural_and_balanced(images) -> None:
+    paths, labels = images
+    counts = np.bincount(labels, minlength=3).astype(float)
+    half = _label_shares(paths, labels, oversample=True, strength=0.5)
+    want = np.sqrt(counts) / np.sqrt(counts).sum()
+    np.testing.assert_allclose(half, want, atol=0.075)
+    assert half[0] < 0.7 and half[0] > 1 / 3 + 0.05
 
 
 def test_mixup_and_cutmix_make_soft_targets_that_sum_to_one(images) -> None:

@@ -58,6 +58,10 @@ def command(
     oversample: Annotated[bool | None, _opt("--oversample/--no-oversample", help="Balanced "
                                             "classes in every batch (sampling, not copies).",
                                             key="oversample")] = None,
+    oversample_strength: Annotated[float | None, _opt(
+        "--oversample-strength", help="How balanced the sampling is: class c drawn with "
+        "weight n_c^(1-s); 1 balanced, 0.5 square root, 0 the data's mix.",
+        key="oversample_strength")] = None,
     class_weights: Annotated[bool | None, _opt("--class-weights/--no-class-weights",
                                                help="Weight the loss by inverse class "
                                                "frequency.", key="class_weights")] = None,

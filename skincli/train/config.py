@@ -36,6 +36,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0        # linear warm-up before the cosine decay (each phase)
     min_lr_ratio: float = 0.01        # cosine decays to this fraction of the peak rate
     oversample: bool = True           # balanced classes in every batch (sampling, no copies)
+    oversample_strength: float = 1.0  # class c drawn with weight n_c^(1-s): 1 = balanced,
+    #                                   0 = as in the data, 0.5 = square-root balancing
     class_weights: bool = False       # weight the loss by inverse class frequency
     loss: str = "ce"                  # ce (cross-entropy) | focal
     focal_gamma: float = 2.0          # focusing parameter of the focal loss
@@ -151,6 +153,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 <= float(cfg.min_lr_ratio) <= 1, "min-lr-ratio", "between 0 and 1")
     need(0 <= float(cfg.label_smoothing) < 1, "label-smoothing", "in [0, 1)")
     need(0 <= float(cfg.augment) <= 2, "augment", "between 0 (off) and 2")
+    need(0 <= float(cfg.oversample_strength) <= 1, "oversample_strength",
+         "between 0 (the data's class mix) and 1 (balanced)")
     need(float(cfg.mixup) >= 0, "mixup", "0 (off) or a positive Beta parameter")
     need(float(cfg.cutmix) >= 0, "cutmix", "0 (off) or a positive Beta parameter")
     need(0 <= float(cfg.dropout) < 1, "dropout", "in [0, 1)")

@@ -200,27 +200,32 @@ class TrainData:
 
 def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: int, size: int,
                   batch_size: int, skipped: SkippedImages, oversample: bool = True,
-                  augment: float = 1.0, mixup: float = 0.0, cutmix: float = 0.0, seed: int = 0,
+                  oversample_strength: float = 1.0, augment: float = 1.0, mixup: float = 0.0,
+                  cutmix: float = 0.0, seed: int = 0,
                   class_weights: Sequence[float] | None = None, cache: bool = True) -> TrainData:
     """An infinite stream of augmented batches (x float32 0..255, y one-hot[, weight]).
 
     oversample: each class is its own shuffled, repeated stream and batches draw from the
     classes with equal probability, so every class is seen equally often without copying
-    files; an epoch is still len(paths) / batch_size steps.
+    files; an epoch is still len(paths) / batch_size steps. oversample_strength s < 1 draws
+    class c with weight n_c^(1-s) instead (0 = the data's own class mix).
     """
     import tensorflow as tf
 
     labels = np.asarray(labels, np.int32)
     if oversample:
-        streams = []
+        streams, weights = [], []
         for c in range(num_classes):
             idx = np.flatnonzero(labels == c)
             if not len(idx):
                 continue
             streams.append(decoded([paths[i] for i in idx], labels[idx], size, skipped,
                                    cache=cache, shuffle_seed=seed * 1000 + c))
-        ds = tf.data.Dataset.sample_from_datasets(streams, seed=seed,
-                                                  stop_on_empty_dataset=False)
+            weights.append(float(len(idx)) ** (1.0 - float(oversample_strength)))
+        total = sum(weights)
+        ds = tf.data.Dataset.sample_from_datasets(
+            streams, weights=None if oversample_strength >= 1 else [w / total for w in weights],
+            seed=seed, stop_on_empty_dataset=False)
     else:
         ds = decoded(paths, labels, size, skipped, cache=cache, shuffle_seed=seed)
 

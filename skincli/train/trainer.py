@@ -466,6 +466,7 @@ class _Session:
             data = train_dataset(
                 split.train_paths, split.train_labels, num_classes=num_classes, size=size,
                 batch_size=cfg.batch_size, skipped=skipped, oversample=cfg.oversample,
+                oversample_strength=cfg.oversample_strength,
                 augment=cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
                 seed=cfg.seed + 101 * phase_index + 7 * start_epoch, class_weights=weights,
                 cache=cache)
