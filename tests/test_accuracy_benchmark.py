@@ -71,3 +71,42 @@ def test_markdown_report_describes_configs(tmp_path: Path,
 def test_every_config_has_a_description() -> None:
     bench = _bench()
     assert set(bench.CONFIGS) <= set(bench.DESCRIPTIONS)
+
+
+def test_data_variants_keep_the_test_images_and_change_only_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """folder-labels: same test rows (metadata labels), train/val on folder labels without the
+    conflicting copies; no-lesion-groups: a split whose lesions may straddle."""
+    import pandas as pd
+    from imagegen import PALETTE, make_image
+
+    from skincli.data.dataset import load_dataset
+    from skincli.data.manifest import build_manifest
+    from skincli.data.split import load_split, make_split, write_split
+
+    monkeypatch.setenv("SKIN_CACHE_DIR", str(tmp_path / "cache"))
+    data, rows = tmp_path / "data", []
+    for k, name in enumerate(("melanoma", "nevus", "actinic keratosis")):
+        for i in range(20):
+            iid = f"ISIC_{k}{i:03d}"
+            make_image(data / name / f"{iid}.jpg", PALETTE[k], seed=100 * k + i)
+            rows.append({"isic_id": iid, "diagnosis": name, "lesion_id": f"L{k}{i // 2}"})
+    for i in range(4):  # actinic keratoses also filed as nevus
+        src = data / "actinic keratosis" / f"ISIC_2{i:03d}.jpg"
+        (data / "nevus" / src.name).write_bytes(src.read_bytes())
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    manifest = build_manifest(load_dataset(data, metadata=tmp_path / "meta.csv"))
+    write_split(make_split(manifest, seed=0), tmp_path / "s.csv")
+    frame = load_split(tmp_path / "s.csv")
+    bench = _bench()
+    folder = bench.variant_split("folder-labels", manifest, frame, 0).frame
+    base_test = frame[frame["split"] == "test"].sort_values("path")
+    var_test = folder[folder["split"] == "test"].sort_values("path")
+    assert list(base_test["path"]) == list(var_test["path"])
+    assert list(base_test["label"]) == list(var_test["label"])
+    trained = folder[folder["split"] != "test"]
+    conflicted = {f"ISIC_2{i:03d}" for i in range(4)}
+    assert not any(Path(p).stem in conflicted for p in trained["path"])
+    assert (trained["label"] == trained["folder_label"]).all()
+    loose = bench.variant_split("no-lesion-groups", manifest, frame, 0).frame
+    assert (loose["group"] == "").all() and len(loose) == len(frame)
