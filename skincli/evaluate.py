@@ -531,6 +531,9 @@ def _write_single(result: dict[str, Any], folder: Path) -> None:
     for i, c in enumerate(classes):
         rows[f"p_{c}"] = probs[:, i].round(6)
     write_text(folder / "predictions.csv", rows.to_csv(index=False))
+    if result.get("subgroups"):
+        write_text(folder / "subgroups.csv", _subgroup_table(result["subgroups"]).to_csv(
+            index=False))
     title = f"{result['run']['name']} on {result['data']['subset']} ({m['n']} images)"
     plot_confusion(cm, classes, folder / "confusion_matrix.png", title)
     plot_roc(y, probs, classes, folder / "roc.png", title)
@@ -540,6 +543,26 @@ def _write_single(result: dict[str, Any], folder: Path) -> None:
               cal["temperature_before"]) if cal else None
     plot_reliability(m["reliability"], m["ece"], result["run"]["temperature"],
                      folder / "reliability.png", title, before=before)
+
+
+def _subgroup_table(sub: dict[str, Any]) -> Any:
+    """One row per subgroup and class: n, macro F1 with CI, recall with CI, the flag."""
+    import pandas as pd
+
+    rows = []
+    for attr, items in sub["attributes"].items():
+        for r in items:
+            base = {"attribute": attr, "value": r["value"], "n": r["n"],
+                    "macro_f1": r.get("macro_f1"),
+                    "macro_f1_ci_low": (r.get("ci95") or [None, None])[0],
+                    "macro_f1_ci_high": (r.get("ci95") or [None, None])[1],
+                    "below_overall": r.get("below_overall", False)}
+            for cls, rec in (r.get("per_class_recall") or {"": None}).items():
+                ci = (rec or {}).get("ci95") or [None, None]
+                rows.append({**base, "class": cls, "class_n": (rec or {}).get("n"),
+                             "recall": (rec or {}).get("recall"), "recall_ci_low": ci[0],
+                             "recall_ci_high": ci[1]})
+    return pd.DataFrame(rows)
 
 
 # --- plots (matplotlib, headless) ---------------------------------------------------------------

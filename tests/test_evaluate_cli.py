@@ -245,6 +245,9 @@ def test_subgroups_from_metadata(runs: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Subgroups" in _flat(result.output)
     sub = json.loads((tmp_path / "s" / "metrics.json").read_text())["subgroups"]
+    table = pd.read_csv(tmp_path / "s" / "subgroups.csv")
+    assert set(table["attribute"]) == {"sex", "age_band", "site"}
+    assert set(table["class"].dropna()) == {"nevus", "melanoma"}
     assert {r["value"] for r in sub["attributes"]["sex"]} == {"female", "male"}
     assert sum(r["n"] for r in sub["attributes"]["sex"]) == 24
     assert {r["value"] for r in sub["attributes"]["age_band"]} == {"30-44", "60-74"}
