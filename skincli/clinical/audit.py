@@ -216,27 +216,32 @@ def verify(path: str | os.PathLike[str]) -> Verification:
     prev, expected_seq, n = GENESIS, 0, 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            def bad(reason: str, seq: int | None = None) -> Verification:
+            reason, seq = _check_line(raw, prev, expected_seq)
+            if reason is not None:
                 return Verification(False, n, lineno, seq, reason, prev)
-
-            if not raw.endswith(b"\n"):
-                return bad("the last record is cut off (no end of line)")
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                return bad("not valid JSON")
-            if not isinstance(rec, dict) or "hash" not in rec:
-                return bad("not an audit record")
-            seq = rec.get("seq")
-            if seq != expected_seq:
-                return bad(f"sequence number {seq!r}, expected {expected_seq}", None)
-            if rec.get("prev") != prev:
-                return bad("its 'prev' does not match the previous record's hash "
-                           "(a record was removed, inserted or reordered)", seq)
-            if record_hash(rec) != rec["hash"]:
-                return bad("its content does not match its hash (the record was changed)", seq)
-            prev, expected_seq, n = rec["hash"], expected_seq + 1, n + 1
+            prev, expected_seq, n = json.loads(raw)["hash"], expected_seq + 1, n + 1
     return Verification(True, n, last_hash=prev)
+
+
+def _check_line(raw: bytes, prev: str, expected_seq: int) -> tuple[str | None, int | None]:
+    """(why the line is broken, its seq) or (None, seq) when it checks out."""
+    if not raw.endswith(b"\n"):
+        return "the last record is cut off (no end of line)", None
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return "not valid JSON", None
+    if not isinstance(rec, dict) or "hash" not in rec:
+        return "not an audit record", None
+    seq = rec.get("seq")
+    if seq != expected_seq:
+        return f"sequence number {seq!r}, expected {expected_seq}", None
+    if rec.get("prev") != prev:
+        return ("its 'prev' does not match the previous record's hash (a record was removed, "
+                "inserted or reordered)"), seq
+    if record_hash(rec) != rec["hash"]:
+        return "its content does not match its hash (the record was changed)", seq
+    return None, seq
 
 
 def default_path(runs_dir: str | os.PathLike[str] = "runs") -> Path:
