@@ -37,7 +37,8 @@ SOP_UID = "1.2.826.0.1.3680043.8.498.1003"
 def make_dicom(path: str | Path | None, pixels: np.ndarray | None = None, *,
                jpeg: bytes | None = None, sop_class: str = DERMOSCOPIC,
                modality: str = "DMS", compress: bool = False, monochrome: bool = False,
-               frames: int = 1, pdf: bytes | None = None) -> bytes:
+               frames: int = 1, pdf: bytes | None = None,
+               syntax_uid: str | None = None) -> bytes:
     """Build a DICOM file; return its bytes (and write them to `path` when given).
 
     `pixels` (H, W, 3) uint8 is stored uncompressed, or JPEG baseline with compress=True;
@@ -95,7 +96,7 @@ def make_dicom(path: str | Path | None, pixels: np.ndarray | None = None, *,
         ds.PixelRepresentation = 0
         if frames > 1:
             ds.NumberOfFrames = frames
-    meta.TransferSyntaxUID = UID(syntax)
+    meta.TransferSyntaxUID = UID(syntax_uid or syntax)  # syntax_uid: claim another syntax
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     raw = buf.getvalue()

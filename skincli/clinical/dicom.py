@@ -13,6 +13,8 @@ and the study / series / SOP instance UIDs, which results may reference. The pat
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,9 @@ import numpy as np
 from PIL import Image
 
 MAGIC_OFFSET, MAGIC = 128, b"DICM"
+# pydicom's warnings about malformed elements can quote their values (a patient's name):
+# keep them out of the logs.
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 # SOP classes (DICOM PS3.4 Annex B).
@@ -86,7 +91,9 @@ def _read(raw: bytes, name: str, pixels: bool) -> Any:
                      "corrupt or missing preamble)", "corrupt",
                      hint="Export the image from the archive as a DICOM Part 10 file")
     try:
-        return pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=not pixels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=not pixels)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError,
             AttributeError, NotImplementedError) as exc:
         # The library's message can quote element values; say only what kind of failure.
@@ -144,7 +151,9 @@ def decode(raw: bytes, name: str = "upload", max_pixels: int | None = None) -> I
         raise _error(f"{name}: {cols}x{rows} pixels is more than the limit of {max_pixels:,}",
                      "too_many_pixels", hint="Downscale the image first")
     try:
-        arr = np.asarray(ds.pixel_array)  # pydicom converts YBR to RGB by default
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = np.asarray(ds.pixel_array)  # pydicom converts YBR to RGB by default
     except Exception as exc:  # a decoder failure: truncated pixel data, bad JPEG stream...
         raise _error(f"{name}: DICOM pixel data cannot be decoded ({type(exc).__name__})",
                      "corrupt") from None
