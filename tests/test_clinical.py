@@ -25,7 +25,7 @@ from imagegen import make_image
 from typer.testing import CliRunner
 
 from skincli.cli import app
-from skincli.clinical import audit, fhir, triage
+from skincli.clinical import audit, triage
 from skincli.imageio import ImageError, load_rgb
 from skincli.runs import load_run_info, update_run_info
 
@@ -355,7 +355,8 @@ def test_model_card_endpoint(runs: Path, tmp_path: Path) -> None:
         assert md.headers["content-type"].startswith("text/markdown")
         assert "## Intended use" in md.text and "refer" in md.text.lower()
         assert c.get("/").status_code == 200
-        assert "/v1/model/card" in c.get("/static/app.js").text
+        assert "/v1/model/card" in c.get("/").text
+        assert "renderTriage" in c.get("/static/app.js").text
 
 
 # --- the CLI: predict --fhir, card, evaluate -------------------------------------------------
