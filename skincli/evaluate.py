@@ -268,6 +268,15 @@ def _uncertain_stats(probs: np.ndarray, y: np.ndarray, threshold: float | None
             "accuracy_confident": float(correct[~flagged].mean()) if (~flagged).any() else None}
 
 
+def _triage(predictor: Any, eval_set: EvalSet, y: np.ndarray, probs: np.ndarray
+            ) -> dict[str, Any]:
+    """Sensitivity/specificity at the run's referral threshold (skincli.clinical.triage)."""
+    from skincli.clinical.triage import evaluate_hook
+
+    return evaluate_hook(predictor, eval_set, y, probs,
+                         store=is_own_test_split(predictor, eval_set))
+
+
 def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = False,
                        tta: bool = False, n_boot: int = 1000, seed: int = 0,
                        batch_size: int = 32, progress: Progress | None = None
@@ -294,6 +303,7 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
         "uncertain": _uncertain_stats(probs, scored.y, predictor.info.uncertain_threshold),
         "disclaimer": DISCLAIMER,
     }
+    result["triage"] = _triage(predictor, eval_set, scored.y, probs)
     if tta:
         plain = classification_summary(scored.y, scored.probs(temperature, False),
                                        predictor.classes, n_boot=0)

@@ -19,7 +19,7 @@ from skincli.errors import SkinError
 # Refuse anything above this many pixels before decoding it (a 180x180 dermoscopy image is
 # 32 400 pixels; clinical originals are up to ~6000x4000 = 24 MP).
 DEFAULT_MAX_PIXELS = 50_000_000
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".dcm")
 # Formats we accept; checked from the bytes, not the file name or content type.
 ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"}
 
@@ -52,6 +52,10 @@ def open_image(source: str | os.PathLike[str] | bytes,
             raw = Path(source).read_bytes()
             if not raw:
                 raise ImageError(f"{name}: empty file (0 bytes)", code="empty")
+        from skincli.clinical import dicom  # DICOM ('DICM' at byte 128, or *.dcm): own decoder
+
+        if dicom.is_dicom(raw, name):
+            return dicom.decode(raw, name, max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(raw))

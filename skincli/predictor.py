@@ -68,6 +68,7 @@ class Prediction:
     source: str | None = None  # the file it came from (predict_paths)
     embedding: np.ndarray | None = field(default=None, repr=False)  # pooled backbone features
     meta: dict[str, Any] = field(default_factory=dict, repr=False)  # e.g. latency_ms, hook output
+    triage: dict[str, Any] | None = None  # malignancy score vs the run's referral threshold
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (with "file" when the prediction came from a file)."""
@@ -81,7 +82,7 @@ class Prediction:
             "model": self.model,
             "warnings": list(self.warnings),
             "disclaimer": self.disclaimer,
-        }
+        } | ({"triage": self.triage} if self.triage is not None else {})
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -185,19 +186,24 @@ class Predictor:
 
     def verdicts(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
         """Turn probability rows into Prediction objects."""
+        from skincli.clinical.triage import assess, record_of
+
         threshold = self.info.uncertain_threshold
+        triage_record = record_of(self.info)
         results = []
         k = max(1, min(top_k, len(self.classes)))
         for row in np.asarray(probs):
             order = np.argsort(-row)
             top = [(self.classes[i], float(row[i])) for i in order[:k]]
+            probabilities = {c: float(p) for c, p in zip(self.classes, row)}
             results.append(Prediction(
                 label=top[0][0],
                 probability=top[0][1],
-                probabilities={c: float(p) for c, p in zip(self.classes, row)},
+                probabilities=probabilities,
                 top_k=top,
                 uncertain=bool(threshold is not None and top[0][1] < threshold),
                 model=self.info.version,
+                triage=assess(triage_record, probabilities),
             ))
         return results
 

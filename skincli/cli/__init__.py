@@ -13,7 +13,7 @@ import yaml
 from rich.markup import escape as rich_escape
 
 from skincli import __version__, ui
-from skincli.cli import demo, eda, evaluate, monitor, predict, serve, split, train
+from skincli.cli import audit, card, demo, eda, evaluate, monitor, predict, serve, split, train
 from skincli.errors import SkinError
 
 app = typer.Typer(
@@ -36,6 +36,8 @@ app.command("serve", help=serve.HELP)(serve.command)
 for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
     app.command(extra_name, help=extra_help)(extra_cmd)
 app.add_typer(monitor.app, name="monitor")
+app.command("card", help=card.HELP)(card.command)
+app.add_typer(audit.app, name="audit")
 
 
 def _version(value: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from skincli import ui
+from skincli.cli.card import show_triage
 from skincli.cli.common import (
     ClassMapOpt,
     GroupOpt,
@@ -98,6 +99,7 @@ def _show_single(result: dict[str, Any]) -> None:
                                    for k in tta["gain"]]))
     if result.get("subgroups"):
         _show_subgroups(result["subgroups"])
+    show_triage(result)
     unc = result["uncertain"]
     if unc["threshold"] is not None:
         ui.console.print(f"Uncertain verdicts (top probability < {unc['threshold']:.3f}): "
@@ -193,6 +195,14 @@ def command(
     labels: LabelsOpt = None,
     group: GroupOpt = None,
     class_map: ClassMapOpt = None,
+    triage_sensitivity: Annotated[float | None, typer.Option(
+        "--triage-sensitivity", min=0.01, max=0.999, help="Refit the referral threshold on "
+        "the validation split for this sensitivity (stored in run.json; default: keep the "
+        "stored one, fitted for 0.95).")] = None,
+    triage_malignant: Annotated[str | None, typer.Option(
+        "--triage-malignant", help="Comma-separated classes summed into the malignancy "
+        "score when refitting (default: melanoma, basal cell carcinoma, squamous cell "
+        "carcinoma).")] = None,
 ) -> None:
     """Evaluate (or compare) trained runs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -204,6 +214,12 @@ def command(
 
     if out is not None:
         check_writable(out)  # before the images are read, not after
+    if triage_sensitivity is not None or triage_malignant is not None:
+        from skincli.clinical.triage import fit_run
+        from skincli.evaluate import load_predictor
+
+        for name in runs or [None]:
+            fit_run(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant)
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=ui.err_console, transient=True,

@@ -209,6 +209,11 @@ def _show_table(doc: dict[str, Any], top_k: int) -> None:
     for p in doc["predictions"]:
         top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p["top_k"][:top_k])
         verdict = "[yellow]uncertain[/]" if p["uncertain"] else "confident"
+        tri = p.get("triage")
+        if tri:  # the referral suggestion, whatever the top class says
+            verdict += (f"; [bold red]refer[/] (malignancy {tri['malignancy_score']:.0%} >= "
+                        f"{tri['threshold']:.0%})" if tri["refer"] else
+                        f"; no referral suggested (malignancy {tri['malignancy_score']:.0%})")
         rows.append((names.get(p.get("file", ""), ""), top, verdict, "; ".join(p["warnings"])))
     m = doc["model"]
     ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']})",
@@ -245,6 +250,12 @@ def command(
     store: Annotated[str | None, typer.Option(
         "--store", help="Monitoring store URL (default: $SKIN_STORE or "
         "sqlite:///runs/predictions.db).")] = None,
+    fhir_out: Annotated[Path | None, typer.Option(
+        "--fhir", help="Also write the results as an HL7 FHIR R4 Bundle (JSON) to this file.",
+        dir_okay=False)] = None,
+    audit_log: Annotated[Path | None, typer.Option(
+        "--audit-log", help="Hash-chained audit log every prediction is recorded in "
+        "(default: $SKIN_AUDIT_LOG or <runs-dir>/audit.jsonl).", dir_okay=False)] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -263,7 +274,7 @@ def command(
         raise SkinError(f"{shown} does not exist" if len(missing) == 1 else
                         f"None of the {len(missing)} inputs exist ({shown})",
                         hint="Check the path(s); folders are searched for images recursively")
-    for target, option in ((json_out, "--json-out"), (csv_out, "--csv")):
+    for target, option in ((json_out, "--json-out"), (csv_out, "--csv"), (fhir_out, "--fhir")):
         if target is not None:
             check_writable(target, option)
     if explain_dir is not None:
@@ -285,6 +296,12 @@ def command(
                                  if (csv_out or json_out) else Path("reports/predict/gradcam"))
         explanations = write_explanations(predictor, results, folder, batch_size)
     doc = build_document(predictor, results, tta, explanations)
+    from skincli.clinical.records import audit_cli, fhir_document
+
+    # The audit record comes first: no result is shown or written without it.
+    audit_cli(predictor, results, audit_log, runs_dir)
+    if fhir_out and n_ok:
+        write_json(fhir_out, fhir_document(predictor, results))
     if not no_log and n_ok:
         try:
             log_predictions(predictor, results, store)
@@ -313,7 +330,7 @@ def command(
         m = doc["model"]
         ui.console.print(f"Model: {m['name']} ({m['arch']}, version {m['version']}, "
                          f"temperature {m['temperature']:.3g})", highlight=False)
-        for target in (json_out, csv_out):
+        for target in (json_out, csv_out, fhir_out):
             if target:
                 ui.console.print(f"Wrote {target}", highlight=False)
         if explanations:

@@ -115,6 +115,10 @@ def command(
                                            "and the out-of-distribution reference are made "
                                            "either way).",
                                            key="calibrate")] = None,
+    triage_sensitivity: Annotated[float | None, _opt(
+        "--triage-sensitivity", help="Fit the referral threshold on the malignancy score for "
+        "this sensitivity on the validation images (stored in run.json).",
+        key="triage_sensitivity")] = None,
     preset: Annotated[str | None, _opt("--preset", help=f"Named defaults: "
                                        f"{', '.join(PRESETS)} (explicit options win).")] = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures "
@@ -221,6 +225,15 @@ class TrainProgress:
             c.print(f"Saving run {info['run']} ...", highlight=False)
 
 
+def _triage_text(rec: dict[str, Any]) -> str:
+    if rec.get("threshold") is None:
+        return f"none ({rec.get('reason', 'not fitted')})"
+    val = rec.get("validation") or {}
+    return (f"{rec['threshold']:.3f} for {rec['target_sensitivity']:.0%} sensitivity "
+            f"(validation: {val.get('sensitivity') or 0:.0%} sensitivity, "
+            f"{val.get('specificity') or 0:.0%} specificity)")
+
+
 def _print_summary(run_dir: Path, info: Any) -> None:
     m, x = info.val_metrics, info.extra
     rows = [
@@ -234,6 +247,7 @@ def _print_summary(run_dir: Path, info: Any) -> None:
          f"{info.uncertain_threshold:.3f} ({x.get('uncertain_val_share', 0):.0%} of validation)"),
         ("calibration", _calibration_text(m.get("calibration") or {})),
         ("out-of-distribution check", "on" if x.get("reference") else "off (too few images)"),
+        ("triage threshold", _triage_text(x.get("triage") or {})),
         ("training time", f"{x.get('train_seconds', 0):.0f} s "
                           f"({x.get('images_per_second', 0):.1f} images/s); "
                           f"wall {x.get('wall_seconds', 0):.0f} s"),

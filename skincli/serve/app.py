@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from skincli import DISCLAIMER, __version__
 from skincli.errors import SkinError, did_you_mean
 from skincli.imageio import ImageError
-from skincli.serve import schemas
+from skincli.serve import clinical, schemas
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
 from skincli.serve.explaining import heatmap_for, render
 from skincli.serve.metrics import CONTENT_TYPE
@@ -136,9 +136,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                           "X-Request-ID"],
                            expose_headers=["X-Request-ID", "X-Model-Name", "X-Model-Version",
                                            "X-Latency-Ms"], max_age=600)
+    app.add_middleware(clinical.ClinicalMiddleware, state=state)  # audit + FHIR answers
     app.add_middleware(RequestContext, state=state)  # added last = outermost
     swagger = swagger_ui_dir()
     _routes(app, state, docs=swagger is not None)
+    app.include_router(clinical.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if swagger is not None:
@@ -204,6 +206,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         if pred["uncertain"]:
             state.metrics.uncertain.inc()
         request.scope["skin.images"].append(prepared.sha256)
+        clinical.note_prediction(request, model, prepared, pred)
         if not state.predlog.enabled:
             return
         state.predlog.submit({

@@ -36,7 +36,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_explainable": (422, "this model has no feature map Grad-CAM can explain"),
     "invalid_run": (422, "the run to reload does not exist or cannot be loaded"),
     "reload_in_progress": (409, "another reload is running"),
+    "not_acceptable": (406, "the Accept header allows neither JSON nor FHIR JSON"),
     "overloaded": (503, "the queue is full; retry after the Retry-After seconds"),
+    "audit_unavailable": (503, "the audit record could not be written, so no answer was "
+                               "released; retry shortly"),
     "not_ready": (503, "the model is not loaded yet"),
     "timeout": (504, "the request did not finish within --timeout-s"),
     "internal_error": (500, "a bug: the server logged it with the request id"),

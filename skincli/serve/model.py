@@ -36,6 +36,7 @@ class Prepared:
     width: int
     height: int
     display: np.ndarray | None = None  # the upload downscaled for showing (explain only)
+    dicom: dict[str, Any] | None = None  # a DICOM upload's UIDs (never patient attributes)
 
 
 @dataclass
@@ -71,14 +72,16 @@ class LoadedModel:
 
     def prepare(self, data: bytes, display: bool = False) -> Prepared:
         """Decode, check and resize one upload (raises ImageError); runs in a worker thread."""
+        from skincli.clinical import dicom
         from skincli.imageio import open_image
         from skincli.serve.explaining import display_image
 
         img = open_image(data, max_pixels=self.predictor.max_pixels)
         array = self.predictor.preprocess(img)
+        ref = dicom.read_ref(data).to_dict() if dicom.is_dicom(data) else None
         return Prepared(array=array, sha256=hashlib.sha256(data).hexdigest(),
                         width=img.width, height=img.height,
-                        display=display_image(img) if display else None)
+                        display=display_image(img) if display else None, dicom=ref)
 
     def forward(self, batch: np.ndarray) -> list[Row]:
         """One batched forward pass: calibrated probabilities, embeddings and input warnings

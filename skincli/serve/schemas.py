@@ -23,6 +23,17 @@ class ClassProbability(BaseModel):
     probability: float
 
 
+class TriageOut(BaseModel):
+    """The malignancy score against the run's referral threshold."""
+
+    malignancy_score: float = Field(description="Summed probability of the malignant classes")
+    premalignant_score: float = Field(description="Probability of the pre-malignant classes")
+    threshold: float = Field(description="Referral threshold fitted on validation")
+    refer: bool
+    decision: str = Field(description='"refer" or "no referral suggested"')
+    target_sensitivity: float | None = None
+
+
 class PredictionOut(BaseModel):
     """One image's calibrated prediction."""
 
@@ -36,6 +47,8 @@ class PredictionOut(BaseModel):
     disclaimer: str = DISCLAIMER
     image_sha256: str = Field(description="SHA-256 of the uploaded bytes (what the log keeps)")
     filename: str | None = None
+    triage: TriageOut | None = Field(None, description="Refer / no referral suggested (absent "
+                                     "when the run has no triage operating point)")
 
 
 class ErrorOut(BaseModel):

@@ -44,6 +44,7 @@ class Settings:
     store: str | None = None  # prediction-log URL for `skin monitor`; None = store default
     no_log: bool = False  # do not log predictions at all
     log_queue_size: int = 1000  # log rows waiting for the store; more are dropped and counted
+    audit_log: str | None = None  # hash-chained audit log; None = <runs_dir>/audit.jsonl
     warmup: bool = True  # run one forward pass at start so the first request is not slow
 
     @classmethod

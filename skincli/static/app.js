@@ -91,6 +91,21 @@
     }
   }
 
+  // Refer / no referral suggested from the malignancy score (GET /v1/model/card explains
+  // the threshold): shown whatever the top class is, so "nevus 82 %" with a high melanoma
+  // probability still says "refer".
+  function renderTriage(t) {
+    const box = $("triage");
+    if (!t) { box.hidden = true; return; }
+    box.dataset.refer = String(t.refer);
+    $("triage-decision").textContent = t.refer ? "Refer" : "No referral suggested";
+    $("triage-detail").textContent = " \u2014 malignancy score " + pct(t.malignancy_score) +
+      (t.refer ? " \u2265 " : " < ") + "referral threshold " + pct(t.threshold) +
+      " (set for " + Math.round(100 * (t.target_sensitivity || 0)) +
+      " % sensitivity on validation images; see the model card)";
+    box.hidden = false;
+  }
+
   function renderPrediction(body) {
     const p = body.prediction;
     $("label").textContent = p.label;
@@ -98,6 +113,7 @@
     $("uncertain").hidden = !p.uncertain;
     $("result").dataset.uncertain = String(p.uncertain);
     renderBars(p.probabilities, p.label);
+    renderTriage(p.triage);
     if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
     $("meta").textContent = "Model " + body.model.version + " \u00b7 " + body.latency_ms +
       " ms \u00b7 request " + body.request_id + " \u00b7 image SHA-256 " +

@@ -60,6 +60,8 @@ class TrainConfig:
     jit_compile: bool = False         # XLA-compile the training step
     uncertain_accuracy: float = 0.5   # see run.json uncertain_threshold (chosen on validation)
     calibrate: bool = True            # fit temperature scaling on val at the end (off: T = 1)
+    triage_sensitivity: float = 0.95  # referral threshold: this sensitivity on validation
+    triage_malignant: str = ""        # classes summed into the malignancy score ("" = mel+BCC+SCC)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (what config.yaml holds)."""
@@ -164,6 +166,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(float(cfg.focal_gamma) >= 0, "focal-gamma", "0 or more")
     need(int(cfg.threads) >= 0, "threads", "0 (all cores) or more")
     need(0 < float(cfg.uncertain_accuracy) < 1, "uncertain-accuracy", "between 0 and 1")
+    need(0 < float(cfg.triage_sensitivity) < 1, "triage-sensitivity", "between 0 and 1")
     need(cfg.input_size is None or int(cfg.input_size) >= 32, "input-size", "at least 32")
     need(isinstance(cfg.calibrate, bool), "calibrate", "true or false")
     need(int(cfg.epochs) + int(cfg.fine_tune_epochs) > 0, "epochs",

@@ -496,6 +496,7 @@ class _Session:
         temperature, uncertain threshold) and the embeddings and colour statistics (the
         out-of-distribution reference), computed by the Predictor as `skin evaluate` does.
         """
+        from skincli.clinical.triage import fit_for_training
         from skincli.predictor import Predictor, softmax
 
         cfg, split, state = self.cfg, self.split, self.state
@@ -533,6 +534,8 @@ class _Session:
         info.extra = {
             "interrupted": interrupted,
             **cal["extra"],
+            "triage": fit_for_training(softmax(val.logits, cal["temperature"]), val.labels,
+                                       split.classes, cfg),
             "skipped_images": len(state.skipped),
             "skipped_files": sorted(state.skipped)[:100],
             "epochs_run": len(state.history),

@@ -1,0 +1,236 @@
+"""The triage operating point: a malignancy score and a referral threshold.
+
+score = the summed calibrated probability of the malignant classes (default: melanoma, basal
+cell carcinoma, squamous cell carcinoma). Actinic keratosis is pre-malignant: reported as its
+own score and, by default, not counted (count it with `count_premalignant`). The grouping is
+configurable (`triage_malignant` in the training config, `--triage-malignant` on evaluate).
+
+The threshold is fitted on the validation split for a target sensitivity (default 95%): the
+highest threshold that still refers at least that share of the validation malignant cases
+(k-th highest malignant score, k = ceil(target x positives)). "refer" when score >= threshold.
+It is stored in run.json (`extra["triage"]`). The test split then reports what that threshold
+gives (sensitivity and specificity with 95% Wilson intervals), since the validation figure is
+optimistic by construction.
+
+A prediction is never waved through on its top class alone: a melanoma predicted as "nevus
+82%" with a malignancy score above the threshold is "refer".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from skincli.errors import SkinError
+
+DEFAULT_MALIGNANT = ("melanoma", "basal cell carcinoma", "squamous cell carcinoma")
+DEFAULT_PREMALIGNANT = ("actinic keratosis",)
+DEFAULT_SENSITIVITY = 0.95
+REFER, NO_REFERRAL = "refer", "no referral suggested"
+
+
+@dataclass
+class Grouping:
+    """Which classes make the malignancy score."""
+
+    malignant: list[str]
+    premalignant: list[str]
+    count_premalignant: bool = False
+
+    @property
+    def scored(self) -> list[str]:
+        """The classes summed into the score."""
+        return self.malignant + (self.premalignant if self.count_premalignant else [])
+
+
+def parse_classes(text: str | Sequence[str] | None) -> list[str] | None:
+    """'a, b' or ['a', 'b'] -> ['a', 'b']; None/empty -> None (the default grouping)."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [str(s).strip() for s in items if str(s).strip()]
+    return names or None
+
+
+def grouping(classes: Sequence[str], malignant: str | Sequence[str] | None = None,
+             count_premalignant: bool = False) -> Grouping:
+    """The grouping for a run's classes; a named malignant class the run lacks is an error."""
+    chosen = parse_classes(malignant)
+    if chosen is not None:
+        unknown = [c for c in chosen if c not in classes]
+        if unknown:
+            raise SkinError(f"Triage class(es) {', '.join(repr(u) for u in unknown)} are not "
+                            "classes of the run", hint=f"The run's classes: {', '.join(classes)}")
+        mal = chosen
+    else:
+        mal = [c for c in DEFAULT_MALIGNANT if c in classes]
+    pre = [c for c in DEFAULT_PREMALIGNANT if c in classes and c not in mal]
+    return Grouping(mal, pre, bool(count_premalignant))
+
+
+def scores(probs: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """Summed probability (N,) of the named classes."""
+    idx = [list(classes).index(c) for c in names]
+    p = np.asarray(probs, dtype=np.float64)
+    return p[:, idx].sum(axis=1) if idx else np.zeros(len(p))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval of k successes in n (None when n = 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def operating_point(score: np.ndarray, positive: np.ndarray, threshold: float
+                    ) -> dict[str, Any]:
+    """Sensitivity and specificity (with 95% Wilson CIs) of "refer when score >= threshold"."""
+    refer = np.asarray(score) >= threshold
+    pos = np.asarray(positive, dtype=bool)
+    tp, fn = int((refer & pos).sum()), int((~refer & pos).sum())
+    tn, fp = int((~refer & ~pos).sum()), int((refer & ~pos).sum())
+    return {
+        "threshold": float(threshold), "n": int(len(pos)), "positives": tp + fn,
+        "negatives": tn + fp, "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+        "sensitivity": tp / (tp + fn) if tp + fn else None, "sensitivity_ci95": wilson(tp, tp + fn),
+        "specificity": tn / (tn + fp) if tn + fp else None, "specificity_ci95": wilson(tn, tn + fp),
+        "referral_rate": float(refer.mean()) if len(refer) else None,
+    }
+
+
+def fit(probs: np.ndarray, y: np.ndarray, classes: Sequence[str],
+        target: float = DEFAULT_SENSITIVITY, malignant: str | Sequence[str] | None = None,
+        count_premalignant: bool = False, source: str = "") -> dict[str, Any]:
+    """The run.json record: threshold for `target` sensitivity on these (validation) outputs."""
+    if not 0 < float(target) < 1:
+        raise SkinError(f"Triage sensitivity {target} is not valid",
+                        hint="Use a fraction between 0 and 1, e.g. 0.95")
+    g = grouping(classes, malignant, count_premalignant)
+    record: dict[str, Any] = {
+        "target_sensitivity": float(target), "malignant": g.malignant,
+        "premalignant": g.premalignant, "count_premalignant": g.count_premalignant,
+        "rule": "refer when the summed probability of the malignant classes >= threshold",
+        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source,
+        "threshold": None,
+    }
+    if not g.malignant:
+        record["reason"] = "the run has none of the malignant classes"
+        return record
+    s = scores(probs, classes, g.scored)
+    positive = np.isin(np.asarray(y), [list(classes).index(c) for c in g.scored])
+    n_pos = int(positive.sum())
+    record["n_val"], record["n_val_positive"] = int(len(s)), n_pos
+    if n_pos == 0:
+        record["reason"] = "no malignant case in the validation images"
+        return record
+    k = math.ceil(float(target) * n_pos)
+    threshold = float(np.sort(s[positive])[::-1][k - 1])
+    record["threshold"] = threshold
+    record["validation"] = operating_point(s, positive, threshold)
+    return record
+
+
+def assess(record: dict[str, Any] | None, probabilities: dict[str, float]
+           ) -> dict[str, Any] | None:
+    """One prediction's triage: score, threshold, refer / no referral suggested (None if unfit)."""
+    if not record or record.get("threshold") is None:
+        return None
+    names = list(record["malignant"]) + (list(record.get("premalignant", []))
+                                         if record.get("count_premalignant") else [])
+    score = float(sum(probabilities.get(c, 0.0) for c in names))
+    pre = float(sum(probabilities.get(c, 0.0) for c in record.get("premalignant", [])))
+    threshold = float(record["threshold"])
+    refer = score >= threshold
+    return {"malignancy_score": round(score, 6), "premalignant_score": round(pre, 6),
+            "threshold": round(threshold, 6), "refer": bool(refer),
+            "decision": REFER if refer else NO_REFERRAL,
+            "target_sensitivity": record.get("target_sensitivity")}
+
+
+def record_of(info: Any) -> dict[str, Any] | None:
+    """The triage record in a RunInfo's run.json (None when never fitted)."""
+    rec = (getattr(info, "extra", None) or {}).get("triage")
+    return rec if isinstance(rec, dict) else None
+
+
+def fit_for_training(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                     cfg: Any) -> dict[str, Any]:
+    """The record `skin train` stores, from its validation pass (calibrated probabilities)."""
+    if len(labels) == 0:
+        return {"threshold": None, "reason": "no readable validation images"}
+    return fit(probs, labels, classes, float(getattr(cfg, "triage_sensitivity",
+                                                     DEFAULT_SENSITIVITY)),
+               getattr(cfg, "triage_malignant", None) or None,
+               source=f"validation split ({len(labels)} images), skin train")
+
+
+def fit_run(predictor: Any, target: float | None = None,
+            malignant: str | Sequence[str] | None = None, batch_size: int = 32,
+            progress: Any = None) -> dict[str, Any]:
+    """Fit (or refit) on the run's own validation split and store it in run.json."""
+    from skincli.evaluate import load_eval_set, score
+    from skincli.runs import update_run_info
+
+    old = record_of(predictor.info) or {}
+    target = float(target if target is not None else old.get("target_sensitivity")
+                   or (predictor.info.config or {}).get("triage_sensitivity")
+                   or DEFAULT_SENSITIVITY)
+    if malignant is None:
+        malignant = old.get("malignant") or (predictor.info.config or {}).get(
+            "triage_malignant") or None
+    val_set = load_eval_set(predictor.run_dir, predictor.classes, subset="val")
+    scored = score(predictor, val_set, batch_size=batch_size, progress=progress,
+                   stage="validation")
+    probs = scored.probs(predictor.temperature, False)
+    record = fit(probs, scored.y, predictor.classes, target, malignant,
+                 count_premalignant=bool(old.get("count_premalignant", False)),
+                 source=f"validation split ({len(scored.y)} images), fitted on first need")
+    extra = dict(predictor.info.extra or {})
+    extra["triage"] = record
+    predictor.info = update_run_info(predictor.run_dir, extra=extra)
+    return record
+
+
+def ensure(predictor: Any, batch_size: int = 32, progress: Any = None) -> dict[str, Any] | None:
+    """The run's triage record, fitted now from its split if it was trained before triage."""
+    rec = record_of(predictor.info)
+    if rec is not None:
+        return rec
+    try:
+        return fit_run(predictor, batch_size=batch_size, progress=progress)
+    except SkinError as exc:  # e.g. no split: no triage, say why
+        return {"threshold": None, "reason": str(exc)}
+
+
+def evaluate_hook(predictor: Any, eval_set: Any, y: np.ndarray, probs: np.ndarray,
+                  store: bool = False) -> dict[str, Any]:
+    """`skin evaluate`'s triage section: the stored threshold on the evaluated images.
+
+    With `store` (the run's own test split) the test operating point goes into run.json.
+    """
+    rec = ensure(predictor)
+    if not rec or rec.get("threshold") is None:
+        return {"available": False, "reason": (rec or {}).get("reason", "not fitted")}
+    classes = predictor.classes
+    names = list(rec["malignant"]) + (list(rec.get("premalignant", []))
+                                      if rec.get("count_premalignant") else [])
+    s = scores(probs, classes, names)
+    positive = np.isin(np.asarray(y), [classes.index(c) for c in names])
+    point = operating_point(s, positive, float(rec["threshold"]))
+    out = {"available": True, "subset": eval_set.subset, "record": rec, **point}
+    if store:
+        from skincli.runs import update_run_info
+
+        extra = dict(predictor.info.extra or {})
+        extra["triage"] = {**rec, "test": point}
+        predictor.info = update_run_info(predictor.run_dir, extra=extra)
+    return out
