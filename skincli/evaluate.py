@@ -359,6 +359,13 @@ def store_test_metrics(predictor: Any, result: dict[str, Any]) -> None:
                                  "cohen_kappa", "macro_auc", "ece", "nll", "ci95", "n_boot",
                                  "weak_classes")}
     compact["per_class_f1"] = {r["class"]: r["f1"] for r in s["per_class"]}
+    sub = result.get("subgroups")
+    if sub:  # the model card states how the model performs for whom
+        compact["subgroups"] = {
+            "overall_macro_f1": sub["overall_macro_f1"], "flagged": sub["flagged"],
+            "attributes": {a: [{k: r.get(k) for k in ("value", "n", "macro_f1", "ci95",
+                                                       "below_overall")} for r in rows]
+                           for a, rows in sub["attributes"].items()}}
     compact.update({"tta": result["tta"], "temperature": result["run"]["temperature"],
                     "data": result["data"]["description"],
                     "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")})

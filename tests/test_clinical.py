@@ -427,3 +427,18 @@ def test_evaluate_reports_triage_with_cis(trained: Path) -> None:
                             "0.5"])
     assert r.exit_code == 0, r.output
     assert load_run_info(trained).extra["triage"]["target_sensitivity"] == 0.5
+
+
+def test_card_states_metadata_label_provenance() -> None:
+    from skincli.clinical.card import _label_provenance
+
+    meta = {"layout": "kaggle", "metadata": {
+        "path": "/data/isic9_metadata.csv", "format": "isic-archive", "sha256": "ab" * 32,
+        "labels": "metadata", "group": "lesion", "disagreements": 158,
+        "emptied_classes": ["seborrheic keratosis"]}}
+    text = _label_provenance(meta)
+    assert "isic9_metadata.csv" in text and "158 folder labels" in text
+    assert "seborrheic keratosis" in text and "abababab" in text
+    meta["metadata"]["labels"] = "folder"
+    assert "used for groups only" in _label_provenance(meta)
+    assert _label_provenance({"layout": "folders"}) == "class folder names"

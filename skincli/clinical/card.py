@@ -122,10 +122,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
         "out_of_scope": OUT_OF_SCOPE,
         "training_data": {
             "source": meta.get("root") or "unknown", "layout": meta.get("layout") or "unknown",
-            "label_provenance": {"folders": "class folder names",
-                                 "csv": "a metadata CSV's label column",
-                                 "flat": "class folder names"}.get(
-                str(meta.get("layout")), "unknown (no split sidecar in the run)"),
+            "label_provenance": _label_provenance(meta),
             "counts": counts, "totals": meta.get("totals"),
             "dropped_counts": meta.get("dropped_counts") or {},
             "skipped_at_training": int(extra.get("skipped_images", 0) or 0),
@@ -145,6 +142,25 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
                     "source": concept(c).source} for c in info.classes],
         "disclaimer": DISCLAIMER,
     }
+
+
+def _label_provenance(meta: dict[str, Any]) -> str:
+    """Where the training labels came from: image metadata (which file) or the layout."""
+    m = meta.get("metadata") or {}
+    if m.get("labels") == "metadata":
+        emptied = m.get("emptied_classes") or []
+        return (f"image metadata {Path(str(m.get('path', ''))).name} ({m.get('format')}, "
+                f"sha256 {str(m.get('sha256', ''))[:16]}): {m.get('disagreements', 0)} folder "
+                "labels contradicted by it were replaced"
+                + (f"; folder(s) holding none of their class by it: {', '.join(emptied)}"
+                   if emptied else "")
+                + f"; images grouped by {m.get('group') or 'lesion'}")
+    layout = {"folders": "class folder names", "kaggle": "class folder names (Train/Test)",
+              "csv": "a CSV's label column", "flat": "class folder names"}.get(
+        str(meta.get("layout")), "unknown (no split sidecar in the run)")
+    if m:
+        layout += f" (metadata {Path(str(m.get('path', ''))).name} used for groups only)"
+    return layout
 
 
 def _f(v: Any, pct: bool = False) -> str:
@@ -249,8 +265,19 @@ def markdown(card: dict[str, Any]) -> str:
         out.append("Not fitted" + (f": {tri['reason']}" if tri and tri.get("reason") else "."))
     sub = ev["subgroups"]
     out += ["", "### Subgroups", ""]
-    out.append("```json\n" + json.dumps(sub, indent=2, default=str) + "\n```" if sub else
-               "No subgroup results (evaluate with image metadata to add them).")
+    if sub and sub.get("attributes"):
+        out.append(f"Test macro F1 per subgroup (overall {_f(sub.get('overall_macro_f1'))}; "
+                   "95% bootstrap intervals; ! = interval wholly below the overall figure).")
+        out += ["", "| attribute | value | images | macro F1 | 95% CI |", "|---|---|---|---|---|"]
+        for attr, rows in sub["attributes"].items():
+            for r in rows:
+                ci = r.get("ci95")
+                out.append(f"| {attr} | {'! ' if r.get('below_overall') else ''}{r['value']} | "
+                           f"{r['n']} | {_f(r.get('macro_f1'))} | "
+                           + (f"{_f(ci[0])}–{_f(ci[1])}" if ci else "-") + " |")
+    else:
+        out.append("No subgroup results (split with image metadata, then `skin evaluate`, "
+                   "to add them).")
     out += ["", "## Known limitations", ""] + [f"- {x}" for x in card["limitations"]]
     out += ["", "## Clinical coding", "", "| class | SNOMED CT | display | group | source |",
             "|---|---|---|---|---|"]
