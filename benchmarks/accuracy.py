@@ -15,6 +15,7 @@ Prints a table (macro F1 mean ± std, balanced accuracy, worst class, minutes) a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -160,7 +161,11 @@ def variant_split(variant: str, manifest: Any, frame: Any, seed: int) -> Any:
     train_val = df["split"] != "test"
     df.loc[train_val, "label"] = df.loc[train_val, "folder_label"].where(
         df.loc[train_val, "folder_label"] != "", df.loc[train_val, "label"])
-    df = df[keep].reset_index(drop=True)
+    df = df[keep]
+    # A folder class whose few remaining files all fell outside train (isic9's seborrheic
+    # keratosis keeps 2) cannot be learned: leave its val rows out rather than stop.
+    trained = set(df.loc[df["split"] == "train", "label"])
+    df = df[(df["split"] != "val") | df["label"].isin(trained)].reset_index(drop=True)
     meta = dict(frame.attrs["meta"])
     meta.update(conflicts="drop (folder labels for train/val)",
                 classes=sorted(df["label"].unique().tolist()), n_images=int(len(df)))
@@ -180,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override applied to every config (YAML value)")
     parser.add_argument("--no-tta", action="store_true", help="skip the TTA evaluation")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score runs already finished in --workdir instead of retraining")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
@@ -249,9 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                                   "name": f"{name}-seed{fold}"})
                 cfg = resolve(overrides, preset=preset)
                 ui.console.rule(f"{name} · split seed {fold}")
-                start = time.perf_counter()
-                run_dir = train(cfg)
-                minutes = (time.perf_counter() - start) / 60
+                done = work / "runs" / f"{name}-seed{fold}"
+                if args.reuse and (done / "run.json").is_file():
+                    # A run an earlier (interrupted) benchmark finished: score it again.
+                    run_dir = done
+                    wall = json.loads((done / "run.json").read_text()).get("extra", {}).get(
+                        "wall_seconds")
+                    minutes = wall / 60 if wall else None
+                else:
+                    start = time.perf_counter()
+                    run_dir = train(cfg)
+                    minutes = (time.perf_counter() - start) / 60
                 scores = evaluate_run(run_dir, score_frame, tta=not args.no_tta)
                 results.append({"config": name, "fold": fold, "minutes": minutes,
                                 "overrides": overrides, "preset": preset,
@@ -312,7 +327,7 @@ def _print_row(r: dict[str, Any]) -> None:
     tta = r.get("tta", {}).get("macro_f1")
     ui.console.print(f"{r['config']} seed {r['fold']}: macro F1 {r['plain']['macro_f1']:.3f}"
                      + (f", with TTA {tta:.3f}" if tta is not None else "")
-                     + f", {r['minutes']:.1f} min")
+                     + (f", {r['minutes']:.1f} min" if r.get("minutes") is not None else ""))
 
 
 def summarise(results: list[dict[str, Any]], baseline: str = "default") -> list[dict[str, Any]]:
