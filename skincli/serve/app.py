@@ -193,7 +193,8 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
 
     async def prepare(model: LoadedModel, upload: Upload, display: bool = False) -> Prepared:
         try:
-            return await run_in_threadpool(model.prepare, upload.data, display)
+            return await run_in_threadpool(model.prepare, upload.data, display,
+                                           state.decode_budget)
         except ImageError as exc:
             state.metrics.rejected.inc(reason=exc.code)
             raise from_image_error(exc) from None

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from skincli.imageio import ImageError
+from skincli.imageio import ACCEPTED_TEXT, ImageError
 
 log = logging.getLogger("skincli.serve")
 
@@ -26,7 +26,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "empty": (422, "the uploaded file is empty"),
     "corrupt": (422, "the image is corrupt or truncated"),
     "invalid_image": (422, "the image cannot be used"),
-    "unsupported_type": (415, "the bytes are not a supported image format (JPEG, PNG, BMP...)"),
+    "unsupported_type": (415, f"the bytes are not a supported image format ({ACCEPTED_TEXT})"),
     "payload_too_large": (413, "the upload is larger than --max-upload-mb"),
     "too_many_pixels": (413, "the decoded image has more pixels than --max-pixels"),
     "unauthorized": (401, "missing or wrong API key"),
@@ -77,8 +77,9 @@ def error_response(request: Request, code: str, message: str, status: int,
 def from_image_error(exc: ImageError) -> ApiError:
     """Map the image reader's reason code onto an API error."""
     code = exc.code if exc.code in ERROR_CODES else "invalid_image"
+    headers = {"Retry-After": "1"} if code == "overloaded" else None
     # The reader names the source 'upload'; the message is otherwise client-safe.
-    return ApiError(code, str(exc))
+    return ApiError(code, str(exc), headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -91,7 +92,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
         err = from_image_error(exc)
-        return error_response(request, err.code, err.message, err.status)
+        return error_response(request, err.code, err.message, err.status, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -182,6 +182,7 @@ class Metrics:
                                     buckets=BATCH_BUCKETS)
         self.inference = Histogram("skin_inference_seconds", "Forward-pass time per batch")
         self.queue_depth = Gauge("skin_queue_depth", "Images waiting for the model")
+        self.decoding = Gauge("skin_decode_pixels", "Pixels being decoded now (all requests)")
         self.rejected = Counter("skin_rejected_total",
                                 "Images refused before inference, by reason", ("reason",))
         self.logged = Counter("skin_prediction_log_rows_total", "Rows written to the store")
@@ -195,7 +196,8 @@ class Metrics:
         self.ready = Gauge("skin_ready", "1 when the model is loaded and warm")
         self._all: list[_Metric] = [
             self.requests, self.latency, self.predictions, self.uncertain, self.batch_size,
-            self.inference, self.queue_depth, self.rejected, self.logged, self.log_dropped,
+            self.inference, self.queue_depth, self.decoding, self.rejected, self.logged,
+            self.log_dropped,
             self.log_errors, self.reloads, self.model_info, self.ready,
         ]
 

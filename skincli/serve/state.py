@@ -11,6 +11,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from skincli.errors import SkinError
+from skincli.imageio import DecodeBudget
 from skincli.serve.auth import KeyChecker, load_keys
 from skincli.serve.batching import Arrival, Expired, MicroBatcher, Overloaded
 from skincli.serve.errors import ApiError
@@ -32,6 +33,10 @@ class ServerState:
         self.keys = KeyChecker(load_keys(settings.api_key, settings.api_keys_file))
         self.batcher, self.predlog = self._workers()
         self.metrics.queue_depth.read = lambda: self.batcher.qsize()
+        # Pixels being decoded at once, across every request (the memory bound for uploads).
+        self.decode_budget = DecodeBudget(int(settings.decode_mpx * 1_000_000),
+                                          settings.decode_wait_s)
+        self.metrics.decoding.read = lambda: self.decode_budget.in_use
         self._reload_lock = asyncio.Lock()
         self.ready = False
         self._preloaded: LoadedModel | None = None
