@@ -191,6 +191,12 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         state.keys.require(request, always=admin)
         return request.scope["skin.start"] + settings.timeout_s
 
+    def answering(request: Request) -> LoadedModel:
+        """The model this request uses from now on; the response headers name this one."""
+        model = state.model()
+        request.scope["skin.model"] = model
+        return model
+
     async def prepare(model: LoadedModel, upload: Upload, display: bool = False) -> Prepared:
         try:
             return await run_in_threadpool(model.prepare, upload.data, display,
@@ -227,7 +233,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         deadline = begin(request)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=1, many=False)
-        model = state.model()
+        model = answering(request)
         with state.batcher.arriving() as arrival:
             prepared = await prepare(model, uploads[0])
             row = (await state.infer(model, [prepared.array], deadline, arrival))[0]
@@ -245,7 +251,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         deadline = begin(request)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=settings.max_files, many=True)
-        model = state.model()
+        model = answering(request)
         rid = request.scope["skin.request_id"]
         with state.batcher.arriving() as arrival:
             prepared = await asyncio.gather(*(prepare(model, up) for up in uploads),
@@ -285,7 +291,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         deadline = begin(request)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=1, many=False)
-        model = state.model()
+        model = answering(request)
         target_index = None
         if target is not None:
             if target not in model.classes:
@@ -327,8 +333,8 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
     @app.get("/ready", response_model=schemas.ReadyResponse, tags=["operations"],
              summary="Readiness: the model is loaded and warm",
              responses=_error_responses("not_ready"))
-    async def ready() -> dict[str, Any]:
-        model = state.model()
+    async def ready(request: Request) -> dict[str, Any]:
+        model = answering(request)
         if not state.batcher.alive:
             raise ApiError("not_ready", "The inference thread is not running",
                            headers={"Retry-After": "2"})
@@ -339,7 +345,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
              responses=_error_responses("unauthorized", "not_ready"))
     async def model_info(request: Request) -> dict[str, Any]:
         begin(request)
-        return {**state.model().describe(), "serving": settings.public()}
+        return {**answering(request).describe(), "serving": settings.public()}
 
     @app.post("/v1/model/reload", response_model=schemas.ReloadResponse, tags=["model"],
               summary="Switch to another run atomically (API key required)",

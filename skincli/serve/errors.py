@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from skincli.imageio import ACCEPTED_TEXT, ImageError
 
@@ -36,11 +37,16 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_explainable": (422, "this model has no feature map Grad-CAM can explain"),
     "invalid_run": (422, "the run to reload does not exist or cannot be loaded"),
     "reload_in_progress": (409, "another reload is running"),
+    "request_timeout": (408, "the request body did not arrive within --body-timeout-s"),
     "overloaded": (503, "the queue is full; retry after the Retry-After seconds"),
     "not_ready": (503, "the model is not loaded yet"),
     "timeout": (504, "the request did not finish within --timeout-s"),
     "internal_error": (500, "a bug: the server logged it with the request id"),
 }
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive within body_timeout_s (raised by the middleware)."""
 
 
 class ApiError(Exception):
@@ -93,6 +99,18 @@ def install_handlers(app: FastAPI) -> None:
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
         err = from_image_error(exc)
         return error_response(request, err.code, err.message, err.status, err.headers)
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(request: Request, exc: BodyTimeout) -> JSONResponse:
+        return error_response(request, "request_timeout", "The request body did not arrive in "
+                              "time; send it at once", 408, {"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody is left to read an answer; the middleware counts it as client_closed.
+        request.scope["skin.client_closed"] = True
+        request.scope["skin.error_code"] = "client_closed"
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
