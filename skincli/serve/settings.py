@@ -53,6 +53,7 @@ class Settings:
     body_timeout_s: float = 30.0  # to receive a request's body once its head is in; 408
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     log_flush_s: float = 10.0  # at shutdown, wait this long for the store, then spool rows
+    journal: str | None = None  # spool of unstored rows; None: <runs_dir>/predictions.journal.jsonl
     journal_mb: float = 256.0  # bound on the local journal of rows the store could not take
 
     @classmethod

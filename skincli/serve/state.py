@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from skincli.serve.batching import Arrival, Expired, MicroBatcher, Overloaded
 from skincli.serve.errors import ApiError
 from skincli.serve.metrics import Metrics
 from skincli.serve.model import LoadedModel, ModelHolder, Row, load_model
-from skincli.serve.predlog import PredictionLogger
+from skincli.serve.predlog import PredictionLogger, journal_path
 from skincli.serve.settings import Settings
 
 log = logging.getLogger("skincli.serve")
@@ -52,7 +53,11 @@ class ServerState:
                                queue_size=settings.queue_size, on_batch=self._on_batch)
         predlog = PredictionLogger(settings.store, self.metrics,
                                    queue_size=settings.log_queue_size,
-                                   enabled=not settings.no_log)
+                                   enabled=not settings.no_log,
+                                   journal=Path(settings.journal) if settings.journal
+                                   else journal_path(settings.runs_dir),
+                                   flush_s=settings.log_flush_s,
+                                   journal_bytes=int(settings.journal_mb * 1024 * 1024))
         return batcher, predlog
 
     # -- the inference thread's work --------------------------------------------------------
