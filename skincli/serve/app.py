@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from skincli import DISCLAIMER, __version__
 from skincli.errors import SkinError, did_you_mean
+from skincli.image_quality import blank_reason, is_flagged, warning_for
 from skincli.imageio import ImageError
 from skincli.serve import schemas
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
@@ -175,6 +176,12 @@ def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
                 filename: str | None) -> dict[str, Any]:
     verdict = model.predictor.verdicts(row.probabilities[None, :], top_k=top_k)[0]
     verdict.warnings.extend(w for w in row.warnings if w not in verdict.warnings)
+    if not is_flagged(verdict.warnings):  # the model input cannot tell a tiny upload
+        reason = blank_reason(prepared.array, (prepared.width, prepared.height))
+        if reason:
+            verdict.warnings.append(warning_for(reason))
+    # Nothing to classify: the verdict is uncertain whatever the probabilities say.
+    verdict.uncertain = verdict.uncertain or is_flagged(verdict.warnings)
     out = verdict.to_dict()
     out.pop("model", None)
     out.pop("embedding", None)

@@ -97,6 +97,14 @@
     $("probability").textContent = pct(p.probability);
     $("uncertain").hidden = !p.uncertain;
     $("result").dataset.uncertain = String(p.uncertain);
+    const warnings = $("warnings");
+    warnings.replaceChildren();
+    for (const text of p.warnings || []) {
+      const li = document.createElement("li");
+      li.textContent = text;
+      warnings.appendChild(li);
+    }
+    warnings.hidden = !(p.warnings && p.warnings.length);
     renderBars(p.probabilities, p.label);
     if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
     $("meta").textContent = "Model " + body.model.version + " \u00b7 " + body.latency_ms +
