@@ -39,6 +39,7 @@ from PIL import Image
 
 from skincli import DISCLAIMER
 from skincli.errors import SkinError
+from skincli.image_quality import is_flagged, quality_warnings
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
 from skincli.runs import (
     DEFAULT_RUNS_DIR,
@@ -288,7 +289,7 @@ class Predictor:
                        ) -> list[list[str]]:
         """Per image, warnings when it looks unlike the reference (training/validation) images."""
         n = len(batch)
-        out: list[list[str]] = [[] for _ in range(n)]
+        out: list[list[str]] = quality_warnings(batch)  # blank/uniform: no reference needed
         ref = self.reference
         if ref is None or n == 0:
             return out
@@ -311,6 +312,7 @@ class Predictor:
         preds = self.verdicts(probs, top_k=top_k)
         for i, (pred, warns) in enumerate(zip(preds, self.input_warnings(batch, emb))):
             pred.warnings.extend(warns)
+            pred.uncertain = pred.uncertain or is_flagged(warns)
             if emb is not None:
                 pred.embedding = emb[i]
         return preds

@@ -448,16 +448,25 @@ def test_predictions_are_logged_without_images(runs: Path, tmp_path: Path) -> No
     assert data[0][:64] not in raw  # no image bytes in the store
 
 
-def test_broken_store_never_breaks_requests(runs: Path, tmp_path: Path) -> None:
+def test_broken_store_never_breaks_requests_and_rows_are_spooled(runs: Path,
+                                                                   tmp_path: Path) -> None:
+    from skincli.serve.predlog import replay_journal
+
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
     url = f"sqlite:///{blocker / 'sub' / 'log.db'}"  # cannot be created
-    with serving(runs, no_log=False, store=url) as c:
+    journal = tmp_path / "journal.jsonl"
+    with serving(runs, no_log=False, store=url, journal=str(journal), log_flush_s=1) as c:
         for i in range(3):
             assert c.post("/v1/predict", files=upload(image_bytes(seed=i))).status_code == 200
         metrics = c.app.state.skin.metrics
-    assert metrics.log_errors.value() == 3
     assert metrics.logged.value() == 0
+    assert metrics.log_spooled.value() == 3 and metrics.log_lost.value() == 0
+    assert len(journal.read_text().splitlines()) == 3
+    # The journal goes to a store that works (what `skin monitor` and the next start do).
+    good = f"sqlite:///{tmp_path / 'good.db'}"
+    assert replay_journal(good, journal) == 3 and not journal.exists()
+    assert replay_journal(good, journal) == 0
 
     class Exploding:
         def log(self, rows: list[dict[str, Any]]) -> None:
@@ -466,35 +475,42 @@ def test_broken_store_never_breaks_requests(runs: Path, tmp_path: Path) -> None:
         def close(self) -> None:
             pass
 
-    with serving(runs, no_log=False, store=f"sqlite:///{tmp_path / 'ok.db'}") as c:
-        c.app.state.skin.predlog._store = Exploding()
+    journal2 = tmp_path / "journal2.jsonl"
+    with serving(runs, no_log=False, store=f"sqlite:///{tmp_path / 'ok.db'}",
+                 journal=str(journal2), log_flush_s=1) as c:
+        predlog = c.app.state.skin.predlog
+        predlog._open = lambda: Exploding()
         assert c.post("/v1/predict", files=upload(image_bytes())).status_code == 200
         metrics = c.app.state.skin.metrics
-    assert metrics.log_errors.value() == 1
+    assert metrics.log_errors.value() >= 1  # each failed attempt is counted
+    assert metrics.log_spooled.value() == 1 and metrics.log_lost.value() == 0
 
 
-def test_full_log_queue_drops_and_counts(runs: Path, tmp_path: Path) -> None:
+def test_full_log_queue_drops_logs_and_counts(runs: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     with serving(runs, no_log=False, store=f"sqlite:///{tmp_path / 'q.db'}",
-                 log_queue_size=1) as c:
+                 journal=str(tmp_path / "j.jsonl"), log_queue_size=1) as c:
         predlog = c.app.state.skin.predlog
         gate, writing = threading.Event(), threading.Event()
-        original = predlog._write
+        original = predlog._deliver
 
-        def stalled(items: Any) -> None:  # a store that hangs
+        def stalled(rows: Any) -> None:  # a writer thread that hangs
             writing.set()
             gate.wait(10)
-            original(items)
+            original(rows)
 
-        predlog._write = stalled
+        predlog._deliver = stalled
         try:
             assert c.post("/v1/predict", files=upload(image_bytes())).status_code == 200
             assert writing.wait(10)  # the writer is stuck on the first row
             for i in range(6):
                 assert c.post("/v1/predict", files=upload(image_bytes(seed=i))).status_code == 200
-            # One row fits in the queue; the other five are dropped and counted.
-            assert c.app.state.skin.metrics.log_dropped.value() == 5
+            # One row fits in the queue; the other five are dropped, counted and logged.
+            metrics = c.app.state.skin.metrics
+            assert metrics.log_dropped.value() == 5 and metrics.log_lost.value() == 5
         finally:
             gate.set()
+    assert "queue full" in caplog.text
 
 
 def test_missing_run_fails_clearly(tmp_path: Path) -> None:

@@ -140,6 +140,7 @@ def test_upload_shows_prediction_bars_uncertain_flag_and_heatmap(
         assert widths[0] > 0 and widths == sorted(widths, reverse=True)
         uncertain = browser.find_element(By.ID, "uncertain")
         assert uncertain.is_displayed() and "expert review" in uncertain.text
+        assert not browser.find_element(By.ID, "warnings").is_displayed()
         # The heat map arrives second and is a real, decoded image.
         heat = _wait(browser, lambda d: d.find_element(
             By.CSS_SELECTOR, "#heatmap[data-ready='true']"))
@@ -200,3 +201,21 @@ def test_docs_page_lists_the_endpoints_without_a_cdn(runs: Path, browser: Any) -
         blocked = [entry for entry in browser.get_log("browser")
                    if "Content Security Policy" in entry.get("message", "")]
         assert not blocked, blocked
+
+
+def test_blank_image_shows_the_out_of_distribution_warning(
+        runs: Path, browser: Any, tmp_path: Path) -> None:
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(blank)
+    with LiveServer(_app(runs)) as server:
+        browser.get(server.url + "/")
+        _wait(browser, lambda d: "page@" in d.find_element(By.ID, "model-line").text)
+        _choose_file(browser, blank)
+        warnings = _wait(browser, lambda d: d.find_element(By.ID, "warnings")
+                         if d.find_element(By.ID, "warnings").is_displayed() else None)
+        assert "does not look like a dermoscopic image" in warnings.text
+        assert "no lesion to classify" in warnings.text
+        assert browser.find_element(By.ID, "uncertain").is_displayed()

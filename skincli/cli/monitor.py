@@ -50,9 +50,20 @@ def _store_url(ctx: typer.Context, store: str | None) -> str:
     return parent or default_store_url()
 
 
-def _open_existing(url: str) -> Any:
+def _open_existing(url: str, runs_dir: Path | None = None) -> Any:
     from skincli.monitor.store import SqliteStore, open_store
+    from skincli.serve.predlog import journal_path, replay_journal
 
+    if runs_dir is not None:
+        # Rows `skin serve` spooled while the store was locked or down belong in the report.
+        try:
+            n = replay_journal(url, journal_path(runs_dir))
+        except Exception as exc:
+            ui.warn(f"could not replay the prediction journal in {runs_dir}: {exc}")
+        else:
+            if n:
+                ui.err_console.print(f"Wrote {n} journaled predictions to the store.",
+                                     highlight=False)
     store = open_store(url)
     if isinstance(store, SqliteStore) and not store.path.exists():
         raise SkinError(f"No predictions logged yet: {store.path} does not exist",
@@ -118,7 +129,7 @@ def report(
     run_dir = resolve_run(run, runs_dir)
     info = load_run_info(run_dir)
     url = _store_url(ctx, store)
-    db = _open_existing(url)
+    db = _open_existing(url, runs_dir)
     now = time.time()
     since = min(win.start(now) - (last - 1) * win.seconds, now - win.seconds)
     try:

@@ -56,6 +56,37 @@ def check_listen(host: str, port: int) -> None:
                             hint="Check --host and --port") from None
 
 
+# File descriptors kept free beyond the connections: model files, the store, logs, threads.
+_FD_RESERVE = 256
+
+
+def fit_open_files(max_connections: int) -> int:
+    """Raise this process's open-file limit to fit max_connections (up to the hard limit);
+    if it cannot, lower max_connections to fit, with a warning. Returns the cap to use.
+
+    Past the limit, accept() fails and asyncio logs a traceback per attempt; below it, the
+    connection cap closes idle connections first and nothing fails."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + _FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        fitted = max(1, soft - _FD_RESERVE)
+        ui.warn(f"--max-connections {max_connections} does not fit the open-file limit "
+                f"({soft}); using {fitted} (raise it with `ulimit -n`)")
+        return fitted
+    return max_connections
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -103,6 +134,24 @@ def command(
         "--tta/--no-tta", help="Average the 8 flips/rotations (8x compute) (default off).")
     ] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Folder of runs (default runs).")] = None,
+    decode_mpx: Annotated[float | None, typer.Option(
+        help="Megapixels being decoded at once over all requests; beyond, a short wait then "
+             "503 (default 64).")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open connections; at the cap the longest-idle one is closed (default 2048).")
+    ] = None,
+    max_requests: Annotated[int | None, typer.Option(
+        help="Requests handled at once; more get 503 + Retry-After (default 256).")] = None,
+    header_timeout_s: Annotated[float | None, typer.Option(
+        help="Deadline to receive a request's head; past it 408 and close (default 10).")
+    ] = None,
+    body_timeout_s: Annotated[float | None, typer.Option(
+        help="Deadline to receive a request's body; past it 408 (default 30).")] = None,
+    keep_alive_s: Annotated[float | None, typer.Option(
+        help="Idle keep-alive connections are closed after this (default 5).")] = None,
+    log_flush_s: Annotated[float | None, typer.Option(
+        help="At shutdown, how long to wait for the prediction store before spooling the "
+             "remaining rows to runs/predictions.journal.jsonl (default 10).")] = None,
 ) -> None:
     """Start Uvicorn with the app factory; the model loads and warms once per worker."""
     from skincli.runs import check_model_file, load_run_info, resolve_run
@@ -115,13 +164,17 @@ def command(
         max_files=max_files, timeout_s=timeout_s, queue_size=queue_size,
         cors_origins=list(cors_origin) if cors_origin else None,
         api_keys_file=str(api_keys_file) if api_keys_file else None, store=store,
-        no_log=None if log is None else not log, tta=tta, runs_dir=runs_dir)
+        no_log=None if log is None else not log, tta=tta, runs_dir=runs_dir,
+        decode_mpx=decode_mpx, max_connections=max_connections, max_requests=max_requests,
+        header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+        keep_alive_s=keep_alive_s, log_flush_s=log_flush_s)
     # Fail here, in one line, rather than inside a worker process.
     run_dir = resolve_run(settings.run, settings.runs_dir)
     info = load_run_info(run_dir)
     check_model_file(run_dir)
     keys = load_keys(settings.api_key, settings.api_keys_file)
     check_listen(settings.host, settings.port)
+    settings.max_connections = fit_open_files(settings.max_connections)
     if not keys and not _is_loopback(settings.host):
         ui.warn(f"listening on {settings.host} without API keys: anyone who can reach it can "
                 "use it (set SKIN_API_KEY or --api-keys-file)")
@@ -151,10 +204,14 @@ def command(
         f"API keys {'on' if keys else 'off'}, CORS "
         f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
         f"prediction log {'off' if settings.no_log else 'on'}.", highlight=False)
+    # The protocol class adds the request head/body deadlines and the connection cap that
+    # Uvicorn lacks (see skincli/serve/protocol.py); the request cap is the app's (JSON 503).
     uvicorn.run(target, factory=settings.workers > 1, host=settings.host,
                 port=settings.port, workers=settings.workers, access_log=False,
                 log_level="info", timeout_graceful_shutdown=int(settings.timeout_s) + 5,
-                server_header=False)
+                server_header=False, http="skincli.serve.protocol:GuardedH11Protocol",
+                timeout_keep_alive=max(1, round(settings.keep_alive_s)),
+                backlog=min(2048, settings.max_connections))
 
 
 @handle_errors

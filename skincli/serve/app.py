@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import (
     FileResponse,
@@ -26,13 +26,17 @@ from fastapi.responses import (
     PlainTextResponse,
     Response,
 )
+from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from skincli import DISCLAIMER, __version__
 from skincli.errors import SkinError, did_you_mean
+from skincli.image_quality import blank_reason, is_flagged, warning_for
 from skincli.imageio import ImageError
+from skincli.runs import RUN_FILE
 from skincli.serve import clinical, schemas
+from skincli.serve.auth import HEADER
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
 from skincli.serve.explaining import heatmap_for, render
 from skincli.serve.metrics import CONTENT_TYPE
@@ -62,11 +66,12 @@ When the server has API keys, `/v1/*` needs `X-API-Key: <key>` (or `Authorizatio
 """
 
 
-def _upload_body(many: bool) -> dict[str, Any]:
+def _upload_body(many: bool, max_files: int = 1) -> dict[str, Any]:
     """OpenAPI requestBody for an image upload (the route parses it itself, safely)."""
     field = "files" if many else "file"
     item = {"type": "string", "format": "binary"}
-    prop = {"type": "array", "items": item} if many else item
+    prop = {"type": "array", "items": item, "minItems": 1, "maxItems": max_files} \
+        if many else item
     content: dict[str, Any] = {"multipart/form-data": {"schema": {
         "type": "object", "required": [field], "properties": {field: prop}}}}
     if not many:
@@ -141,11 +146,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     swagger = swagger_ui_dir()
     _routes(app, state, docs=swagger is not None)
     app.include_router(clinical.router)
+    _enum_classes_in_schema(app, state)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if swagger is not None:
         app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
     return app
+
+
+def _enum_classes_in_schema(app: FastAPI, state: ServerState) -> None:
+    """Make /v1/explain's `target` an enum of the served model's classes in /openapi.json,
+    rebuilt when a reload changes the classes."""
+    try:  # before start-up, the classes the configured run declares (best effort)
+        from skincli.runs import load_run_info, resolve_run
+
+        startup = list(load_run_info(resolve_run(state.settings.run,
+                                                 state.settings.runs_dir)).classes)
+    except Exception:
+        startup = []
+    cached: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        model = state.holder.current
+        classes = model.classes if model is not None else startup
+        if cached.get("classes") != classes:
+            app.openapi_schema = None
+            schema = FastAPI.openapi(app)
+            for param in schema["paths"]["/v1/explain"]["post"].get("parameters", []):
+                if param.get("name") == "target" and classes:
+                    param["schema"] = {"anyOf": [{"type": "string", "enum": list(classes)},
+                                                 {"type": "null"}], "title": "Target"}
+            cached.update(classes=classes, schema=schema)
+        return cached["schema"]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def swagger_ui_dir() -> Path | None:
@@ -177,6 +211,12 @@ def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
                 filename: str | None) -> dict[str, Any]:
     verdict = model.predictor.verdicts(row.probabilities[None, :], top_k=top_k)[0]
     verdict.warnings.extend(w for w in row.warnings if w not in verdict.warnings)
+    if not is_flagged(verdict.warnings):  # the model input cannot tell a tiny upload
+        reason = blank_reason(prepared.array, (prepared.width, prepared.height))
+        if reason:
+            verdict.warnings.append(warning_for(reason))
+    # Nothing to classify: the verdict is uncertain whatever the probabilities say.
+    verdict.uncertain = verdict.uncertain or is_flagged(verdict.warnings)
     out = verdict.to_dict()
     out.pop("model", None)
     out.pop("embedding", None)
@@ -185,17 +225,42 @@ def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
     return out
 
 
+# Declared in the OpenAPI schema so /docs can authorise; checked by KeyChecker, not by these.
+_API_KEY = APIKeyHeader(name=HEADER, auto_error=False, scheme_name="ApiKey",
+                        description="An API key of the server (when it has keys)")
+_BEARER = HTTPBearer(auto_error=False, scheme_name="Bearer",
+                     description="The same API key as a bearer token")
+
+
 def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
     settings = state.settings
 
-    def begin(request: Request, *, admin: bool = False) -> float:
-        """Auth, then the request's deadline."""
-        state.keys.require(request, always=admin)
+    # Dependencies run before FastAPI validates the query, so a caller without a key gets
+    # 401 whatever its parameters (not a 422 that tells it which parameters exist).
+    def require_key(request: Request, _key: str | None = Security(_API_KEY),
+                    _bearer: Any = Security(_BEARER)) -> None:
+        state.keys.require(request)
+
+    def require_admin(request: Request, _key: str | None = Security(_API_KEY),
+                      _bearer: Any = Security(_BEARER)) -> None:
+        state.keys.require(request, always=True)
+
+    keyed = [Depends(require_key)]
+
+    def begin(request: Request) -> float:
+        """The request's deadline (auth ran already, as a dependency)."""
         return request.scope["skin.start"] + settings.timeout_s
+
+    def answering(request: Request) -> LoadedModel:
+        """The model this request uses from now on; the response headers name this one."""
+        model = state.model()
+        request.scope["skin.model"] = model
+        return model
 
     async def prepare(model: LoadedModel, upload: Upload, display: bool = False) -> Prepared:
         try:
-            return await run_in_threadpool(model.prepare, upload.data, display)
+            return await run_in_threadpool(model.prepare, upload.data, display,
+                                           state.decode_budget)
         except ImageError as exc:
             state.metrics.rejected.inc(reason=exc.code)
             raise from_image_error(exc) from None
@@ -220,7 +285,8 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
     top_k_query = Query(None, ge=1, le=1000, description="How many classes to list "
                         f"(default {settings.top_k})")
 
-    @app.post("/v1/predict", response_model=schemas.PredictResponse, tags=["predict"],
+    @app.post("/v1/predict", dependencies=keyed, response_model=schemas.PredictResponse,
+              tags=["predict"],
               summary="Classify one image", openapi_extra=_upload_body(False),
               responses=_error_responses(*_IMAGE_ERRORS))
     async def predict(request: Request, top_k: int | None = top_k_query) -> dict[str, Any]:
@@ -229,7 +295,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         deadline = begin(request)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=1, many=False)
-        model = state.model()
+        model = answering(request)
         with state.batcher.arriving() as arrival:
             prepared = await prepare(model, uploads[0])
             row = (await state.infer(model, [prepared.array], deadline, arrival))[0]
@@ -238,8 +304,9 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         return {"request_id": request.scope["skin.request_id"], "model": model.ref(),
                 "latency_ms": _elapsed_ms(request), "prediction": pred}
 
-    @app.post("/v1/predict/batch", response_model=schemas.BatchResponse, tags=["predict"],
-              summary="Classify several images", openapi_extra=_upload_body(True),
+    @app.post("/v1/predict/batch", dependencies=keyed, response_model=schemas.BatchResponse,
+              tags=["predict"], summary="Classify several images",
+              openapi_extra=_upload_body(True, settings.max_files),
               responses=_error_responses(*_IMAGE_ERRORS, "too_many_files"))
     async def predict_batch(request: Request, top_k: int | None = top_k_query) -> dict[str, Any]:
         """Several images (repeated multipart field `files`). A bad file gets its own error
@@ -247,7 +314,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         deadline = begin(request)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=settings.max_files, many=True)
-        model = state.model()
+        model = answering(request)
         rid = request.scope["skin.request_id"]
         with state.batcher.arriving() as arrival:
             prepared = await asyncio.gather(*(prepare(model, up) for up in uploads),
@@ -270,7 +337,8 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         return {"request_id": rid, "model": model.ref(), "latency_ms": _elapsed_ms(request),
                 "results": results}
 
-    @app.post("/v1/explain", tags=["predict"], summary="Grad-CAM heat map for one image",
+    @app.post("/v1/explain", dependencies=keyed, tags=["predict"],
+              summary="Grad-CAM heat map for one image",
               openapi_extra=_upload_body(False),
               responses={200: {"model": schemas.ExplainResponse,
                                "content": {"image/png": {}},
@@ -287,7 +355,7 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         deadline = begin(request)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=1, many=False)
-        model = state.model()
+        model = answering(request)
         target_index = None
         if target is not None:
             if target not in model.classes:
@@ -329,21 +397,22 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
     @app.get("/ready", response_model=schemas.ReadyResponse, tags=["operations"],
              summary="Readiness: the model is loaded and warm",
              responses=_error_responses("not_ready"))
-    async def ready() -> dict[str, Any]:
-        model = state.model()
+    async def ready(request: Request) -> dict[str, Any]:
+        model = answering(request)
         if not state.batcher.alive:
             raise ApiError("not_ready", "The inference thread is not running",
                            headers={"Retry-After": "2"})
         return {"ready": True, "model": model.ref()}
 
-    @app.get("/v1/model", response_model=schemas.ModelResponse, tags=["model"],
+    @app.get("/v1/model", dependencies=keyed, response_model=schemas.ModelResponse, tags=["model"],
              summary="The served run: classes, architecture, metrics, calibration",
              responses=_error_responses("unauthorized", "not_ready"))
     async def model_info(request: Request) -> dict[str, Any]:
         begin(request)
-        return {**state.model().describe(), "serving": settings.public()}
+        return {**answering(request).describe(), "serving": settings.public()}
 
-    @app.post("/v1/model/reload", response_model=schemas.ReloadResponse, tags=["model"],
+    @app.post("/v1/model/reload", dependencies=[Depends(require_admin)],
+              response_model=schemas.ReloadResponse, tags=["model"],
               summary="Switch to another run atomically (API key required)",
               responses=_error_responses("unauthorized", "forbidden", "invalid_run",
                                          "reload_in_progress"))
@@ -353,9 +422,15 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
                         "start-up, or runs/CURRENT)")) -> dict[str, Any]:
         """Load the run fully and warm it, then swap: requests in flight finish on the old
         model, later ones use the new one; no request sees a half-loaded model."""
-        begin(request, admin=True)
         if run is not None and run.strip(".") == "":
             raise ApiError("invalid_run", f"{run!r} is not a run name")
+        if run is not None:
+            # A name under the runs folder only: never a folder of the working directory.
+            folder = Path(settings.runs_dir) / run
+            if not (folder / RUN_FILE).is_file():
+                raise ApiError("invalid_run", f"No run {run!r} in the runs folder; still "
+                               "serving the previous model")
+            run = str(folder)
         previous, new = await state.reload(run)
         return {"request_id": request.scope["skin.request_id"],
                 "previous": previous.ref() if previous else None, "model": new.ref(),

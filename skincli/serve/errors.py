@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from skincli.imageio import ImageError
+from skincli.imageio import ACCEPTED_TEXT, ImageError
 
 log = logging.getLogger("skincli.serve")
 
@@ -26,7 +27,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "empty": (422, "the uploaded file is empty"),
     "corrupt": (422, "the image is corrupt or truncated"),
     "invalid_image": (422, "the image cannot be used"),
-    "unsupported_type": (415, "the bytes are not a supported image format (JPEG, PNG, BMP...)"),
+    "unsupported_type": (415, f"the bytes are not a supported image format ({ACCEPTED_TEXT})"),
     "payload_too_large": (413, "the upload is larger than --max-upload-mb"),
     "too_many_pixels": (413, "the decoded image has more pixels than --max-pixels"),
     "unauthorized": (401, "missing or wrong API key"),
@@ -37,6 +38,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_run": (422, "the run to reload does not exist or cannot be loaded"),
     "reload_in_progress": (409, "another reload is running"),
     "not_acceptable": (406, "the Accept header allows neither JSON nor FHIR JSON"),
+    "request_timeout": (408, "the request body did not arrive within --body-timeout-s"),
     "overloaded": (503, "the queue is full; retry after the Retry-After seconds"),
     "audit_unavailable": (503, "the audit record could not be written, so no answer was "
                                "released; retry shortly"),
@@ -44,6 +46,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "timeout": (504, "the request did not finish within --timeout-s"),
     "internal_error": (500, "a bug: the server logged it with the request id"),
 }
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive within body_timeout_s (raised by the middleware)."""
 
 
 class ApiError(Exception):
@@ -80,8 +86,9 @@ def error_response(request: Request, code: str, message: str, status: int,
 def from_image_error(exc: ImageError) -> ApiError:
     """Map the image reader's reason code onto an API error."""
     code = exc.code if exc.code in ERROR_CODES else "invalid_image"
+    headers = {"Retry-After": "1"} if code == "overloaded" else None
     # The reader names the source 'upload'; the message is otherwise client-safe.
-    return ApiError(code, str(exc))
+    return ApiError(code, str(exc), headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -94,7 +101,19 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
         err = from_image_error(exc)
-        return error_response(request, err.code, err.message, err.status)
+        return error_response(request, err.code, err.message, err.status, err.headers)
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(request: Request, exc: BodyTimeout) -> JSONResponse:
+        return error_response(request, "request_timeout", "The request body did not arrive in "
+                              "time; send it at once", 408, {"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody is left to read an answer; the middleware counts it as client_closed.
+        request.scope["skin.client_closed"] = True
+        request.scope["skin.error_code"] = "client_closed"
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -182,6 +182,7 @@ class Metrics:
                                     buckets=BATCH_BUCKETS)
         self.inference = Histogram("skin_inference_seconds", "Forward-pass time per batch")
         self.queue_depth = Gauge("skin_queue_depth", "Images waiting for the model")
+        self.decoding = Gauge("skin_decode_pixels", "Pixels being decoded now (all requests)")
         self.rejected = Counter("skin_rejected_total",
                                 "Images refused before inference, by reason", ("reason",))
         self.logged = Counter("skin_prediction_log_rows_total", "Rows written to the store")
@@ -189,14 +190,26 @@ class Metrics:
                                    "Rows dropped because the log queue was full")
         self.log_errors = Counter("skin_prediction_log_errors_total",
                                   "Failed writes to the store (rows lost)")
+        self.client_closed = Counter("skin_client_closed_total", "Requests whose client went "
+                                     "away before the body was read (not a server error)",
+                                     ("route",))
+        self.log_spooled = Counter("skin_prediction_log_spooled_total",
+                                   "Rows written to the local journal because the store could "
+                                   "not take them (replayed later)")
+        self.log_replayed = Counter("skin_prediction_log_replayed_total",
+                                    "Journal rows written to the store after all")
+        self.log_lost = Counter("skin_prediction_log_lost_total",
+                                "Rows that could be neither stored nor journaled (lost)")
         self.reloads = Counter("skin_model_reloads_total", "Model reloads by result", ("result",))
         self.model_info = Gauge("skin_model_info", "The model being served (value 1)",
                                 ("name", "version", "arch"))
         self.ready = Gauge("skin_ready", "1 when the model is loaded and warm")
         self._all: list[_Metric] = [
             self.requests, self.latency, self.predictions, self.uncertain, self.batch_size,
-            self.inference, self.queue_depth, self.rejected, self.logged, self.log_dropped,
-            self.log_errors, self.reloads, self.model_info, self.ready,
+            self.inference, self.queue_depth, self.decoding, self.rejected, self.logged,
+            self.log_dropped,
+            self.log_errors, self.log_spooled, self.log_replayed, self.log_lost,
+            self.client_closed, self.reloads, self.model_info, self.ready,
         ]
 
     def render(self) -> str:

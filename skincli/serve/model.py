@@ -70,17 +70,24 @@ class LoadedModel:
         """{"name", "version"} for responses."""
         return {"name": self.name, "version": self.version}
 
-    def prepare(self, data: bytes, display: bool = False) -> Prepared:
-        """Decode, check and resize one upload (raises ImageError); runs in a worker thread."""
+    def prepare(self, data: bytes, display: bool = False, budget: Any = None) -> Prepared:
+        """Decode, check and resize one upload (raises ImageError); runs in a worker thread.
+
+        The decoder produces only what is needed (>= 2 x the model's side, or the overlay's
+        side for explain), holding its pixels in the server's decode budget meanwhile.
+        """
         from skincli.clinical import dicom
         from skincli.imageio import open_image
-        from skincli.serve.explaining import display_image
+        from skincli.serve.explaining import OVERLAY_MAX_SIDE, display_image
 
-        img = open_image(data, max_pixels=self.predictor.max_pixels)
+        need = max(self.predictor.input_size, OVERLAY_MAX_SIDE if display else 0)
+        img = open_image(data, max_pixels=self.predictor.max_pixels, target=need,
+                         budget=budget)
         array = self.predictor.preprocess(img)
         ref = dicom.read_ref(data).to_dict() if dicom.is_dicom(data) else None
+        width, height = img.info.get("original_size", img.size)
         return Prepared(array=array, sha256=hashlib.sha256(data).hexdigest(),
-                        width=img.width, height=img.height,
+                        width=width, height=height,
                         display=display_image(img) if display else None, dicom=ref)
 
     def forward(self, batch: np.ndarray) -> list[Row]:

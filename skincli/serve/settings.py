@@ -34,7 +34,9 @@ class Settings:
     queue_size: int = 64  # queued images beyond this get 503 + Retry-After
     timeout_s: float = 30.0  # per-request budget from arrival to answer (504 past it)
     max_upload_mb: float = 20.0  # per image and per single-image request body (413)
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded size limit against decompression bombs
+    max_pixels: int = DEFAULT_MAX_PIXELS  # ceiling on an upload's pixels (large originals)
+    decode_mpx: float = 64.0  # megapixels being decoded at once, all requests together
+    decode_wait_s: float = 2.0  # how long a decode waits for room in decode_mpx (then 503)
     max_files: int = 16  # images per /v1/predict/batch request
     top_k: int = 3  # default number of classes returned
     tta: bool = False  # test-time augmentation (8 views): 8x the compute per image
@@ -46,6 +48,14 @@ class Settings:
     log_queue_size: int = 1000  # log rows waiting for the store; more are dropped and counted
     audit_log: str | None = None  # hash-chained audit log; None = <runs_dir>/audit.jsonl
     warmup: bool = True  # run one forward pass at start so the first request is not slow
+    max_connections: int = 2048  # open connections; beyond, the oldest idle one is closed
+    max_requests: int = 256  # requests being handled at once; beyond, 503 + Retry-After
+    header_timeout_s: float = 10.0  # to receive a request's head (line + headers); 408/close
+    body_timeout_s: float = 30.0  # to receive a request's body once its head is in; 408
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    log_flush_s: float = 10.0  # at shutdown, wait this long for the store, then spool rows
+    journal: str | None = None  # spool of unstored rows; None: <runs_dir>/predictions.journal.jsonl
+    journal_mb: float = 256.0  # bound on the local journal of rows the store could not take
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -69,15 +79,23 @@ class Settings:
             (self.max_files, 1, 1024, "max_files"), (self.top_k, 1, 1000, "top_k"),
             (self.log_queue_size, 1, 10_000_000, "log_queue_size"),
             (self.max_pixels, 1, 10**10, "max_pixels"),
+            (self.max_connections, 1, 1_000_000, "max_connections"),
+            (self.max_requests, 1, 1_000_000, "max_requests"),
         ]
         for value, low, high, name in checks:
             if not low <= value <= high:
                 raise SkinError(f"{_label(name)} {value} is out of range",
                                 hint=f"Use a value from {low} to {high}")
         for value, name in ((self.batch_window_ms, "batch_window_ms"),
-                            (self.timeout_s, "timeout_s"), (self.max_upload_mb, "max_upload_mb")):
-            if not value >= 0 or (name != "batch_window_ms" and value == 0):
-                kind = "0 or more" if name == "batch_window_ms" else "positive"
+                            (self.timeout_s, "timeout_s"), (self.max_upload_mb, "max_upload_mb"),
+                            (self.decode_mpx, "decode_mpx"), (self.decode_wait_s, "decode_wait_s"),
+                            (self.header_timeout_s, "header_timeout_s"),
+                            (self.body_timeout_s, "body_timeout_s"),
+                            (self.keep_alive_s, "keep_alive_s"), (self.log_flush_s, "log_flush_s"),
+                            (self.journal_mb, "journal_mb")):
+            zero_ok = name in ("batch_window_ms", "decode_wait_s", "log_flush_s")
+            if not value >= 0 or (not zero_ok and value == 0):
+                kind = "0 or more" if zero_ok else "positive"
                 raise SkinError(f"{_label(name)} {value} is not valid: it must be {kind}")
         if self.api_keys_file and not Path(self.api_keys_file).is_file():
             raise SkinError(f"API keys file {self.api_keys_file} does not exist",
@@ -110,13 +128,17 @@ class Settings:
                 "queue_size": self.queue_size, "timeout_s": self.timeout_s,
                 "max_upload_mb": self.max_upload_mb, "max_pixels": self.max_pixels,
                 "max_files": self.max_files, "top_k": self.top_k, "tta": self.tta,
+                "decode_mpx": self.decode_mpx, "max_connections": self.max_connections,
+                "max_requests": self.max_requests, "header_timeout_s": self.header_timeout_s,
+                "body_timeout_s": self.body_timeout_s, "keep_alive_s": self.keep_alive_s,
                 "prediction_log": not self.no_log}
 
 
 # Settings that `skin serve` also takes as options (the others exist only as SKIN_* variables).
 _CLI_OPTIONS = {"host", "port", "workers", "max_batch", "batch_window_ms", "max_upload_mb",
                 "max_pixels", "max_files", "timeout_s", "queue_size", "api_keys_file", "store",
-                "tta", "runs_dir"}
+                "tta", "runs_dir", "decode_mpx", "max_connections", "max_requests",
+                "header_timeout_s", "body_timeout_s", "keep_alive_s", "log_flush_s"}
 
 
 def _label(name: str) -> str:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from skincli.errors import SkinError
+from skincli.imageio import DecodeBudget
 from skincli.serve.auth import KeyChecker, load_keys
 from skincli.serve.batching import Arrival, Expired, MicroBatcher, Overloaded
 from skincli.serve.errors import ApiError
 from skincli.serve.metrics import Metrics
 from skincli.serve.model import LoadedModel, ModelHolder, Row, load_model
-from skincli.serve.predlog import PredictionLogger
+from skincli.serve.predlog import PredictionLogger, journal_path
 from skincli.serve.settings import Settings
 
 log = logging.getLogger("skincli.serve")
@@ -32,6 +34,10 @@ class ServerState:
         self.keys = KeyChecker(load_keys(settings.api_key, settings.api_keys_file))
         self.batcher, self.predlog = self._workers()
         self.metrics.queue_depth.read = lambda: self.batcher.qsize()
+        # Pixels being decoded at once, across every request (the memory bound for uploads).
+        self.decode_budget = DecodeBudget(int(settings.decode_mpx * 1_000_000),
+                                          settings.decode_wait_s)
+        self.metrics.decoding.read = lambda: self.decode_budget.in_use
         self._reload_lock = asyncio.Lock()
         self.ready = False
         self._preloaded: LoadedModel | None = None
@@ -47,7 +53,11 @@ class ServerState:
                                queue_size=settings.queue_size, on_batch=self._on_batch)
         predlog = PredictionLogger(settings.store, self.metrics,
                                    queue_size=settings.log_queue_size,
-                                   enabled=not settings.no_log)
+                                   enabled=not settings.no_log,
+                                   journal=Path(settings.journal) if settings.journal
+                                   else journal_path(settings.runs_dir),
+                                   flush_s=settings.log_flush_s,
+                                   journal_bytes=int(settings.journal_mb * 1024 * 1024))
         return batcher, predlog
 
     # -- the inference thread's work --------------------------------------------------------

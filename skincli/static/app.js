@@ -112,6 +112,14 @@
     $("probability").textContent = pct(p.probability);
     $("uncertain").hidden = !p.uncertain;
     $("result").dataset.uncertain = String(p.uncertain);
+    const warnings = $("warnings");
+    warnings.replaceChildren();
+    for (const text of p.warnings || []) {
+      const li = document.createElement("li");
+      li.textContent = text;
+      warnings.appendChild(li);
+    }
+    warnings.hidden = !(p.warnings && p.warnings.length);
     renderBars(p.probabilities, p.label);
     renderTriage(p.triage);
     if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
