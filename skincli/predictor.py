@@ -68,6 +68,9 @@ class Prediction:
     source: str | None = None  # the file it came from (predict_paths)
     embedding: np.ndarray | None = field(default=None, repr=False)  # pooled backbone features
     meta: dict[str, Any] = field(default_factory=dict, repr=False)  # e.g. latency_ms, hook output
+    decision: str = "balanced"  # the decision rule that turned the probabilities into the answer
+    # The calibrated probabilities before the decision rule (what the prediction log keeps).
+    calibrated: dict[str, float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (with "file" when the prediction came from a file)."""
@@ -121,6 +124,9 @@ class Predictor:
         self._spec = spec
         self._embed_fn: Any = None  # built on first use; False when the model has no embedding
         self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
+        # The decision rule in force (skincli.decision.Decision); None = balanced: the
+        # calibrated probabilities are the answer, with run.json's uncertain threshold.
+        self.decision: Any = None
 
     @classmethod
     def from_run(cls, run: str | Path | None = None,
@@ -146,7 +152,28 @@ class Predictor:
         return {"name": info.name, "version": info.version, "arch": info.arch,
                 "run_dir": str(self.run_dir), "classes": list(info.classes),
                 "temperature": self.temperature,
-                "uncertain_threshold": info.uncertain_threshold}
+                "uncertain_threshold": self.uncertain_threshold,
+                "decision": self.decision_name}
+
+    def set_decision(self, decision: Any) -> None:
+        """Answer with a decision rule (skincli.decision.resolve_decision); None = balanced."""
+        self.decision = decision
+
+    @property
+    def decision_name(self) -> str:
+        """The name of the decision rule in force."""
+        return "balanced" if self.decision is None else str(self.decision.rule)
+
+    @property
+    def uncertain_threshold(self) -> float | None:
+        """The uncertain threshold of the rule in force (each rule has its own)."""
+        if self.decision is None:
+            return self.info.uncertain_threshold
+        return self.decision.uncertain_threshold
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The decision rule's post-processing of calibrated probabilities (N, C)."""
+        return probs if self.decision is None else self.decision.apply(probs)
 
     @property
     def temperature(self) -> float:
@@ -184,11 +211,14 @@ class Predictor:
         return np.mean(probs, axis=0)
 
     def verdicts(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
-        """Turn probability rows into Prediction objects."""
-        threshold = self.info.uncertain_threshold
+        """Turn calibrated probability rows into Prediction objects under the decision rule."""
+        threshold = self.uncertain_threshold
         results = []
         k = max(1, min(top_k, len(self.classes)))
-        for row in np.asarray(probs):
+        calibrated = np.asarray(probs)
+        decided = np.asarray(self.decide(calibrated))
+        rule = self.decision_name
+        for cal, row in zip(calibrated, decided):
             order = np.argsort(-row)
             top = [(self.classes[i], float(row[i])) for i in order[:k]]
             results.append(Prediction(
@@ -198,6 +228,8 @@ class Predictor:
                 top_k=top,
                 uncertain=bool(threshold is not None and top[0][1] < threshold),
                 model=self.info.version,
+                decision=rule,
+                calibrated={c: float(p) for c, p in zip(self.classes, cal)},
             ))
         return results
 

@@ -103,6 +103,13 @@ def command(
         "--tta/--no-tta", help="Average the 8 flips/rotations (8x compute) (default off).")
     ] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Folder of runs (default runs).")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="Decision rule: balanced (default), prevalence (re-weighted to the training prior "
+        "or --prevalence), macro-f1 (offsets fitted on validation). See docs/decisions.md.")
+    ] = None,
+    prevalence: Annotated[Path | None, typer.Option(
+        help="With --decision prevalence: the clinic's class prior (YAML or CSV), e.g. from "
+        "`skin monitor --suggest-prevalence`.", dir_okay=False)] = None,
 ) -> None:
     """Start Uvicorn with the app factory; the model loads and warms once per worker."""
     from skincli.runs import check_model_file, load_run_info, resolve_run
@@ -115,7 +122,8 @@ def command(
         max_files=max_files, timeout_s=timeout_s, queue_size=queue_size,
         cors_origins=list(cors_origin) if cors_origin else None,
         api_keys_file=str(api_keys_file) if api_keys_file else None, store=store,
-        no_log=None if log is None else not log, tta=tta, runs_dir=runs_dir)
+        no_log=None if log is None else not log, tta=tta, runs_dir=runs_dir,
+        decision=decision, prevalence=str(prevalence) if prevalence else None)
     # Fail here, in one line, rather than inside a worker process.
     run_dir = resolve_run(settings.run, settings.runs_dir)
     info = load_run_info(run_dir)
@@ -150,7 +158,8 @@ def command(
         f"http://{settings.host}:{settings.port}/ with {settings.workers} worker(s); "
         f"API keys {'on' if keys else 'off'}, CORS "
         f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
-        f"prediction log {'off' if settings.no_log else 'on'}.", highlight=False)
+        f"prediction log {'off' if settings.no_log else 'on'}, decision rule "
+        f"{settings.decision}.", highlight=False)
     uvicorn.run(target, factory=settings.workers > 1, host=settings.host,
                 port=settings.port, workers=settings.workers, access_log=False,
                 log_level="info", timeout_graceful_shutdown=int(settings.timeout_s) + 5,
@@ -167,12 +176,22 @@ def export(
     version: Annotated[int | None, typer.Option(
         help="Model version number (default: one more than the largest there).")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of runs.")] = "runs",
+    decision: Annotated[str, typer.Option(
+        help="Decision rule built into the probabilities: balanced, prevalence, macro-f1.")
+    ] = "balanced",
+    prevalence: Annotated[Path | None, typer.Option(
+        help="With --decision prevalence: the class prior (YAML or CSV).", dir_okay=False)
+    ] = None,
 ) -> None:
     """Write the SavedModel and print how to serve it."""
+    from skincli.decision import check_rule
     from skincli.serve.export import export_saved_model
 
+    rule = check_rule(decision)
     with ui.err_console.status("Exporting SavedModel..."):
-        target = export_saved_model(run, out, runs_dir, version)
+        target = export_saved_model(run, out, runs_dir, version, decision=rule,
+                                    prevalence=prevalence)
+    ui.console.print(f"Decision rule: {rule}", highlight=False)
     base = target.parent.resolve()
     ui.console.print(f"Wrote {target}", highlight=False)
     ui.console.print(

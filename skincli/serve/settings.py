@@ -45,6 +45,8 @@ class Settings:
     no_log: bool = False  # do not log predictions at all
     log_queue_size: int = 1000  # log rows waiting for the store; more are dropped and counted
     warmup: bool = True  # run one forward pass at start so the first request is not slow
+    decision: str = "balanced"  # decision rule: balanced, prevalence, macro-f1 (docs/decisions.md)
+    prevalence: str | None = None  # class-prior file for the prevalence rule (YAML or CSV)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,6 +80,15 @@ class Settings:
             if not value >= 0 or (name != "batch_window_ms" and value == 0):
                 kind = "0 or more" if name == "batch_window_ms" else "positive"
                 raise SkinError(f"{_label(name)} {value} is not valid: it must be {kind}")
+        from skincli.decision import check_rule
+
+        self.decision = check_rule(self.decision)
+        if self.prevalence is not None and self.decision != "prevalence":
+            raise SkinError(f"{_label('prevalence')} applies to the prevalence decision rule, "
+                            f"not {self.decision}", hint="Add --decision prevalence")
+        if self.prevalence is not None and not Path(self.prevalence).is_file():
+            raise SkinError(f"Prevalence file {self.prevalence} does not exist",
+                            hint="Pass a YAML or CSV file of class: prevalence")
         if self.api_keys_file and not Path(self.api_keys_file).is_file():
             raise SkinError(f"API keys file {self.api_keys_file} does not exist",
                             hint="Pass a file with one key per line")
@@ -109,13 +120,13 @@ class Settings:
                 "queue_size": self.queue_size, "timeout_s": self.timeout_s,
                 "max_upload_mb": self.max_upload_mb, "max_pixels": self.max_pixels,
                 "max_files": self.max_files, "top_k": self.top_k, "tta": self.tta,
-                "prediction_log": not self.no_log}
+                "prediction_log": not self.no_log, "decision": self.decision}
 
 
 # Settings that `skin serve` also takes as options (the others exist only as SKIN_* variables).
 _CLI_OPTIONS = {"host", "port", "workers", "max_batch", "batch_window_ms", "max_upload_mb",
                 "max_pixels", "max_files", "timeout_s", "queue_size", "api_keys_file", "store",
-                "tta", "runs_dir"}
+                "tta", "runs_dir", "decision", "prevalence"}
 
 
 def _label(name: str) -> str:
