@@ -411,13 +411,15 @@ def store_decisions(run_dir: str | Path, decisions: list[tuple[Decision, str]],
     return update_run_info(run_dir, extra=extra)
 
 
-def validation_probs(predictor: Any, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray] | None:
+def validation_probs(predictor: Any, batch_size: int = 32, progress: Any = None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
     """Calibrated probabilities and labels of the run's validation images (None if unreadable)."""
     from skincli.evaluate import load_eval_set, score
 
     try:
         val = load_eval_set(predictor.run_dir, predictor.classes, subset="val")
-        scored = score(predictor, val, batch_size=batch_size)
+        scored = score(predictor, val, batch_size=batch_size, progress=progress,
+                       stage="validation (decision rules)")
     except SkinError:
         return None
     return scored.probs(predictor.temperature, False), scored.y
@@ -477,30 +479,49 @@ def resolve_decision(predictor: Any, rule: str | None = None,
     return d
 
 
-def fit_all(predictor: Any, val_probs: np.ndarray, val_y: np.ndarray) -> list[Decision]:
-    """Every rule (prevalence with the training prior when there are counts), stored in run.json."""
+def fit_all(predictor: Any, batch_size: int = 32, progress: Any = None
+            ) -> tuple[list[Decision], list[str], np.ndarray | None]:
+    """Every rule for `skin evaluate`: balanced, prevalence with the training prior (when the
+    run has training counts) and macro-f1, from run.json when fitted before, else fitted on the
+    validation images and stored. Returns (decisions, notes, training prior or None)."""
     info = predictor.info
+    classes = list(info.classes)
+    notes: list[str] = []
     out = [balanced(info)]
-    todo: list[tuple[Decision, str]] = []
-    counts = training_counts(predictor.run_dir, list(info.classes))
     try:
         prior, source, _, counts = target_prior(predictor.run_dir, info, None)
     except SkinError:
-        prior = source = None
-    if prior is not None:
-        d = stored_decision(info, "prevalence", prior) or fit_decision(
-            "prevalence", info, val_probs, val_y, prior=prior, prior_source=source, counts=counts)
+        prior, source, counts = None, None, None
+        notes.append("prevalence rule not evaluated: the run has no training class counts "
+                     "(no split.csv in the run folder)")
+    wanted: list[tuple[str, dict[str, float] | None]] = (
+        [("prevalence", prior)] if prior is not None else []) + [("macro-f1", None)]
+    found = {r: stored_decision(info, r, p) for r, p in wanted}
+    val = None
+    if any(d is None for d in found.values()):
+        val = validation_probs(predictor, batch_size, progress)
+    todo: list[tuple[Decision, str]] = []
+    for r, p in wanted:
+        d = found[r]
+        if d is None:
+            if val is None and r == "macro-f1":
+                notes.append("macro-f1 rule not evaluated: the run's validation images could "
+                             "not be read to fit its offsets")
+                continue
+            d = fit_decision(r, info, None if val is None else val[0],
+                             None if val is None else val[1], prior=p, prior_source=source,
+                             counts=counts)
+            notes.extend(d.warnings)
+            if val is not None:
+                todo.append((d, _key(r, info, p)))
         out.append(d)
-        todo.append((d, _key("prevalence", info, prior)))
-    d = stored_decision(info, "macro-f1", None) or fit_decision("macro-f1", info, val_probs,
-                                                                val_y, counts=counts)
-    out.append(d)
-    todo.append((d, _key("macro-f1", info, None)))
-    try:
-        predictor.info = store_decisions(predictor.run_dir, todo, counts)
-    except (OSError, SkinError):
-        pass
-    return out
+    if todo:
+        try:
+            predictor.info = store_decisions(predictor.run_dir, todo, counts)
+        except (OSError, SkinError) as exc:
+            notes.append(f"fitted operating points not stored in run.json ({exc})")
+    train = None if prior is None else np.array([prior[c] for c in classes])
+    return out, notes, train
 
 
 def decision_summary(info: Any, decision: Decision | None = None) -> dict[str, Any]:

@@ -293,3 +293,50 @@ def test_serve_decision_in_responses_and_model(env: Path, tmp_path: Path) -> Non
         Settings.from_env({"SKIN_DECISION": "prevalence", "SKIN_PREVALENCE": "missing.yaml"})
     cli = runner.invoke(app, ["serve", "nosplit", "--decision", "prevalence", "--port", "0"])
     assert cli.exit_code == 1 and "no training class counts" in _flat(cli.output)
+
+
+# --- skin evaluate: the rules side by side -------------------------------------------------------
+
+def test_evaluate_shows_rules_side_by_side_and_the_frontier(env: Path) -> None:
+    res = runner.invoke(app, ["evaluate", "withsplit", "--bootstrap", "100", "--out", "rep"])
+    assert res.exit_code == 0, res.output
+    out = _flat(res.output)
+    assert "Decision rules on the same 15 images" in out
+    header = next(line for line in res.output.splitlines()
+                  if "metric" in line and "prevalence" in line)
+    assert [w for w in header.split() if w.isalpha() or "-" in w] == [
+        "metric", "balanced", "prevalence", "macro-f1"]
+    assert "recall" in out and "uncertain share" in out
+    metrics = json.loads((env / "rep" / "metrics.json").read_text())
+    dec = metrics["decisions"]
+    assert [r["rule"] for r in dec["rules"]] == ["balanced", "prevalence", "macro-f1"]
+    # the balanced rule is the main evaluation itself
+    assert dec["rules"][0]["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
+    assert dec["rules"][0]["ci95"] == metrics["metrics"]["ci95"]
+    for r in dec["rules"]:
+        lo, hi = r["ci95"]["accuracy"]
+        assert lo <= r["accuracy"] <= hi
+        rec = r["per_class_recall"]["nevus"]
+        assert rec["n"] == 5 and rec["ci95"][0] <= rec["recall"] <= rec["ci95"][1]
+    front = dec["frontier"]
+    assert len(front) == 11 and front[0]["t"] == 0 and front[-1]["t"] == 1
+    # the two ends of the frontier are the balanced and the prevalence rule
+    assert front[0]["accuracy"] == pytest.approx(dec["rules"][0]["accuracy"])
+    assert front[-1]["accuracy"] == pytest.approx(dec["rules"][1]["accuracy"])
+    assert (env / "rep" / "decision_frontier.png").stat().st_size > 1000
+    fits = load_run_info(env / "runs" / "withsplit").extra["decisions"]["fits"]
+    assert {f["rule"] for f in fits} == {"prevalence", "macro-f1"}
+
+
+def test_evaluate_without_counts_notes_the_missing_rule(env: Path, split_files: dict) -> None:
+    from helpers_run import make_split
+
+    # a run whose split.csv has no train rows: no counts, but validation images for macro-f1
+    run = make_run(env, classes=CLASSES, name="notrain", created="2026-01-03T00:00:00")
+    make_split(run, {"val": split_files["val"], "test": split_files["test"]})
+    res = runner.invoke(app, ["evaluate", "notrain", "--bootstrap", "50", "--out", "rep2"])
+    assert res.exit_code == 0, res.output
+    assert "prevalence rule not evaluated" in _flat(res.output)
+    dec = json.loads((env / "rep2" / "metrics.json").read_text())["decisions"]
+    assert [r["rule"] for r in dec["rules"]] == ["balanced", "macro-f1"]
+    assert "frontier" not in dec and not (env / "rep2" / "decision_frontier.png").exists()
