@@ -340,3 +340,35 @@ def test_evaluate_without_counts_notes_the_missing_rule(env: Path, split_files: 
     dec = json.loads((env / "rep2" / "metrics.json").read_text())["decisions"]
     assert [r["rule"] for r in dec["rules"]] == ["balanced", "macro-f1"]
     assert "frontier" not in dec and not (env / "rep2" / "decision_frontier.png").exists()
+
+
+# --- skin export ---------------------------------------------------------------------------------
+
+def test_export_builds_the_rule_into_the_probabilities(env: Path) -> None:
+    import tensorflow as tf
+
+    from skincli.predictor import Predictor
+
+    f = env / "clinic.yaml"
+    f.write_text("melanoma: 0.1\nnevus: 0.8\nvascular lesion: 0.1\n")
+    res = runner.invoke(app, ["export", "withsplit", "--out", "exported", "--decision",
+                              "prevalence", "--prevalence", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "Decision rule: prevalence" in res.output
+    target = env / "exported" / "withsplit" / "1"
+    meta = json.loads((target / "assets.extra" / "skin.json").read_text())
+    assert meta["decision"]["rule"] == "prevalence" and meta["decision"]["prior"]["nevus"] == 0.8
+    pred = Predictor.from_run("withsplit", env / "runs")
+    pred.set_decision(resolve_decision(pred, "prevalence", f))
+    pixels = np.stack([pred.preprocess(str(p)) for p in sorted((env / "images").glob("*.jpg"))])
+    expected = pred.decide(pred.probabilities(pixels))
+    assert not np.allclose(expected, pred.probabilities(pixels), atol=1e-3)  # the rule matters
+    loaded = tf.saved_model.load(str(target))
+    got = loaded.signatures["predict_pixels"](pixels=tf.constant(pixels))["probabilities"]
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    bad = runner.invoke(app, ["export", "nosplit", "--out", "exported", "--decision",
+                              "prevalence"])
+    assert bad.exit_code == 1 and "no training class counts" in _flat(bad.output)
+    assert not (env / "exported" / "nosplit").exists()
+    typo = runner.invoke(app, ["export", "withsplit", "--decision", "maco-f1"])
+    assert typo.exit_code == 1 and "Did you mean: macro-f1" in _flat(typo.output)
