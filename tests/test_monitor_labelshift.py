@@ -157,3 +157,14 @@ def test_monitor_unshifted_traffic_and_bad_inputs(env: Path) -> None:
                               "--suggest-prevalence", "s.yaml"])
     assert few.exit_code == 1 and "No prevalence suggested" in " ".join(few.output.split())
     assert not Path("s.yaml").exists()
+
+
+def test_drift_compares_the_calibrated_argmax_whichever_rule_answered() -> None:
+    from skincli.monitor.drift import calibrated_view
+
+    rows = pd.DataFrame({
+        "probabilities": [{"melanoma": 0.5, "nevus": 0.4, "vascular lesion": 0.1}, {}],
+        "predicted": ["nevus", "melanoma"],  # row 0 answered by the prevalence rule
+        "top_probability": [0.7, 0.9]})
+    labels, top = calibrated_view(rows)
+    assert labels == ["melanoma", "melanoma"] and top.tolist() == [0.5, 0.9]
