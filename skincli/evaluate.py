@@ -321,9 +321,28 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
         result["calibration"] = calibration
     if eval_set.subgroups:
         result["subgroups"] = _subgroups(eval_set, scored, probs, predictor.classes, n_boot, seed)
+    result["decisions"] = evaluate_decisions(predictor, scored.y, probs, n_boot, seed,
+                                             batch_size, progress)
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["_arrays"] = {"y": scored.y, "probs": probs, "filepaths": scored.filepaths}
     return result
+
+
+def evaluate_decisions(predictor: Any, y: np.ndarray, probs: np.ndarray, n_boot: int,
+                       seed: int, batch_size: int = 32, progress: Progress | None = None
+                       ) -> dict[str, Any]:
+    """Every decision rule on the same images side by side (skincli.decision), and the
+    accuracy / balanced-accuracy frontier from the model's own prior to the training prior."""
+    from skincli.decision import compare_rules, fit_all, model_prior, training_counts
+
+    decisions, notes, train_prior = fit_all(predictor, batch_size, progress)
+    base = model_prior(predictor.info, training_counts(predictor.run_dir, predictor.classes))[0]
+    out = compare_rules(y, probs, decisions, list(predictor.classes), n_boot=n_boot, seed=seed,
+                        base=base, train_prior=train_prior)
+    out["notes"] = notes
+    if train_prior is not None:
+        out["training_prior"] = dict(zip(predictor.classes, train_prior.round(6).tolist()))
+    return out
 
 
 def _subgroups(eval_set: EvalSet, scored: Scored, probs: np.ndarray, classes: Sequence[str],
@@ -560,6 +579,10 @@ def _write_single(result: dict[str, Any], folder: Path) -> None:
               cal["temperature_before"]) if cal else None
     plot_reliability(m["reliability"], m["ece"], result["run"]["temperature"],
                      folder / "reliability.png", title, before=before)
+    if result.get("decisions", {}).get("frontier"):
+        from skincli.decision import plot_frontier
+
+        plot_frontier(result["decisions"], folder / "decision_frontier.png", title)
 
 
 def _subgroup_table(sub: dict[str, Any]) -> Any:

@@ -70,6 +70,9 @@ class Prediction:
     embedding: np.ndarray | None = field(default=None, repr=False)  # pooled backbone features
     meta: dict[str, Any] = field(default_factory=dict, repr=False)  # e.g. latency_ms, hook output
     triage: dict[str, Any] | None = None  # malignancy score vs the run's referral threshold
+    decision: str = "balanced"  # the decision rule that turned the probabilities into the answer
+    # The calibrated probabilities before the decision rule (what the prediction log keeps).
+    calibrated: dict[str, float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (with "file" when the prediction came from a file)."""
@@ -123,6 +126,9 @@ class Predictor:
         self._spec = spec
         self._embed_fn: Any = None  # built on first use; False when the model has no embedding
         self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
+        # The decision rule in force (skincli.decision.Decision); None = balanced: the
+        # calibrated probabilities are the answer, with run.json's uncertain threshold.
+        self.decision: Any = None
 
     @classmethod
     def from_run(cls, run: str | Path | None = None,
@@ -148,7 +154,28 @@ class Predictor:
         return {"name": info.name, "version": info.version, "arch": info.arch,
                 "run_dir": str(self.run_dir), "classes": list(info.classes),
                 "temperature": self.temperature,
-                "uncertain_threshold": info.uncertain_threshold}
+                "uncertain_threshold": self.uncertain_threshold,
+                "decision": self.decision_name}
+
+    def set_decision(self, decision: Any) -> None:
+        """Answer with a decision rule (skincli.decision.resolve_decision); None = balanced."""
+        self.decision = decision
+
+    @property
+    def decision_name(self) -> str:
+        """The name of the decision rule in force."""
+        return "balanced" if self.decision is None else str(self.decision.rule)
+
+    @property
+    def uncertain_threshold(self) -> float | None:
+        """The uncertain threshold of the rule in force (each rule has its own)."""
+        if self.decision is None:
+            return self.info.uncertain_threshold
+        return self.decision.uncertain_threshold
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The decision rule's post-processing of calibrated probabilities (N, C)."""
+        return probs if self.decision is None else self.decision.apply(probs)
 
     @property
     def temperature(self) -> float:
@@ -186,14 +213,17 @@ class Predictor:
         return np.mean(probs, axis=0)
 
     def verdicts(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
-        """Turn probability rows into Prediction objects."""
+        """Turn calibrated probability rows into Prediction objects under the decision rule."""
         from skincli.clinical.triage import assess, record_of
 
-        threshold = self.info.uncertain_threshold
+        threshold = self.uncertain_threshold
         triage_record = record_of(self.info)
         results = []
         k = max(1, min(top_k, len(self.classes)))
-        for row in np.asarray(probs):
+        calibrated = np.asarray(probs)
+        decided = np.asarray(self.decide(calibrated))
+        rule = self.decision_name
+        for cal, row in zip(calibrated, decided):
             order = np.argsort(-row)
             top = [(self.classes[i], float(row[i])) for i in order[:k]]
             probabilities = {c: float(p) for c, p in zip(self.classes, row)}
@@ -204,7 +234,10 @@ class Predictor:
                 top_k=top,
                 uncertain=bool(threshold is not None and top[0][1] < threshold),
                 model=self.info.version,
-                triage=assess(triage_record, probabilities),
+                decision=rule,
+                calibrated={c: float(p) for c, p in zip(self.classes, cal)},
+                # The referral threshold was fitted on calibrated probabilities.
+                triage=assess(triage_record, {c: float(p) for c, p in zip(self.classes, cal)}),
             ))
         return results
 

@@ -100,6 +100,8 @@ def _show_single(result: dict[str, Any]) -> None:
     if result.get("subgroups"):
         _show_subgroups(result["subgroups"])
     show_triage(result)
+    if result.get("decisions"):
+        _show_decisions(result["decisions"])
     unc = result["uncertain"]
     if unc["threshold"] is not None:
         ui.console.print(f"Uncertain verdicts (top probability < {unc['threshold']:.3f}): "
@@ -124,6 +126,32 @@ def _show_subgroups(sub: dict[str, Any]) -> None:
         f"Subgroups (overall macro F1 {sub['overall_macro_f1']:.3f}; 95% CIs from "
         f"{sub['n_boot']} resamples; per-class recall in metrics.json)",
         ["attribute", "value", "images", "macro F1", "95% CI", "lowest recall"], rows))
+
+
+def _show_decisions(dec: dict[str, Any]) -> None:
+    """Each decision rule on the same images, side by side (value and 95% CI)."""
+    rules = dec["rules"]
+    if len(rules) < 2 and not dec.get("notes"):
+        return
+
+    def cell(value: float | None, ci: list[float] | None) -> str:
+        return _fmt(value) + (f" ({_ci(ci)})" if ci else "")
+
+    rows = [(label, *[cell(r[key], r["ci95"].get(key)) for r in rules])
+            for key, label in (("accuracy", "accuracy"),
+                               ("balanced_accuracy", "balanced accuracy"),
+                               ("macro_f1", "macro F1"))]
+    for c in rules[0]["per_class_recall"]:
+        rows.append((f"recall {c}", *[cell(r["per_class_recall"][c]["recall"],
+                                           r["per_class_recall"][c]["ci95"]) for r in rules]))
+    rows.append(("uncertain share", *[
+        "-" if r["uncertain_share"] is None else
+        f"{r['uncertain_share']:.0%} (< {r['uncertain_threshold']:.3f})" for r in rules]))
+    ui.console.print(ui.table(
+        f"Decision rules on the same {dec['n']} images (95% CI; see docs/decisions.md)",
+        ["metric", *[r["rule"] for r in rules]], rows))
+    for note in dec.get("notes", []):
+        ui.console.print(f"  {note}", highlight=False)
 
 
 def _show_comparison(result: dict[str, Any]) -> None:
@@ -246,6 +274,6 @@ def command(
     if stored:
         ui.console.print(f"Test metrics stored in run.json of {', '.join(stored)}.",
                          highlight=False)
-    ui.console.print(f"Report: {folder}/ (metrics.json, confusion matrix, ROC, PR and "
-                     "reliability plots)", highlight=False)
+    ui.console.print(f"Report: {folder}/ (metrics.json, confusion matrix, ROC, PR, "
+                     "reliability and decision-frontier plots)", highlight=False)
     ui.console.print(f"[dim]{DISCLAIMER}[/]", highlight=False)

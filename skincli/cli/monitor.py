@@ -111,6 +111,18 @@ def report(
                                                     "runs/<run>/reference.json.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")
                      ] = True,
+    prevalence: Annotated[Path | None, typer.Option(
+        "--prevalence", dir_okay=False, help="The class prior the deployment answers with "
+        "(as given to `skin serve --prevalence`): the reference for the label-shift alert "
+        "(default: the training prior).")] = None,
+    shift_threshold: Annotated[float, typer.Option(
+        "--shift-threshold", min=0.0, max=1.0, help="Alert when a class's estimated "
+        "prevalence moves more than this from the reference (and the reference is outside "
+        "its 95% CI).")] = 0.10,
+    suggest_prevalence: Annotated[Path | None, typer.Option(
+        "--suggest-prevalence", dir_okay=False, help="Write the estimated class prevalence "
+        "as a YAML file that `skin serve --prevalence` and `skin predict --prevalence` "
+        "read.")] = None,
 ) -> None:
     """Report on the model in production (the default action of `skin monitor`)."""
     if ctx.invoked_subcommand is not None:
@@ -124,6 +136,8 @@ def report(
 
     win = parse_window(window)
     check_writable(out)
+    if suggest_prevalence is not None:
+        check_writable(suggest_prevalence, "--suggest-prevalence")
     th = Thresholds(alpha=alpha, psi=psi, min_samples=min_samples, min_labels=min_labels,
                     f1_tolerance=f1_tolerance, n_permutations=permutations, seed=seed)
     run_dir = resolve_run(run, runs_dir)
@@ -151,7 +165,20 @@ def report(
                        store_url=getattr(db, "url", url))
     if ref_note:
         rep.notes.insert(0, ref_note)
+    from skincli.monitor.labelshift import label_shift_for_run
+
+    shift, prior_warnings = label_shift_for_run(
+        df, info, run_dir, win.seconds, now, prevalence=prevalence, threshold=shift_threshold,
+        min_samples=min_samples, seed=seed)
+    rep.label_shift = shift
+    rep.notes.extend(prior_warnings)
+    if shift["alert"]:
+        rep.alerts.append(f"label_shift: {shift['detail']}")
+    elif shift["status"] == "not_converged":
+        rep.notes.append(f"label shift: {shift['detail']}")
     folder = write_report(rep, out, plots=plots)
+    if suggest_prevalence is not None:
+        _suggest(shift, suggest_prevalence, info, win.name)
 
     if check:
         for note in rep.notes:
@@ -165,6 +192,41 @@ def report(
                          highlight=False, soft_wrap=True)
         return
     _print_report(rep, folder, plots)
+
+
+def _suggest(shift: dict[str, Any], path: Path, info: Any, window: str) -> None:
+    """Write the EM estimate as a prior file, or say in one line why there is none."""
+    from skincli.decision import write_prior
+    from skincli.monitor.labelshift import suggested_prior
+
+    prior = suggested_prior(shift)
+    if prior is None:
+        raise SkinError(f"No prevalence suggested: {shift['detail']}",
+                        hint="Wait for more predictions or use a longer --window")
+    ci = shift.get("ci95") or {}
+    comment = (f"Class prevalence estimated by `skin monitor` (EM, Saerens et al. 2002) from "
+               f"{shift['n']} predictions of {info.version} in the last {window}.\n"
+               + "\n".join(f"{c}: 95% CI {ci[c][0]:.3f}-{ci[c][1]:.3f}" for c in ci)
+               + "\nUse: skin serve --decision prevalence --prevalence THIS_FILE")
+    write_prior(path, prior, comment=comment)
+    ui.console.print(f"Suggested prevalence written to {path}", highlight=False)
+
+
+def _show_label_shift(shift: dict[str, Any], window: str) -> None:
+    if not shift:
+        return
+    c = ui.console
+    est = shift.get("estimate")
+    if est:
+        refs = shift["references"]
+        ci = shift.get("ci95") or {}
+        rows = [[k, f"{v:.1%}", f"{ci[k][0]:.1%}-{ci[k][1]:.1%}" if k in ci else "-",
+                 *[f"{r[k]:.1%}" for r in refs.values()]] for k, v in est.items()]
+        c.print(ui.table(f"Class prevalence of the last {window} (EM on {shift['n']} "
+                         "predictions)", ["class", "estimated", "95% CI", *refs], rows))
+    style = "bold red" if shift["alert"] else ("yellow" if shift["status"] != "ok" else "green")
+    c.print(f"Label shift: [{style}]{shift['status']}[/] — {shift['detail']}", highlight=False,
+            soft_wrap=True)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -222,6 +284,7 @@ def _print_report(rep: Any, folder: Path, plots: bool = True) -> None:
                                                               "test"], prow))
     c.print(f"Performance: {perf['verdict']} — {perf['reason']}", highlight=False,
             soft_wrap=True)
+    _show_label_shift(rep.label_shift, rep.window)
     for note in rep.notes:
         ui.warn(note)
     if rep.alerts:

@@ -60,11 +60,14 @@ def build_document(predictor: Any, results: list[Any], tta: bool,
             errors.append(error_dict(r))
         else:
             d = r.to_dict()
+            d["decision"] = r.decision
             if i in explanations:
                 d["explanation"] = explanations[i]
             preds.append(d)
+    decision = getattr(predictor, "decision", None)
     return {
         "model": predictor.model_summary(),
+        "decision": decision.summary() if decision is not None else {"rule": "balanced"},
         "disclaimer": DISCLAIMER,
         "tta": tta,
         "predictions": preds,
@@ -78,18 +81,19 @@ def document_csv(doc: dict[str, Any]) -> str:
     """One CSV row per file (predicted or failed), each with the model and the disclaimer."""
     classes = doc["model"]["classes"]
     cols = (["file", "status", "label", "probability", "uncertain", "top_k"]
-            + [f"p_{c}" for c in classes] + ["warnings", "error", "explanation", "model",
-                                             "disclaimer"])
+            + [f"p_{c}" for c in classes] + ["warnings", "error", "explanation", "decision",
+                                             "model", "disclaimer"])
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     model = doc["model"]["version"]
+    rule = doc["decision"]["rule"]
     for p in doc["predictions"]:
         row = {"file": p.get("file", ""), "status": "ok", "label": p["label"],
                "probability": p["probability"], "uncertain": p["uncertain"],
                "top_k": "; ".join(f"{t['label']}:{t['probability']:.4f}" for t in p["top_k"]),
                "warnings": " | ".join(p["warnings"]), "error": "",
-               "explanation": p.get("explanation", ""), "model": model,
+               "explanation": p.get("explanation", ""), "decision": rule, "model": model,
                "disclaimer": doc["disclaimer"]}
         row.update({f"p_{c}": p["probabilities"][c] for c in classes})
         w.writerow(row)
@@ -164,7 +168,8 @@ def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -
             emb = summarize_embedding(r.embedding)
         rows.append({"time": now, "request_id": f"cli-{run_id}-{i}",
                      "model_version": predictor.info.version, "image_sha256": sha,
-                     "predicted": r.label, "probabilities": r.probabilities,
+                     # calibrated, before the decision rule: what label-shift estimation needs
+                     "predicted": r.label, "probabilities": r.calibrated or r.probabilities,
                      "top_probability": r.probability, "uncertain": r.uncertain,
                      "latency_ms": r.meta.get("latency_ms"), "source": "cli",
                      "image_stats": r.meta.get("image_stats"), "embedding": emb})
@@ -216,7 +221,8 @@ def _show_table(doc: dict[str, Any], top_k: int) -> None:
                         f"; no referral suggested (malignancy {tri['malignancy_score']:.0%})")
         rows.append((names.get(p.get("file", ""), ""), top, verdict, "; ".join(p["warnings"])))
     m = doc["model"]
-    ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']})",
+    ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']}, decision "
+                              f"{doc['decision']['rule']})",
                               ["file", f"top {top_k} (calibrated probability)", "verdict",
                                "notes"], rows))
 
@@ -256,13 +262,27 @@ def command(
     audit_log: Annotated[Path | None, typer.Option(
         "--audit-log", help="Hash-chained audit log every prediction is recorded in "
         "(default: $SKIN_AUDIT_LOG or <runs-dir>/audit.jsonl).", dir_okay=False)] = None,
+    decision: Annotated[str, typer.Option(
+        "--decision", help="Decision rule: balanced (every class counted equally), prevalence "
+        "(re-weighted to the training prior or --prevalence), macro-f1 (offsets fitted on "
+        "validation). See docs/decisions.md.")] = "balanced",
+    prevalence: Annotated[Path | None, typer.Option(
+        "--prevalence", help="With --decision prevalence: the clinic's class prior (YAML "
+        "class: value, or CSV class,prevalence; e.g. from `skin monitor "
+        "--suggest-prevalence`).", dir_okay=False)] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from skincli.decision import check_rule, resolve_decision
     from skincli.evaluate import load_predictor
     from skincli.fsutil import check_writable, write_json, write_text
+
+    rule = check_rule(decision)  # a typo is one line before anything slow
+    if prevalence is not None and rule != "prevalence":
+        raise SkinError(f"--prevalence applies to --decision prevalence, not {rule}",
+                        hint="Add --decision prevalence")
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -280,6 +300,12 @@ def command(
     if explain_dir is not None:
         check_writable(explain_dir / "x.png", "--explain-dir")
     predictor = load_predictor(run, runs_dir)
+    if rule != "balanced":
+        with ui.err_console.status(f"Preparing the {rule} decision rule..."):
+            chosen = resolve_decision(predictor, rule, prevalence, batch_size=batch_size)
+        for message in chosen.warnings:
+            ui.warn(message)
+        predictor.set_decision(chosen)
     hook = None if no_log else _stats_hook()
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal
@@ -329,7 +355,8 @@ def command(
         _show_table(doc, top_k)
         m = doc["model"]
         ui.console.print(f"Model: {m['name']} ({m['arch']}, version {m['version']}, "
-                         f"temperature {m['temperature']:.3g})", highlight=False)
+                         f"temperature {m['temperature']:.3g}); decision rule "
+                         f"{doc['decision']['rule']}", highlight=False)
         for target in (json_out, csv_out, fhir_out):
             if target:
                 ui.console.print(f"Wrote {target}", highlight=False)

@@ -152,6 +152,13 @@ def command(
     log_flush_s: Annotated[float | None, typer.Option(
         help="At shutdown, how long to wait for the prediction store before spooling the "
              "remaining rows to runs/predictions.journal.jsonl (default 10).")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="Decision rule: balanced (default), prevalence (re-weighted to the training prior "
+        "or --prevalence), macro-f1 (offsets fitted on validation). See docs/decisions.md.")
+    ] = None,
+    prevalence: Annotated[Path | None, typer.Option(
+        help="With --decision prevalence: the clinic's class prior (YAML or CSV), e.g. from "
+        "`skin monitor --suggest-prevalence`.", dir_okay=False)] = None,
 ) -> None:
     """Start Uvicorn with the app factory; the model loads and warms once per worker."""
     from skincli.runs import check_model_file, load_run_info, resolve_run
@@ -167,7 +174,8 @@ def command(
         no_log=None if log is None else not log, tta=tta, runs_dir=runs_dir,
         decode_mpx=decode_mpx, max_connections=max_connections, max_requests=max_requests,
         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
-        keep_alive_s=keep_alive_s, log_flush_s=log_flush_s)
+        keep_alive_s=keep_alive_s, log_flush_s=log_flush_s,
+        decision=decision, prevalence=str(prevalence) if prevalence else None)
     # Fail here, in one line, rather than inside a worker process.
     run_dir = resolve_run(settings.run, settings.runs_dir)
     info = load_run_info(run_dir)
@@ -203,7 +211,8 @@ def command(
         f"http://{settings.host}:{settings.port}/ with {settings.workers} worker(s); "
         f"API keys {'on' if keys else 'off'}, CORS "
         f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
-        f"prediction log {'off' if settings.no_log else 'on'}.", highlight=False)
+        f"prediction log {'off' if settings.no_log else 'on'}, decision rule "
+        f"{settings.decision}.", highlight=False)
     # The protocol class adds the request head/body deadlines and the connection cap that
     # Uvicorn lacks (see skincli/serve/protocol.py); the request cap is the app's (JSON 503).
     uvicorn.run(target, factory=settings.workers > 1, host=settings.host,
@@ -224,12 +233,22 @@ def export(
     version: Annotated[int | None, typer.Option(
         help="Model version number (default: one more than the largest there).")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of runs.")] = "runs",
+    decision: Annotated[str, typer.Option(
+        help="Decision rule built into the probabilities: balanced, prevalence, macro-f1.")
+    ] = "balanced",
+    prevalence: Annotated[Path | None, typer.Option(
+        help="With --decision prevalence: the class prior (YAML or CSV).", dir_okay=False)
+    ] = None,
 ) -> None:
     """Write the SavedModel and print how to serve it."""
+    from skincli.decision import check_rule
     from skincli.serve.export import export_saved_model
 
+    rule = check_rule(decision)
     with ui.err_console.status("Exporting SavedModel..."):
-        target = export_saved_model(run, out, runs_dir, version)
+        target = export_saved_model(run, out, runs_dir, version, decision=rule,
+                                    prevalence=prevalence)
+    ui.console.print(f"Decision rule: {rule}", highlight=False)
     base = target.parent.resolve()
     ui.console.print(f"Wrote {target}", highlight=False)
     ui.console.print(

@@ -304,13 +304,35 @@ def stats_frame(image_stats: Sequence[dict[str, float] | None]) -> pd.DataFrame:
     return pd.DataFrame([s or {} for s in image_stats]).reindex(columns=list(STAT_NAMES))
 
 
+def calibrated_view(current: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Predicted class and top probability per row from the logged calibrated probabilities.
+
+    The reference counts the calibrated argmax; a decision rule (docs/decisions.md) may answer
+    with another class, so the comparison uses the calibrated probabilities whichever rule
+    answered. Rows without probabilities keep their logged label and top probability.
+    """
+    if not len(current):
+        return [], np.zeros(0)
+    labels, tops = [], []
+    for probs, label, top in zip(current["probabilities"], current["predicted"],
+                                 current["top_probability"].to_numpy(float)):
+        if isinstance(probs, dict) and probs:
+            best = max(probs, key=lambda k: probs[k])
+            labels.append(best)
+            tops.append(float(probs[best]))
+        else:
+            labels.append(label)
+            tops.append(top)
+    return labels, np.asarray(tops, dtype=np.float64)
+
+
 def run_drift(reference: dict[str, Any], current: pd.DataFrame,
               th: Thresholds | None = None) -> list[DriftResult]:
     """Every drift test of `current` (rows from PredictionStore.predictions) vs the reference."""
     th = th or Thresholds()
-    results = prediction_drift(reference, list(current["predicted"]) if len(current) else [], th)
-    results.append(confidence_drift(
-        reference, current["top_probability"].to_numpy(float) if len(current) else [], th))
+    predicted, top = calibrated_view(current)
+    results = prediction_drift(reference, predicted, th)
+    results.append(confidence_drift(reference, top, th))
     results.append(input_stats_drift(
         reference, stats_frame(list(current["image_stats"]) if len(current) else []), th))
     results.append(embedding_drift(

@@ -218,6 +218,7 @@ class MonitorReport:
     performance: dict[str, Any]
     alerts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    label_shift: dict[str, Any] = field(default_factory=dict)  # skincli.monitor.labelshift
 
     @property
     def status(self) -> str:

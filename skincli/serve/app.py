@@ -218,6 +218,7 @@ def _prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
     # Nothing to classify: the verdict is uncertain whatever the probabilities say.
     verdict.uncertain = verdict.uncertain or is_flagged(verdict.warnings)
     out = verdict.to_dict()
+    out["decision"] = verdict.decision
     out.pop("model", None)
     out.pop("embedding", None)
     out["image_sha256"] = prepared.sha256
@@ -277,7 +278,9 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         state.predlog.submit({
             "time": time.time(), "request_id": request.scope["skin.request_id"],
             "model_version": model.version, "image_sha256": prepared.sha256,
-            "predicted": pred["label"], "probabilities": pred["probabilities"],
+            # the calibrated probabilities, before the decision rule (label-shift monitoring)
+            "predicted": pred["label"], "probabilities": dict(zip(model.classes,
+                                                                  row.probabilities.tolist())),
             "top_probability": pred["probability"], "uncertain": pred["uncertain"],
             "latency_ms": _elapsed_ms(request), "source": "api",
         }, image=prepared.array.astype("uint8"), embedding=row.embedding)

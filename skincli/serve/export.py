@@ -9,8 +9,10 @@ Signatures:
 - `predict_pixels`: `pixels` (float32, [N, S, S, 3], RGB 0..255) for clients that already
   resize the way `skin` does.
 
-Both return `probabilities` (calibrated with the run's temperature), `logits`, `label` and
-`top_probability`. Differences to `skin serve`: EXIF orientation is not applied (send upright
+Both return `probabilities` (calibrated with the run's temperature, then re-weighted by the
+decision rule chosen with `--decision`, see docs/decisions.md), `logits`, `label` and
+`top_probability`; `assets.extra/skin.json` names the rule and its weights.
+Differences to `skin serve`: EXIF orientation is not applied (send upright
 images) and transparent pixels are not composited on white.
 """
 
@@ -45,8 +47,16 @@ def next_version(base: Path) -> int:
 
 def export_saved_model(run: str | Path | None = None, out: str | Path = "exported",
                        runs_dir: str | Path = DEFAULT_RUNS_DIR,
-                       version: int | None = None) -> Path:
-    """Write the SavedModel for a run; return the version folder."""
+                       version: int | None = None, decision: str = "balanced",
+                       prevalence: str | Path | None = None) -> Path:
+    """Write the SavedModel for a run; return the version folder.
+
+    `decision`/`prevalence`: the decision rule built into the probabilities (its weights are
+    fitted as `skin predict --decision` does, from run.json or the validation images).
+    """
+    from skincli.decision import check_rule
+
+    rule = check_rule(decision)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = resolve_run(run, runs_dir)
     info = load_run_info(run_dir)
@@ -76,8 +86,15 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
             model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
         except Exception as exc:
             raise model_load_error(run_dir, exc) from exc
+        from skincli.decision import decision_summary, resolve_decision
+        from skincli.predictor import Predictor
+
+        predictor = Predictor(run_dir, info, model)
+        chosen = resolve_decision(predictor, rule, prevalence)
+        info = predictor.info  # run.json may now hold the fitted operating point
         archive = build_archive(model, info.classes, int(info.input_size),
-                                float(info.temperature or 1.0))
+                                float(info.temperature or 1.0),
+                                weights=None if rule == "balanced" else chosen.weights.tolist())
         with atomic_dir(target, overwrite=False) as tmp:
             tmp.rmdir()  # ExportArchive creates the folder itself
             try:
@@ -90,6 +107,7 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
                 "run": info.to_dict(), "signatures": ["serving_default", "predict_pixels"],
                 "inputs": {"serving_default": "image_bytes", "predict_pixels": "pixels"},
                 "tensorflow": tf.__version__,
+                "decision": decision_summary(info, chosen),
             }, indent=2, default=str) + "\n", encoding="utf-8")
     except BaseException:
         for folder in created:  # deepest first
@@ -101,17 +119,23 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
     return target
 
 
-def build_archive(model: Any, classes: list[str], size: int, temperature: float) -> Any:
-    """A keras ExportArchive with the two serving signatures."""
+def build_archive(model: Any, classes: list[str], size: int, temperature: float,
+                  weights: list[float] | None = None) -> Any:
+    """A keras ExportArchive with the two serving signatures; `weights` (C,) re-weight the
+    calibrated probabilities (a decision rule) before renormalising."""
     import keras
     import tensorflow as tf
 
     class_names = tf.constant(list(classes))
     temp = tf.constant(max(temperature, 1e-6), tf.float32)
+    w = None if weights is None else tf.constant([float(v) for v in weights], tf.float32)
 
     def outputs(pixels: Any) -> dict[str, Any]:
         logits = tf.cast(model(pixels, training=False), tf.float32)
         probs = tf.nn.softmax(logits / temp, axis=-1)
+        if w is not None:  # temperature first, the decision rule second
+            probs = probs * w
+            probs = probs / tf.reduce_sum(probs, axis=-1, keepdims=True)
         return {"probabilities": probs, "logits": logits,
                 "label": tf.gather(class_names, tf.argmax(probs, axis=-1)),
                 "top_probability": tf.reduce_max(probs, axis=-1)}

@@ -117,7 +117,16 @@ class LoadedModel:
             "val_metrics": info.val_metrics, "test_metrics": info.test_metrics,
             "split_sha256": info.split_sha256, "loaded_at": self.loaded_at,
             "load_seconds": round(self.load_seconds, 3), "tta": self.tta,
+            "decision": self.decision_summary(),
         })
+
+    def decision_summary(self) -> dict[str, Any]:
+        """The decision rule in force and its parameters (see skincli.decision)."""
+        from skincli.decision import decision_summary
+
+        summary = decision_summary(self.predictor.info, getattr(self.predictor, "decision", None))
+        summary.get("fitted", {}).pop("when", None)
+        return summary
 
 
 def json_safe(value: Any) -> Any:
@@ -141,6 +150,15 @@ def load_model(settings: Settings, run: str | None = None) -> LoadedModel:
     start = time.perf_counter()
     run_dir = resolve_run(run if run is not None else settings.run, settings.runs_dir)
     predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels)
+    if settings.decision != "balanced":
+        from skincli.decision import resolve_decision
+
+        decision = resolve_decision(predictor, settings.decision, settings.prevalence)
+        for message in decision.warnings:
+            import logging
+
+            logging.getLogger("skincli.serve").warning(message)
+        predictor.set_decision(decision)
     model = LoadedModel(predictor=predictor, run_dir=Path(run_dir),
                         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         load_seconds=0.0, tta=settings.tta)

@@ -43,6 +43,8 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float] = Field(description="Every class, calibrated, sums to 1")
     uncertain: bool = Field(description="Top probability below the run's uncertain threshold: "
                             "refer for expert review")
+    decision: str = Field("balanced", description="The decision rule that produced this answer "
+                          "(balanced, prevalence, macro-f1); GET /v1/model gives its prior")
     warnings: list[str] = []
     disclaimer: str = DISCLAIMER
     image_sha256: str = Field(description="SHA-256 of the uploaded bytes (what the log keeps)")
@@ -68,7 +70,7 @@ _PREDICTION_EXAMPLE: dict[str, Any] = {
     "top_k": [{"label": "nevus", "probability": 0.82},
               {"label": "melanoma", "probability": 0.11}],
     "probabilities": {"melanoma": 0.11, "nevus": 0.82, "seborrheic keratosis": 0.07},
-    "uncertain": False, "warnings": [], "disclaimer": DISCLAIMER,
+    "uncertain": False, "decision": "balanced", "warnings": [], "disclaimer": DISCLAIMER,
     "image_sha256": "9b74c9897bac770ffc029102a200c5de" * 2, "filename": "lesion.jpg",
 }
 
@@ -144,6 +146,8 @@ class ModelResponse(BaseModel):
     loaded_at: str
     load_seconds: float
     tta: bool
+    decision: dict[str, Any] = Field(default_factory=dict, description="The decision rule in "
+                                     "force: rule, prior, weights, uncertain threshold")
     serving: dict[str, Any]
     disclaimer: str = DISCLAIMER
 

@@ -56,6 +56,8 @@ class Settings:
     log_flush_s: float = 10.0  # at shutdown, wait this long for the store, then spool rows
     journal: str | None = None  # spool of unstored rows; None: <runs_dir>/predictions.journal.jsonl
     journal_mb: float = 256.0  # bound on the local journal of rows the store could not take
+    decision: str = "balanced"  # decision rule: balanced, prevalence, macro-f1 (docs/decisions.md)
+    prevalence: str | None = None  # class-prior file for the prevalence rule (YAML or CSV)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -97,6 +99,15 @@ class Settings:
             if not value >= 0 or (not zero_ok and value == 0):
                 kind = "0 or more" if zero_ok else "positive"
                 raise SkinError(f"{_label(name)} {value} is not valid: it must be {kind}")
+        from skincli.decision import check_rule
+
+        self.decision = check_rule(self.decision)
+        if self.prevalence is not None and self.decision != "prevalence":
+            raise SkinError(f"{_label('prevalence')} applies to the prevalence decision rule, "
+                            f"not {self.decision}", hint="Add --decision prevalence")
+        if self.prevalence is not None and not Path(self.prevalence).is_file():
+            raise SkinError(f"Prevalence file {self.prevalence} does not exist",
+                            hint="Pass a YAML or CSV file of class: prevalence")
         if self.api_keys_file and not Path(self.api_keys_file).is_file():
             raise SkinError(f"API keys file {self.api_keys_file} does not exist",
                             hint="Pass a file with one key per line")
@@ -131,14 +142,15 @@ class Settings:
                 "decode_mpx": self.decode_mpx, "max_connections": self.max_connections,
                 "max_requests": self.max_requests, "header_timeout_s": self.header_timeout_s,
                 "body_timeout_s": self.body_timeout_s, "keep_alive_s": self.keep_alive_s,
-                "prediction_log": not self.no_log}
+                "prediction_log": not self.no_log, "decision": self.decision}
 
 
 # Settings that `skin serve` also takes as options (the others exist only as SKIN_* variables).
 _CLI_OPTIONS = {"host", "port", "workers", "max_batch", "batch_window_ms", "max_upload_mb",
                 "max_pixels", "max_files", "timeout_s", "queue_size", "api_keys_file", "store",
                 "tta", "runs_dir", "decode_mpx", "max_connections", "max_requests",
-                "header_timeout_s", "body_timeout_s", "keep_alive_s", "log_flush_s"}
+                "header_timeout_s", "body_timeout_s", "keep_alive_s", "log_flush_s", "decision",
+                "prevalence"}
 
 
 def _label(name: str) -> str:
