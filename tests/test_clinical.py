@@ -258,7 +258,9 @@ def test_dicom_round_trip_to_fhir_and_audit(runs: Path, tmp_path: Path) -> None:
     assert obs["device"]["reference"] == next(e["fullUrl"] for e in doc["entry"]
                                               if e["resource"]["resourceType"] == "Device")
     assert dev["version"][0]["value"] == "alpha@2026-01-01T00:00:00"
-    assert any(p["valueQuantity"][0]["value"] == 0.61 for p in dev["property"])
+    assert any(p.get("valueQuantity", [{}])[0].get("value") == 0.61 for p in dev["property"])
+    rule = next(p for p in dev["property"] if p["type"]["coding"][0]["code"] == "decision-rule")
+    assert rule["valueCode"][0]["text"].startswith("balanced")
     assert pred["triage"]["decision"] in ("refer", "no referral suggested")
     assert pred["triage"]["decision"] in rep["conclusion"]
     assert "subject" not in obs and "subject" not in rep
@@ -405,7 +407,7 @@ def test_card_fits_triage_on_first_need_and_writes_a_readable_card(trained: Path
     md = (trained / "MODEL_CARD.md").read_text()
     for section in ("## Model details", "## Intended use", "## Out of scope",
                     "## Training data", "## Evaluation", "### Triage operating point",
-                    "## Known limitations", "## Clinical coding"):
+                    "### Decision rule", "## Known limitations", "## Clinical coding"):
         assert section in md, section
     assert "| melanoma | 6 | 6 | 6 |" in md  # counts per class and split
     assert "Classes the model never saw" in md and "basal cell carcinoma" in md

@@ -18,6 +18,7 @@ from typing import Any
 from skincli import DISCLAIMER
 from skincli.clinical.snomed import concept
 from skincli.clinical.triage import record_of
+from skincli.errors import SkinError
 from skincli.runs import MODEL_FILE, RunInfo, load_run_info
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
@@ -134,6 +135,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
             "uncertain_threshold": info.uncertain_threshold,
             "uncertain_rule": extra.get("uncertain_rule"),
             "triage": triage,
+            "decision": _decision(info),
             "subgroups": test.get("subgroups") or extra.get("subgroups"),
         },
         "limitations": limitations,
@@ -142,6 +144,16 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
                     "source": concept(c).source} for c in info.classes],
         "disclaimer": DISCLAIMER,
     }
+
+
+def _decision(info: RunInfo) -> dict[str, Any] | None:
+    """The decision rule the model answers with by default (balanced) and what is stored."""
+    from skincli.decision import decision_summary
+
+    try:
+        return decision_summary(info)
+    except (SkinError, KeyError, TypeError, ValueError):  # a card is still worth writing
+        return None
 
 
 def _label_provenance(meta: dict[str, Any]) -> str:
@@ -264,6 +276,16 @@ def markdown(card: dict[str, Any]) -> str:
     else:
         out.append("Not fitted" + (f": {tri['reason']}" if tri and tri.get("reason") else "."))
     sub = ev["subgroups"]
+    dec = ev.get("decision") or {}
+    out += ["", "### Decision rule", ""]
+    if dec:
+        out.append(f"- Answers by default with: {dec.get('description') or dec.get('rule')}.")
+        if dec.get("training_prior"):
+            prior = ", ".join(f"{c} {_f(v, True)}" for c, v in dec["training_prior"].items())
+            out.append(f"- Training prior: {prior}.")
+        out.append(f"- Rules with a fitted operating point: "
+                   f"{', '.join(dec.get('stored_rules') or ['balanced'])} (`skin serve "
+                   "--decision`, docs/decisions.md).")
     out += ["", "### Subgroups", ""]
     if sub and sub.get("attributes"):
         out.append(f"Test macro F1 per subgroup (overall {_f(sub.get('overall_macro_f1'))}; "

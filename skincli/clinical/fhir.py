@@ -70,6 +70,16 @@ def device_resource(model: dict[str, Any]) -> dict[str, Any]:
         props.append({"type": _local("triage-threshold", "referral threshold on the "
                                      "malignancy score"),
                       "valueQuantity": [_probability(triage["threshold"])]})
+    decision = model.get("decision") or {}
+    if decision.get("rule"):
+        # The rule (and prior) that turned probabilities into the answer: a different prior
+        # gives a different answer for the same image.
+        props.append({"type": _local("decision-rule", "decision rule"),
+                      "valueCode": [{"text": str(decision.get("description")
+                                                 or decision["rule"])}]})
+        for cls, value in sorted((decision.get("prior") or {}).items()):
+            props.append({"type": _local(f"decision-prior-{cls}", f"class prior: {cls}"),
+                          "valueQuantity": [_probability(value)]})
     return {
         "resourceType": "Device", "meta": _meta(),
         "status": "active",
@@ -183,8 +193,10 @@ def bundle(prediction: dict[str, Any], model: dict[str, Any], *,
 def model_info(predictor: Any) -> dict[str, Any]:
     """What the Device says, from a loaded Predictor's run.json."""
     from skincli.clinical.triage import record_of
+    from skincli.decision import decision_summary
 
     info = predictor.info
     return {"name": info.name, "version": info.version, "arch": info.arch,
             "classes": list(info.classes), "test_metrics": info.test_metrics or {},
-            "val_metrics": info.val_metrics or {}, "triage": record_of(info)}
+            "val_metrics": info.val_metrics or {}, "triage": record_of(info),
+            "decision": decision_summary(info, getattr(predictor, "decision", None))}
