@@ -1,7 +1,7 @@
 """`skin train --strategy multiworker`, for real: two worker processes on 127.0.0.1 with TF_CONFIG.
 
-Marked slow: each case starts two TensorFlow processes (about 25 s for the finished run and
-40-60 s for the killed worker on 2 shared CPU cores).
+The two process tests are marked slow: each starts two TensorFlow processes (about 45 s for
+the finished run and 40 s for the killed worker on 2 shared CPU cores).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from pg import free_port
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"synthetic-nevus": 16, "synthetic-melanoma": 16}
@@ -52,6 +50,27 @@ def _start(tmp: Path, split: Path, ports: list[int], index: int, epochs: int
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.parametrize("raw, message", [
+    ("{not json", "not valid JSON"),
+    ('{"cluster": {"worker": ["a:1"]}}', "needs a"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "not a job"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     "outside 0..1"),
+    ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+])
+def test_bad_tf_config_is_one_line(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                   message: str) -> None:
+    from skincli.errors import SkinError
+    from skincli.train.multiworker import cluster_from_env
+
+    monkeypatch.setenv("TF_CONFIG", raw)
+    with pytest.raises(SkinError, match=message):
+        cluster_from_env()
+    monkeypatch.delenv("TF_CONFIG")
+    assert cluster_from_env() is None
+
+
+@pytest.mark.slow
 def test_two_workers_train_one_run_that_predicts(tmp_path: Path, split_csv: Path) -> None:
     ports = [free_port(), free_port()]
     workers = [_start(tmp_path, split_csv, ports, i, epochs=2) for i in range(2)]
@@ -72,6 +91,7 @@ def test_two_workers_train_one_run_that_predicts(tmp_path: Path, split_csv: Path
     assert doc["predictions"][0]["label"] in COUNTS
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_other_with_one_line(tmp_path: Path, split_csv: Path) -> None:
     ports = [free_port(), free_port()]
     workers = [_start(tmp_path, split_csv, ports, i, epochs=400) for i in range(2)]
