@@ -1,4 +1,6 @@
-"""The prediction store: round trip, labels, filters, concurrency, and the logged statistics."""
+"""The prediction store: round trip, labels, filters, concurrency, schema versions, and the
+logged statistics. Every store test runs on SQLite and on a real PostgreSQL server (a
+throw-away cluster on loopback, see tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,21 @@ import pytest
 
 from skincli.errors import SkinError
 from skincli.monitor.store import (
+    SCHEMA_VERSION,
     STAT_NAMES,
     default_store_url,
     image_stats,
     open_store,
     summarize_embedding,
 )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on the embedded SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sub/p.db"
+    return request.getfixturevalue("pg_url")
 
 
 def _row(i: int, **kw: object) -> dict:
@@ -31,8 +42,8 @@ def _row(i: int, **kw: object) -> dict:
     return row
 
 
-def test_round_trip_fills_missing_and_ignores_unknown(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/sub/p.db")
+def test_round_trip_fills_missing_and_ignores_unknown(store_url: str) -> None:
+    store = open_store(store_url)
     store.log([_row(0, unknown_key="x"),
                {"probabilities": {"a": 0.3, "b": 0.7}, "image_sha256": "ff" * 32}])
     df = store.predictions()
@@ -48,11 +59,16 @@ def test_round_trip_fills_missing_and_ignores_unknown(tmp_path: Path) -> None:
     assert df.loc[1, "source"] == "cli"
     store.close()
     # reopening sees the same rows
-    assert len(open_store(tmp_path / "sub" / "p.db").predictions()) == 2
+    assert len(open_store(store_url).predictions()) == 2
 
 
-def test_labels_attach_and_count_matches(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "p.db")
+def test_sqlite_bare_path_is_the_same_file(tmp_path: Path) -> None:
+    open_store(f"sqlite:///{tmp_path}/p.db").log([_row(0)])
+    assert len(open_store(tmp_path / "p.db").predictions()) == 1
+
+
+def test_labels_attach_and_count_matches(store_url: str) -> None:
+    store = open_store(store_url)
     store.log([_row(i) for i in range(5)])
     matched = store.add_labels({f"{1:064x}": "melanoma", f"{2:064x}": "nevus",
                                 "ab" * 32: "nevus"})
@@ -68,8 +84,8 @@ def test_labels_attach_and_count_matches(tmp_path: Path) -> None:
     assert store.predictions().set_index("request_id").loc["r9", "label"] == "nevus"
 
 
-def test_filters(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "p.db")
+def test_filters(store_url: str) -> None:
+    store = open_store(store_url)
     store.log([_row(i, model_version="m1" if i < 6 else "m2") for i in range(10)])
     assert len(store.predictions(since=1003)) == 7
     assert len(store.predictions(since=1003, until=1005)) == 2
@@ -87,8 +103,9 @@ store.close()
 """
 
 
-def test_concurrent_processes_and_threads_lose_no_rows(tmp_path: Path) -> None:
-    db = tmp_path / "p.db"
+def test_concurrent_processes_and_threads_lose_no_rows(store_url: str) -> None:
+    # every writer opens the store fresh at the same moment: the schema is created once
+    db = store_url
     per_proc, n_procs, per_thread, n_threads = 150, 3, 100, 6
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db), f"p{k}", str(per_proc)])
              for k in range(n_procs)]
@@ -177,10 +194,13 @@ def test_embedding_summary_is_deterministic_and_keeps_distances() -> None:
     assert 0.5 < ratio.min() and ratio.max() < 1.6
 
 
-def test_sqlalchemy_backend_behaves_like_the_sqlite_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite+pysqlite", "postgresql"])
+def test_sqlalchemy_backend_behaves_like_the_sqlite_one(tmp_path: Path, backend: str,
+                                                        request: pytest.FixtureRequest) -> None:
     pytest.importorskip("sqlalchemy")
-    # sqlite through SQLAlchemy exercises the server-database code path without a server
-    store = open_store(f"sqlite+pysqlite:///{tmp_path}/sa.db")
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite+pysqlite:///{tmp_path}/sa.db")
+    store = open_store(url)
     assert type(store).__name__ == "SqlAlchemyStore"
     store.log([_row(i) for i in range(4)] + [{"probabilities": {"a": 1.0}}])
     assert store.add_labels({f"{1:064x}": "melanoma", "ab" * 32: "nevus"}) == 1
@@ -192,3 +212,168 @@ def test_sqlalchemy_backend_behaves_like_the_sqlite_one(tmp_path: Path) -> None:
     assert len(store.predictions(model_version="m1")) == 4
     assert store.labels()[f"{1:064x}"] == "nevus"
     store.close()
+
+
+# --- schema versions ---------------------------------------------------------------------------
+
+_V1_SQLITE = """
+CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,
+    request_id TEXT NOT NULL, model_version TEXT NOT NULL, image_sha256 TEXT NOT NULL,
+    predicted TEXT NOT NULL, probabilities TEXT NOT NULL, top_probability REAL,
+    uncertain INTEGER NOT NULL, latency_ms REAL, source TEXT NOT NULL, image_stats TEXT NOT NULL,
+    embedding TEXT);
+CREATE INDEX predictions_time ON predictions (time);
+CREATE INDEX predictions_sha ON predictions (image_sha256);
+CREATE TABLE labels (image_sha256 TEXT PRIMARY KEY, label TEXT NOT NULL, time REAL NOT NULL);
+INSERT INTO predictions (time, request_id, model_version, image_sha256, predicted, probabilities,
+    top_probability, uncertain, latency_ms, source, image_stats, embedding)
+    VALUES (1000.0, 'old', 'm1', 'aa', 'nevus', '{"nevus": 1.0}', 1.0, 0, 5.0, 'api', '{}', NULL);
+INSERT INTO labels VALUES ('aa', 'nevus', 1000.0);
+"""
+
+
+def _write_v1(url: str, tmp_path: Path) -> None:
+    """A store exactly as skincli wrote it before schema versions (schema version 1)."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path)
+        conn.executescript(_V1_SQLITE + "PRAGMA user_version = 1;")
+        conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for stmt in _V1_SQLITE.replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                                       "BIGSERIAL PRIMARY KEY").split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+
+
+def test_a_store_from_before_versioning_is_migrated_in_place(store_url: str,
+                                                             tmp_path: Path) -> None:
+    _write_v1(store_url, tmp_path)
+    store = open_store(store_url)
+    df = store.predictions()
+    assert list(df["request_id"]) == ["old"] and df.loc[0, "label"] == "nevus"
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    store.log([_row(1), _row(2)])
+    assert list(store.predictions()["request_id"]) == ["old", "r1", "r2"]
+    store.close()
+    # opening again applies nothing twice
+    again = open_store(store_url)
+    assert again.schema_version() == SCHEMA_VERSION and len(again.predictions()) == 3
+    again.close()
+
+
+def test_a_store_from_a_newer_skincli_is_refused(store_url: str) -> None:
+    store = open_store(store_url)
+    store.log([_row(0)])
+    assert store.schema_version() == SCHEMA_VERSION
+    store.close()
+    if store_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(store_url[len("sqlite:///"):])
+        conn.execute("INSERT INTO schema_version VALUES (99, 0)")
+        conn.commit()
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_version VALUES (99, 0)")
+    with pytest.raises(SkinError, match="schema version 99") as info:
+        open_store(store_url).predictions()
+    assert "Upgrade skincli" in (info.value.hint or "")
+
+
+def test_a_row_key_written_twice_is_stored_once(store_url: str) -> None:
+    store = open_store(store_url)
+    store.log([_row(0, row_key="k0"), _row(1, row_key="k1")])
+    store.log([_row(0, row_key="k0"), _row(2)])  # a retried write: k0 is not duplicated
+    assert sorted(store.predictions()["request_id"]) == ["r0", "r1", "r2"]
+    store.close()
+
+
+# --- a server store whose server goes away -------------------------------------------------------
+
+_STREAMER = """
+import sys, time
+from skincli.monitor.store import open_store
+store = open_store(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    store.log([{"request_id": f"s-{i}", "probabilities": {"a": 1.0}}])
+    time.sleep(0.005)
+store.close()
+print("done", flush=True)
+"""
+
+
+def test_postgresql_restarted_mid_stream_loses_no_row(pg_cluster, pg_url: str,
+                                                      tmp_path: Path) -> None:
+    import time
+
+    n = 600
+    writer = subprocess.Popen([sys.executable, "-c", _STREAMER, pg_url, str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = open_store(pg_url)
+    deadline = time.monotonic() + 60
+    while len(store.predictions()) < 100:  # the stream is under way
+        assert writer.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    store.close()
+    pg_cluster.restart(down_s=1.5)  # `fast`: open connections are cut, the writer must retry
+    out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    ids = open_store(pg_url).predictions()["request_id"]
+    assert len(ids) == n and ids.is_unique
+
+
+def test_rows_wait_bounded_in_memory_while_the_server_is_down(pg_cluster,
+                                                              pg_url: str) -> None:
+    from skincli.monitor.store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(pg_url, retry_s=0.3, max_pending=5)
+    store.log([_row(0)])
+    pg_cluster.stop()
+    try:
+        with pytest.raises(SkinError, match="rows wait in memory"):
+            store.log([_row(1), _row(2)])
+        assert store.pending() == 2
+        with pytest.raises(SkinError, match="unreachable"):
+            store.log([_row(i) for i in range(3, 8)])
+        assert store.pending() == 5 and store.dropped == 2  # oldest beyond the bound went
+    finally:
+        pg_cluster.start()
+    store.flush()
+    assert store.pending() == 0
+    assert list(store.predictions()["request_id"]) == ["r0", "r3", "r4", "r5", "r6", "r7"]
+    store.close()
+
+
+# --- `skin monitor` reads both stores alike -----------------------------------------------------
+
+def test_monitor_gives_the_same_report_from_both_stores(tmp_path: Path, pg_url: str) -> None:
+    import json
+
+    from test_monitor_report import _log, _make_run, _monitor
+
+    run_dir = _make_run(tmp_path)
+    sqlite_url = f"sqlite:///{tmp_path}/p.db"
+    rows = _log(sqlite_url, 150, seed=3)
+    open_store(pg_url).log(rows)  # the very same rows in both
+    labels = {r["image_sha256"]: r["_true"] for r in rows[:40]}
+    reports = {}
+    for name, url in (("sqlite", sqlite_url), ("postgresql", pg_url)):
+        assert open_store(url).add_labels(labels) == 40
+        res = _monitor(run_dir, url, tmp_path / f"rep-{name}", "--no-plots")
+        assert res.exit_code == 0, res.output
+        rep = json.loads((tmp_path / f"rep-{name}" / "report.json").read_text())
+        assert rep["store"] == url and rep["drift"]["current"]["n"] == 150
+        for key in ("created", "store", "period"):
+            rep.pop(key)
+        reports[name] = rep
+    assert reports["sqlite"] == reports["postgresql"]

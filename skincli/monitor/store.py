@@ -11,7 +11,15 @@ Where rows go (`--store`, or the `SKIN_STORE` environment variable):
   One file, created on first use, WAL mode: any number of threads and processes (CLI runs, API
   workers) can append at the same time without losing rows.
 - `postgresql://user:password@host/db` (or any SQLAlchemy URL) for teams running several
-  replicas on several machines; needs `pip install sqlalchemy psycopg`.
+  replicas on several machines; needs `pip install sqlalchemy psycopg` (a bare
+  `postgresql://` URL uses psycopg 3).
+
+Schema: the `schema_version` table records each migration applied; opening a store brings it
+to `SCHEMA_VERSION` in one locked transaction (files written before versioning are version 1
+and are upgraded in place). A store written by a newer skincli is refused, not guessed at.
+
+Every row carries a `row_key` (the caller's, or a random one); inserting a key twice keeps the
+first row, so a write retried after a lost connection never duplicates a prediction.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +43,7 @@ import pandas as pd
 from skincli.errors import SkinError
 
 DEFAULT_STORE_URL = os.environ.get("SKIN_STORE") or "sqlite:///runs/predictions.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EMBEDDING_DIMS = 32
 STAT_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness",
               "saturation", "sharpness")
@@ -44,6 +54,10 @@ COLUMNS = ["time", "request_id", "model_version", "image_sha256", "predicted", "
 # How long a writer keeps retrying when another process holds the write lock. Writes are tiny
 # (one short transaction per batch), so this is only reached when something is badly wrong.
 _LOCK_TIMEOUT_S = 30.0
+# A server store: how long one write keeps retrying a lost connection (the server restarting,
+# a fail-over), and how many rows wait in memory meanwhile (the oldest go first beyond that).
+RETRY_S = 30.0
+MAX_PENDING = 10_000
 
 T = TypeVar("T")
 
@@ -99,6 +113,7 @@ def _normalise(row: dict[str, Any], now: float) -> tuple[Any, ...]:
         source,
         json.dumps(_float_dict(row.get("image_stats")), sort_keys=True),
         None if embedding is None else json.dumps(embedding),
+        str(row.get("row_key") or uuid.uuid4().hex),
     )
 
 
@@ -159,6 +174,10 @@ class PredictionStore:
         """All attached labels (image_sha256 -> label)."""
         raise NotImplementedError
 
+    def schema_version(self) -> int:
+        """The schema version of the store (creating or migrating it first if needed)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections (the store reopens on next use)."""
 
@@ -169,6 +188,8 @@ class PredictionStore:
         self.close()
 
 
+# Version 1: the schema of every store written before versioning (kept verbatim: it is what
+# an old file holds, and a new store is created as version 1 and then migrated).
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -194,9 +215,31 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 """
 
+# Migrations: version -> statements taking the store from version - 1 to version. Plain SQL
+# that SQLite and PostgreSQL both run; each migration runs in one transaction with the version
+# row, under the store's write lock, so concurrent openers apply it exactly once.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
+        "applied REAL NOT NULL)",
+        "ALTER TABLE predictions ADD COLUMN row_key TEXT",
+        # NULLs are distinct in a unique index: rows from version 1 need no key
+        "CREATE UNIQUE INDEX IF NOT EXISTS predictions_row_key ON predictions (row_key)",
+        "CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)",
+    ),
+}
+
+
+def _newer_store(where: str, version: int) -> SkinError:
+    return SkinError(f"The prediction store {where} has schema version {version}; this skincli "
+                     f"knows versions up to {SCHEMA_VERSION}",
+                     hint="Upgrade skincli (pip install -U skincli) to read it")
+
+
 _INSERT = ("INSERT INTO predictions (time, request_id, model_version, image_sha256, predicted, "
            "probabilities, top_probability, uncertain, latency_ms, source, image_stats, "
-           "embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "embedding, row_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+           "ON CONFLICT (row_key) DO NOTHING")
 _SELECT = ("SELECT p.time, p.request_id, p.model_version, p.image_sha256, p.predicted, "
            "p.probabilities, p.top_probability, p.uncertain, p.latency_ms, p.source, "
            "p.image_stats, p.embedding, l.label FROM predictions p "
@@ -245,10 +288,49 @@ class SqliteStore(PredictionStore):
         with self._init_lock:
             self._all.append(conn)
             if not self._initialised:
-                self._retry(lambda: conn.executescript(_SQLITE_SCHEMA))
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                try:
+                    self._retry(lambda: self._migrate(conn))
+                except sqlite3.DatabaseError as exc:
+                    raise SkinError(f"Cannot open the prediction store {self.path}: {exc}",
+                                    hint="Check the path, or point --store / SKIN_STORE "
+                                    "elsewhere") from exc
                 self._initialised = True
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Create (version 1) and migrate the file to SCHEMA_VERSION under the write lock."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_version" in tables:
+                version = int(conn.execute("SELECT MAX(version) FROM schema_version")
+                              .fetchone()[0] or 1)
+            elif "predictions" in tables:
+                version = 1  # written before versioning
+            else:
+                for stmt in _SQLITE_SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                version = 1
+            if version > SCHEMA_VERSION:
+                raise _newer_store(str(self.path), version)
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[v]:
+                    conn.execute(stmt)
+                conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)",
+                             (v, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        conn = self._connect()
+        return int(self._retry(lambda: conn.execute("SELECT MAX(version) FROM schema_version")
+                               .fetchone()[0]))
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """Run fn, retrying with jittered back-off while another writer holds the lock."""
@@ -350,18 +432,28 @@ def _where(since: float | None, until: float | None, model_version: str | None,
 
 
 class SqlAlchemyStore(PredictionStore):
-    """A server database (PostgreSQL, MySQL...) through SQLAlchemy, for several replicas."""
+    """A server database (PostgreSQL, MySQL...) through SQLAlchemy, for several replicas.
 
-    def __init__(self, url: str) -> None:
+    A write that meets a lost connection (the server restarting, a fail-over) retries with
+    jittered exponential back-off for up to `retry_s` seconds; its rows wait in memory (at most
+    `max_pending`, the oldest dropped beyond that and counted in `dropped`). If the server is
+    still away the call raises, and the rows stay pending for the next `log` or `flush`.
+    """
+
+    def __init__(self, url: str, retry_s: float = RETRY_S, max_pending: int = MAX_PENDING
+                 ) -> None:
         try:
             import sqlalchemy as sa
         except ImportError as exc:
             raise SkinError(f"The prediction store {_redact(url)} needs SQLAlchemy",
                             hint="pip install sqlalchemy psycopg") from exc
         self.url = url
+        self.retry_s = float(retry_s)
+        self.max_pending = max(1, int(max_pending))
+        self.dropped = 0
         self._sa = sa
         try:
-            self._engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+            self._engine = sa.create_engine(_driver_url(url), pool_pre_ping=True, future=True)
         except sa.exc.NoSuchModuleError as exc:  # a scheme no database answers to
             scheme = url.split("://", 1)[0]
             raise SkinError(f"Unknown prediction store type {scheme!r} in {_redact(url)}",
@@ -373,40 +465,46 @@ class SqlAlchemyStore(PredictionStore):
         except sa.exc.ArgumentError as exc:
             raise SkinError(f"Cannot use the prediction store {_redact(url)}: {exc}",
                             hint="Check the URL, e.g. postgresql://user@host/db") from exc
-        md = sa.MetaData()
-        self._pred = sa.Table(
-            "predictions", md,
-            sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                      primary_key=True, autoincrement=True),
-            sa.Column("time", sa.Float, nullable=False, index=True),
-            sa.Column("request_id", sa.Text, nullable=False),
-            sa.Column("model_version", sa.Text, nullable=False),
-            sa.Column("image_sha256", sa.String(64), nullable=False, index=True),
-            sa.Column("predicted", sa.Text, nullable=False),
-            sa.Column("probabilities", sa.Text, nullable=False),
-            sa.Column("top_probability", sa.Float),
-            sa.Column("uncertain", sa.Integer, nullable=False),
-            sa.Column("latency_ms", sa.Float),
-            sa.Column("source", sa.Text, nullable=False),
-            sa.Column("image_stats", sa.Text, nullable=False),
-            sa.Column("embedding", sa.Text),
-        )
-        self._labels = sa.Table(
-            "labels", md,
-            sa.Column("image_sha256", sa.String(64), primary_key=True),
-            sa.Column("label", sa.Text, nullable=False),
-            sa.Column("time", sa.Float, nullable=False),
-        )
-        self._md = md
+        self._v1 = sa.MetaData()  # what version 1 created; later columns come by migration
+        _tables(sa, self._v1, with_key=False)
+        self._pred, self._labels = _tables(sa, sa.MetaData(), with_key=True)
         self._ready = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # schema set-up
+        self._write_lock = threading.Lock()  # one flush at a time keeps `_pending` simple
+        self._pending: deque[dict[str, Any]] = deque()
+
+    # -- schema ------------------------------------------------------------------------------
+    def _migrate(self, conn: Any) -> None:
+        """Create (version 1) and migrate to SCHEMA_VERSION, inside the caller's transaction."""
+        sa = self._sa
+        if conn.dialect.name == "postgresql":
+            # Concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL; an advisory lock held
+            # to the end of the transaction serialises every replica opening the store.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(742031)"))
+        inspector = sa.inspect(conn)
+        if inspector.has_table("schema_version"):
+            version = int(conn.execute(sa.text("SELECT MAX(version) FROM schema_version"))
+                          .scalar() or 1)
+        elif inspector.has_table("predictions"):
+            version = 1  # written before versioning
+        else:
+            self._v1.create_all(conn)
+            version = 1
+        if version > SCHEMA_VERSION:
+            raise _newer_store(_redact(self.url), version)
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in _MIGRATIONS[v]:
+                conn.execute(sa.text(stmt))
+            conn.execute(sa.text("INSERT INTO schema_version (version, applied) "
+                                 "VALUES (:v, :t)"), {"v": v, "t": time.time()})
 
     def _engine_ready(self) -> Any:
         if not self._ready:
             with self._lock:
                 if not self._ready:
                     try:
-                        self._md.create_all(self._engine)
+                        with self._engine.begin() as conn:
+                            self._migrate(conn)
                     except self._sa.exc.SQLAlchemyError as exc:
                         raise SkinError(f"Cannot open the prediction store {_redact(self.url)}: "
                                         f"{_first_line(exc)}",
@@ -415,14 +513,81 @@ class SqlAlchemyStore(PredictionStore):
                     self._ready = True
         return self._engine
 
+    def schema_version(self) -> int:
+        with self._engine_ready().connect() as conn:
+            return int(conn.execute(self._sa.text("SELECT MAX(version) FROM schema_version"))
+                       .scalar())
+
+    # -- writes ------------------------------------------------------------------------------
+    def _insert(self, conn: Any) -> Any:
+        """INSERT that skips a row whose row_key is already stored (a retried write)."""
+        name = conn.dialect.name
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            return self._pred.insert()  # the unique index still refuses a duplicate key
+        return insert(self._pred).on_conflict_do_nothing(index_elements=["row_key"])
+
+    def _transient(self, exc: Exception) -> bool:
+        """A lost or refused connection: worth retrying. Bad data or SQL is not."""
+        sa = self._sa
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
     def log(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         now = time.time()
         names = [c.name for c in self._pred.columns if c.name != "id"]
         values = [dict(zip(names, _normalise(r, now))) for r in rows]
-        with self._engine_ready().begin() as conn:
-            conn.execute(self._pred.insert(), values)
+        with self._write_lock:
+            self._pending.extend(values)
+            while len(self._pending) > self.max_pending:
+                self._pending.popleft()
+                self.dropped += 1
+            self._flush_locked(self.retry_s)
+
+    def pending(self) -> int:
+        """Rows waiting in memory for the server."""
+        return len(self._pending)
+
+    def flush(self, retry_s: float | None = None) -> None:
+        """Write the rows still waiting from earlier failed calls (retrying up to retry_s)."""
+        with self._write_lock:
+            self._flush_locked(self.retry_s if retry_s is None else retry_s)
+
+    def _flush_locked(self, retry_s: float) -> None:
+        sa = self._sa
+        if not self._pending:
+            return
+        batch = list(self._pending)
+        deadline = time.monotonic() + retry_s
+        delay = 0.05
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    if not self._ready:  # migrating twice is harmless: it is locked and checked
+                        self._migrate(conn)
+                    conn.execute(self._insert(conn), batch)
+                self._ready = True
+                self._pending.clear()
+                return
+            except sa.exc.SQLAlchemyError as exc:
+                if not self._transient(exc):
+                    self._pending.clear()  # a batch the server refuses would block all others
+                    raise SkinError(f"Prediction store {_redact(self.url)} refused "
+                                    f"{len(batch)} rows: {_first_line(exc)}",
+                                    hint="Check the store's schema and permissions") from exc
+                if time.monotonic() + delay > deadline:
+                    raise SkinError(f"Prediction store {_redact(self.url)} unreachable for "
+                                    f"{retry_s:g} s: {_first_line(exc)}; {len(self._pending)} "
+                                    "rows wait in memory for the next write",
+                                    hint="Check that the database server is up") from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
 
     def add_labels(self, mapping: dict[str, str]) -> int:
         sa = self._sa
@@ -440,6 +605,7 @@ class SqlAlchemyStore(PredictionStore):
                 self._pred.c.image_sha256.in_(list(items)))).fetchall()
         return len(seen)
 
+    # -- reads -------------------------------------------------------------------------------
     def predictions(self, since: float | None = None, until: float | None = None,
                     model_version: str | None = None) -> pd.DataFrame:
         sa = self._sa
@@ -467,7 +633,50 @@ class SqlAlchemyStore(PredictionStore):
         return {k: v for k, v in rows}
 
     def close(self) -> None:
+        if self._pending:
+            try:
+                self.flush(retry_s=min(self.retry_s, 5.0))
+            except SkinError:
+                pass  # the rows are lost with this process; the caller logged the failure
         self._engine.dispose()
+
+
+def _tables(sa: Any, md: Any, with_key: bool) -> tuple[Any, Any]:
+    """The predictions and labels tables; `with_key=False` is version 1 (no row_key)."""
+    extra = [sa.Column("row_key", sa.Text)] if with_key else []
+    pred = sa.Table(
+        "predictions", md,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                  primary_key=True, autoincrement=True),
+        sa.Column("time", sa.Float, nullable=False, index=True),
+        sa.Column("request_id", sa.Text, nullable=False),
+        sa.Column("model_version", sa.Text, nullable=False),
+        sa.Column("image_sha256", sa.String(64), nullable=False, index=True),
+        sa.Column("predicted", sa.Text, nullable=False),
+        sa.Column("probabilities", sa.Text, nullable=False),
+        sa.Column("top_probability", sa.Float),
+        sa.Column("uncertain", sa.Integer, nullable=False),
+        sa.Column("latency_ms", sa.Float),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("image_stats", sa.Text, nullable=False),
+        sa.Column("embedding", sa.Text),
+        *extra,
+    )
+    labels = sa.Table(
+        "labels", md,
+        sa.Column("image_sha256", sa.String(64), primary_key=True),
+        sa.Column("label", sa.Text, nullable=False),
+        sa.Column("time", sa.Float, nullable=False),
+    )
+    return pred, labels
+
+
+def _driver_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (what `pip install psycopg` gives), not psycopg2."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
 
 
 def _redact(url: str) -> str:

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -283,9 +282,9 @@ def make_strategy(name: str) -> Any:
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        # Reads the cluster from the TF_CONFIG environment variable (one worker without it).
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "multiworker":  # the cluster comes from TF_CONFIG (one worker without it)
+        from skincli.train.multiworker import make_strategy as make_multiworker
+        return make_multiworker()
     return tf.distribute.get_strategy()
 
 
@@ -894,8 +893,8 @@ def train(config: TrainConfig | dict[str, Any] | None = None,
     _seed_everything(cfg)
     strategy = make_strategy(cfg.strategy)
     if not _is_chief(strategy):  # other workers train in step but keep nothing
-        tmp_dir = Path(tempfile.mkdtemp(prefix="skin-worker-")) / f".{final_dir.name}.tmp"
-        final_dir = tmp_dir.with_name(final_dir.name)
+        from skincli.train.multiworker import worker_scratch
+        tmp_dir, final_dir = worker_scratch(final_dir.name)
     if tmp_dir.exists():
         raise SkinError(f"{tmp_dir} exists: a run named {final_dir.name!r} is in progress or "
                         "crashed", hint=f"Continue it with `skin train --resume {final_dir.name}`"
@@ -946,8 +945,10 @@ def resume(run: str | Path, runs_dir: str | Path = DEFAULTS["runs_dir"],
 
 
 def _run_session(session: _Session) -> Path:
+    from skincli.train.multiworker import peer_failures
     try:
-        return session.run()
+        with peer_failures(session.strategy):  # a lost worker: one line, not a hang
+            return session.run()
     except KeyboardInterrupt:
         return _save_interrupted(session)
     except BaseException:
