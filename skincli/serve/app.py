@@ -271,12 +271,16 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         state.metrics.predictions.inc(label=pred["label"])
         if pred["uncertain"]:
             state.metrics.uncertain.inc()
+        index = len(request.scope["skin.images"])
         request.scope["skin.images"].append(prepared.sha256)
         clinical.note_prediction(request, model, prepared, pred)
         if not state.predlog.enabled:
             return
+        rid = request.scope["skin.request_id"]
         state.predlog.submit({
-            "time": time.time(), "request_id": request.scope["skin.request_id"],
+            # One key per answered image: a row retried or replayed from the journal is
+            # stored once (the store skips a key it has).
+            "time": time.time(), "request_id": rid, "row_key": f"{rid}:{index}",
             "model_version": model.version, "image_sha256": prepared.sha256,
             # the calibrated probabilities, before the decision rule (label-shift monitoring)
             "predicted": pred["label"], "probabilities": dict(zip(model.classes,
