@@ -162,6 +162,9 @@ def command(
                                             help="Images per forward pass.")] = 32,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where runs live.",
                                            file_okay=False)] = Path("runs"),
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
+        "litert; runs that do not convert use tf).")] = None,
 ) -> None:
     """Evaluate (or compare) trained runs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -186,7 +189,7 @@ def command(
 
         result = evaluate(runs, runs_dir=runs_dir, data=data, split=split, subset=subset,
                           calibrate=calibrate, tta=tta, n_boot=bootstrap, seed=seed,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, engine=engine)
     for w in result["warnings"]:
         ui.warn(w)
     if "runs" in result:

@@ -245,14 +245,19 @@ def command(
     store: Annotated[str | None, typer.Option(
         "--store", help="Monitoring store URL (default: $SKIN_STORE or "
         "sqlite:///runs/predictions.db).")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
+        "litert; runs that do not convert use tf).")] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from skincli.engines.base import resolve_engine_name
     from skincli.evaluate import load_predictor
     from skincli.fsutil import check_writable, write_json, write_text
 
+    resolve_engine_name(engine)  # an unknown engine is one line before anything slow
     paths = expand_inputs(inputs)
     if not paths:
         raise SkinError("No images to predict",
@@ -268,7 +273,7 @@ def command(
             check_writable(target, option)
     if explain_dir is not None:
         check_writable(explain_dir / "x.png", "--explain-dir")
-    predictor = load_predictor(run, runs_dir)
+    predictor = load_predictor(run, runs_dir, engine=engine, on_warning=ui.warn)
     hook = None if no_log else _stats_hook()
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal

@@ -103,8 +103,15 @@ def command(
         "--tta/--no-tta", help="Average the 8 flips/rotations (8x compute) (default off).")
     ] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Folder of runs (default runs).")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="Inference engine: litert or tf (default: $SKIN_ENGINE, else litert; runs that "
+        "do not convert use tf).")] = None,
 ) -> None:
     """Start Uvicorn with the app factory; the model loads and warms once per worker."""
+    from skincli.engines.base import ENGINE_ENV, resolve_engine_name
+
+    if engine is not None:  # workers read it from the environment, like every SKIN_* setting
+        os.environ[ENGINE_ENV] = resolve_engine_name(engine)
     from skincli.runs import check_model_file, load_run_info, resolve_run
     from skincli.serve.auth import load_keys
     from skincli.serve.settings import Settings

@@ -319,3 +319,21 @@ def _prune(folder: Path, keep: int = CACHE_KEEP) -> None:
             meta.with_suffix(".tflite").unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def write_run_tflite_from(run_dir: str | Path, model: Any, dataset: Any, temperature: float,
+                          warn: Warn | None = None) -> dict[str, Any]:
+    """`write_run_tflite` with parity images taken from an evaluation dataset (validation)."""
+    arrays, n = [], 0
+    for x, _ in dataset:
+        batch = np.asarray(x, dtype=np.float32)
+        arrays.append(batch[:PARITY_IMAGES - n])
+        n += len(arrays[-1])
+        if n >= PARITY_IMAGES:
+            break
+    if n >= 4:
+        images, note = np.concatenate(arrays), f"{n} validation images"
+    else:
+        size = int(model.inputs[0].shape[1])
+        images, note = synthetic_images(16, size), "16 synthetic images"
+    return write_run_tflite(run_dir, model, images, temperature, note, warn)

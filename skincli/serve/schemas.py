@@ -131,6 +131,7 @@ class ModelResponse(BaseModel):
     loaded_at: str
     load_seconds: float
     tta: bool
+    engine: dict[str, Any] | None = None  # inference engine: name, runtime, threads
     serving: dict[str, Any]
     disclaimer: str = DISCLAIMER
 
