@@ -171,7 +171,7 @@ def run_images(run_dir: Path, info: RunInfo, subset: str = "val",
         from skincli.predictor import read_images
 
         eval_set = load_eval_set(run_dir, info.classes, subset=subset)
-        arrays = [a for a in read_images(eval_set.paths[:limit], int(info.input_size))
+        arrays = [a for a in read_images(eval_set.filepaths[:limit], int(info.input_size))
                   if isinstance(a, np.ndarray)]
         if len(arrays) >= 4:
             return np.stack(arrays).astype(np.float32), f"{len(arrays)} {subset} images"
