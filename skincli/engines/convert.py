@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def convert_model(model: Any, quantize: str | None = None,
     # Keras' exporter prints the traced signatures on stdout and TensorFlow logs on fd 2: keep
     # both off the user's terminal (and out of `--json` output).
     try:
-        with contextlib.redirect_stdout(io.StringIO()), silenced_stderr_fd():
+        with contextlib.redirect_stdout(io.StringIO()), silenced_stderr_fd(), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Statistics for quantized inputs..."
             return bytes(converter.convert())
     except ConversionFailed:
         raise
