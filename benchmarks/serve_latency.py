@@ -1,20 +1,22 @@
-"""Serving latency and throughput: `skin serve` vs a naive FastAPI app, on the same model.
+"""Serving latency and throughput: `skin serve` on each engine vs a naive FastAPI app.
 
-    python benchmarks/serve_latency.py                      # untrained EfficientNet-Lite0 run
+    python benchmarks/serve_latency.py                      # EfficientNet-Lite0 bench run
     python benchmarks/serve_latency.py --run runs/train     # a trained run (same timing)
     python benchmarks/serve_latency.py --arch tiny --requests 100   # quick check
 
-1. Offline: the model's batch throughput (Predictor on preprocessed batches, no HTTP).
-2. `skin serve` (app factory, micro-batching) in a Uvicorn subprocess on 127.0.0.1.
-3. A naive baseline: FastAPI calling `model.predict` per request (same run, same
+1. Offline, per engine: the model's batch throughput (Predictor on preprocessed batches, no
+   HTTP), in a child process, before and after the servers (the better one is the reference).
+2. `skin serve` (app factory, micro-batching) with the LiteRT engine, then with the TensorFlow
+   engine, each in a Uvicorn subprocess on 127.0.0.1.
+3. A naive baseline: FastAPI calling Keras `model.predict` per request (same run, same
    preprocessing) in a Uvicorn subprocess on 127.0.0.1.
 
 For each server, a separate load process sends N requests at concurrency 1, 4 and 16 (bounded
-by --requests and --max-seconds per level; loopback only) and the script prints p50/p95/p99
-latency and images/s side by side, the ratios, and writes everything to JSON.
-Targets: p50 < 50 ms at concurrency 1; concurrency-16 throughput >= 80% of offline batch
-throughput. The servers and the load generator share this machine's cores, as they would on a
-single host.
+by --requests and --max-seconds per level; loopback only). Printed: p50/p95/p99 latency and
+images/s side by side, the ratios (LiteRT p50 / TF p50 at c=1, c=16 throughput / offline
+LiteRT batch throughput, LiteRT / naive at c=16), where a c=1 request's time goes (the
+server's own inference histogram vs the request time), and everything as JSON. The servers
+and the load generator share this machine's cores, as they would on a single host.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from fastapi import FastAPI, File, UploadFile  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HOST = "127.0.0.1"  # loopback only
+ENGINES = ("litert", "tf")
 
 
 # --- the naive baseline app (imported by its own Uvicorn process) --------------------------------
@@ -51,7 +54,7 @@ def baseline_app() -> Any:
     from skincli.predictor import Predictor, softmax
 
     predictor = Predictor.from_run(os.environ["BENCH_RUN"], os.environ.get("BENCH_RUNS_DIR",
-                                                                           "runs"))
+                                                                           "runs"), engine="tf")
     model = predictor.model
     model.predict(np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32),
                   verbose=0)
@@ -96,7 +99,7 @@ def make_payload(size: int, seed: int = 0) -> bytes:
 
 
 def pick_run(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
-    """The run to serve: --run, else a trained efficientnet run in runs/, else an untrained one."""
+    """The run to serve: --run, else a trained efficientnet run in runs/, else a bench run."""
     from skincli.runs import finished_runs, load_run_info, resolve_run
 
     if args.run:
@@ -105,26 +108,20 @@ def pick_run(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
         for run in reversed(finished_runs(REPO / "runs")):
             if load_run_info(run).arch in ("efficientnet", "efficientnet_lite0"):
                 return run, "trained run found in runs/"
-    from skincli.models.registry import build_model
-    from skincli.runs import MODEL_FILE, RunInfo, save_run_info
+    sys.path.insert(0, str(HERE))
+    from predict_throughput import make_bench_run
 
-    built = build_model(args.arch, 9, weights="none")
-    run_dir = workdir / "runs" / f"bench-{args.arch}"
-    run_dir.mkdir(parents=True)
-    built.model.save(run_dir / MODEL_FILE)
-    save_run_info(run_dir, RunInfo(
-        name=f"bench-{args.arch}", arch=args.arch, classes=[f"class{i}" for i in range(9)],
-        input_size=built.input_size, preprocessing=built.preprocessing,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds")))
-    return run_dir, "untrained (weights='none'; timing does not depend on weights)"
+    arch = "efficientnet_lite0" if args.arch == "efficientnet" else args.arch
+    return (make_bench_run(workdir, arch),
+            "untrained head on the ImageNet backbone (timing does not depend on weights)")
 
 
-def offline_throughput(run_dir: Path, batch: int, seconds: float, payload: bytes
-                       ) -> dict[str, float]:
+def offline_throughput(run_dir: Path, batch: int, seconds: float, payload: bytes,
+                       engine: str = "litert") -> dict[str, float]:
     """Images/s of the Predictor on ready batches, and one-image latency, without HTTP."""
     from skincli.predictor import Predictor
 
-    predictor = Predictor.from_run(run_dir)
+    predictor = Predictor.from_run(run_dir, engine=engine)
     x = np.stack([predictor.preprocess(payload)] * batch)
     predictor.probabilities(x, batch_size=batch)
     predictor.probabilities(x[:1], batch_size=1)
@@ -142,9 +139,14 @@ def offline_throughput(run_dir: Path, batch: int, seconds: float, payload: bytes
     for _ in range(20):
         predictor.preprocess(payload)
     decode_ms = (time.perf_counter() - t) / 20 * 1000
+    body = {"label": "x", "probabilities": {c: 0.1 for c in predictor.classes}}
+    t = time.perf_counter()
+    for _ in range(200):
+        json.dumps(body)
+    json_ms = (time.perf_counter() - t) / 200 * 1000
     return {"images_per_s": per_s, "batch": batch, "single_image_ms": float(
-        np.median(singles) * 1000), "decode_resize_ms": decode_ms,
-        "input_size": predictor.input_size}
+        np.median(singles) * 1000), "decode_resize_ms": decode_ms, "json_ms": json_ms,
+        "input_size": predictor.input_size, "engine": predictor.engine_name}
 
 
 class Server:
@@ -244,13 +246,15 @@ def run_server(name: str, server: Server, payload: bytes, levels: list[int], n: 
     measure(server.url, payload, 4, 20, 60)  # warm-up: connections, first batches
     rows = []
     for c in levels:
-        before = _batch_sizes(server.url) if name == "skin" else {}
+        before = _batch_sizes(server.url) if name.startswith("skin") else {}
         row = measure(server.url, payload, c, n, max_s)
         row["server"] = name
         if before:
             after = _batch_sizes(server.url)
             passes = after["batches"] - before["batches"]
             row["mean_batch"] = (after["images"] - before["images"]) / passes if passes else 0.0
+            row["mean_inference_ms"] = ((after["inference_s"] - before["inference_s"]) / passes
+                                        * 1000 if passes else float("nan"))
         rows.append(row)
         print(f"  {name:9s} c={c:<3d} p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f}  "
               f"p99 {row['p99_ms']:7.1f}  {row['images_per_s']:6.1f} img/s  "
@@ -265,8 +269,8 @@ def main() -> None:
     parser.add_argument("--run", help="run name or folder (default: see --arch)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--arch", default="efficientnet",
-                        help="without --run: a trained run of this arch in runs/, else an "
-                             "untrained one built for timing (default efficientnet)")
+                        help="without --run: a trained run of this arch in runs/, else a "
+                             "bench run built for timing (default efficientnet = Lite0)")
     parser.add_argument("--requests", type=int, default=200, help="requests per level")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--max-seconds", type=float, default=40.0, help="cap per level")
@@ -293,76 +297,96 @@ def main() -> None:
               f"payload {len(payload) / 1024:.1f} KB JPEG; {os.cpu_count()} CPUs", flush=True)
 
         load_before = os.getloadavg()[0]
-        offline = _offline(run_dir, args.max_batch, payload, "before")
-
+        offline_runs: dict[str, list[dict[str, float]]] = {e: [] for e in ENGINES}
+        for engine in ENGINES:
+            offline_runs[engine].append(_offline(run_dir, args.max_batch, payload, "before",
+                                                 engine))
         rows: list[dict[str, Any]] = []
-        skin = Server(["--factory", "skincli.serve.app:create_app"], {
+        batches: dict[str, Any] = {}
+        base_env = {
             "SKIN_RUN": str(run_dir.resolve()), "SKIN_RUNS_DIR": str(run_dir.parent.resolve()),
             "SKIN_NO_LOG": "1", "SKIN_MAX_BATCH": str(args.max_batch),
             "SKIN_BATCH_WINDOW_MS": str(args.batch_window_ms), "SKIN_QUEUE_SIZE": "512",
-            "SKIN_TIMEOUT_S": "120"}, work / "skin.log")
-        try:
-            rows += run_server("skin", skin, payload, levels, args.requests, args.max_seconds)
-            batches = _batch_sizes(skin.url)
-        finally:
-            skin.stop()
+            "SKIN_TIMEOUT_S": "120"}
+        for engine in ENGINES:
+            name = f"skin-{engine}"
+            server = Server(["--factory", "skincli.serve.app:create_app"],
+                            {**base_env, "SKIN_ENGINE": engine}, work / f"{name}.log")
+            try:
+                rows += run_server(name, server, payload, levels, args.requests,
+                                   args.max_seconds)
+                batches[engine] = _batch_sizes(server.url)
+            finally:
+                server.stop()
         if not args.skip_baseline:
             naive = Server(["--factory", "--app-dir", str(HERE), "serve_latency:baseline_app"], {
                 "BENCH_RUN": str(run_dir.resolve()),
                 "BENCH_RUNS_DIR": str(run_dir.parent.resolve())}, work / "baseline.log")
             try:
-                rows += run_server("baseline", naive, payload, levels, args.requests,
+                rows += run_server("naive", naive, payload, levels, args.requests,
                                    args.max_seconds)
             finally:
                 naive.stop()
         # Offline again after the servers: the better of the two is the (stricter) reference,
         # so that a busy machine during one measurement does not flatter the server.
-        again = _offline(run_dir, args.max_batch, payload, "after")
-        offline_runs = [offline, again]
-        offline = max(offline_runs, key=lambda o: o["images_per_s"])
+        for engine in ENGINES:
+            offline_runs[engine].append(_offline(run_dir, args.max_batch, payload, "after",
+                                                 engine))
+        offline = {e: max(r, key=lambda o: o["images_per_s"]) for e, r in offline_runs.items()}
         load_after = os.getloadavg()[0]
 
     by = {(r["server"], r["concurrency"]): r for r in rows}
-    table_rows = []
 
     def f1(x: float) -> str:
         return f"{x:.1f}"
 
+    def ratio(a: float | None, b: float | None, fmt: str = "{:.2f}x") -> str:
+        return fmt.format(a / b) if a and b else "-"
+
+    table_rows = []
     for c in levels:
-        s = by[("skin", c)]
-        b = by.get(("baseline", c))
+        lt, tf, nv = by[("skin-litert", c)], by[("skin-tf", c)], by.get(("naive", c))
         table_rows.append([
-            str(c), f1(s["p50_ms"]), f1(s["p95_ms"]), f1(s["p99_ms"]), f1(s["images_per_s"]),
-            f1(s.get("mean_batch", float("nan"))),
-            f1(b["p50_ms"]) if b else "-", f1(b["p99_ms"]) if b else "-",
-            f1(b["images_per_s"]) if b else "-",
-            f"{b['p50_ms'] / s['p50_ms']:.1f}x" if b and s["p50_ms"] else "-",
-            f"{s['images_per_s'] / b['images_per_s']:.2f}x" if b and b["images_per_s"] else "-",
-            f"{s['images_per_s'] / offline['images_per_s']:.0%}",
-            str(s["errors"] + (b["errors"] if b else 0))])
+            str(c), f1(lt["p50_ms"]), f1(lt["p99_ms"]), f1(lt["images_per_s"]),
+            f1(lt.get("mean_batch", float("nan"))), f1(tf["p50_ms"]), f1(tf["images_per_s"]),
+            f1(nv["p50_ms"]) if nv else "-", f1(nv["images_per_s"]) if nv else "-",
+            ratio(lt["p50_ms"], tf["p50_ms"]),
+            ratio(lt["images_per_s"], offline["litert"]["images_per_s"], "{:.0%}"),
+            ratio(lt["images_per_s"], nv["images_per_s"]) if nv else "-",
+            str(lt["errors"] + tf["errors"] + (nv["errors"] if nv else 0))])
     from rich.console import Console
 
-    wide = Console(width=160)
+    wide = Console(width=170)
     wide.print(ui.table(
         f"Serving {info.arch} ({info.input_size} px) on {os.cpu_count()} CPUs; offline batch "
-        f"{args.max_batch}: {offline['images_per_s']:.1f} img/s",
-        ["conc.", "skin p50 ms", "p95", "p99", "skin img/s", "batch", "naive p50 ms",
-         "naive p99", "naive img/s", "p50 naive/skin", "img/s skin/naive", "skin/offline",
+        f"{args.max_batch}: LiteRT {offline['litert']['images_per_s']:.1f} img/s, TF "
+        f"{offline['tf']['images_per_s']:.1f} img/s",
+        ["conc.", "litert p50 ms", "p99", "litert img/s", "batch", "tf p50 ms", "tf img/s",
+         "naive p50 ms", "naive img/s", "p50 litert/tf", "litert/offline", "litert/naive",
          "errors"], table_rows))
-    c1 = by.get(("skin", 1))
-    c16 = by.get(("skin", 16))
+    c1, c16 = by.get(("skin-litert", 1)), by.get(("skin-litert", 16))
+    tf1, nv16 = by.get(("skin-tf", 1)), by.get(("naive", 16))
     targets = {
         "p50_c1_ms": c1["p50_ms"] if c1 else None,
-        "p50_c1_under_50ms": bool(c1 and c1["p50_ms"] < 50),
-        "c16_vs_offline": c16["images_per_s"] / offline["images_per_s"] if c16 else None,
-        "c16_at_least_80pct_offline": bool(c16 and c16["images_per_s"]
-                                           >= 0.8 * offline["images_per_s"]),
+        "p50_c1_litert_vs_tf": c1["p50_ms"] / tf1["p50_ms"] if c1 and tf1 else None,
+        "c16_vs_offline_litert": (c16["images_per_s"] / offline["litert"]["images_per_s"]
+                                  if c16 else None),
+        "c16_vs_naive": c16["images_per_s"] / nv16["images_per_s"] if c16 and nv16 else None,
     }
-    ui.console.print(f"targets: p50 at c=1 {targets['p50_c1_ms']:.1f} ms (< 50: "
-                     f"{targets['p50_c1_under_50ms']}); c=16 throughput "
-                     f"{targets['c16_vs_offline']:.0%} of offline (>= 80%: "
-                     f"{targets['c16_at_least_80pct_offline']}); load average "
-                     f"{load_before:.1f} before, {load_after:.1f} after", highlight=False)
+    ui.console.print(
+        f"targets: c=1 p50 LiteRT/TF {targets['p50_c1_litert_vs_tf'] or float('nan'):.2f} "
+        f"(<= 0.5); c=16 {targets['c16_vs_offline_litert'] or float('nan'):.0%} of offline "
+        f"LiteRT (>= 80%); c=16 {targets['c16_vs_naive'] or float('nan'):.1f}x naive (>= 10); "
+        f"load average {load_before:.1f} before, {load_after:.1f} after", highlight=False)
+    if c1:
+        o = offline["litert"]
+        infer = c1.get("mean_inference_ms", float("nan"))
+        ui.console.print(
+            f"where a c=1 LiteRT request's {c1['p50_ms']:.1f} ms (p50) go: model "
+            f"{infer:.1f} ms (server's inference histogram), decode+resize "
+            f"{o['decode_resize_ms']:.1f} ms, JSON {o['json_ms']:.2f} ms (offline), the rest "
+            f"{c1['p50_ms'] - infer - o['decode_resize_ms']:.1f} ms = HTTP, multipart, "
+            "threadpool hops, queue, response", highlight=False)
     result = {"run": str(run_dir), "run_origin": origin, "arch": info.arch,
               "input_size": info.input_size, "payload_bytes": len(payload),
               "cpus": os.cpu_count(), "offline": offline, "offline_runs": offline_runs,
@@ -375,13 +399,15 @@ def main() -> None:
     ui.console.print(f"wrote {args.out}")
 
 
-def _offline(run_dir: Path, batch: int, payload: bytes, when: str) -> dict[str, float]:
+def _offline(run_dir: Path, batch: int, payload: bytes, when: str, engine: str
+             ) -> dict[str, float]:
     # In a child process so the parent holds no TensorFlow threads while servers run.
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        result = pool.apply(offline_throughput, (run_dir, batch, 8.0, payload))
-    print(f"  offline   ({when}) batch {batch}: {result['images_per_s']:.1f} img/s; one image "
-          f"{result['single_image_ms']:.1f} ms; decode+resize {result['decode_resize_ms']:.1f} ms",
+        result = pool.apply(offline_throughput, (run_dir, batch, 8.0, payload, engine))
+    print(f"  offline {engine:6s} ({when}) batch {batch}: {result['images_per_s']:.1f} img/s; "
+          f"one image {result['single_image_ms']:.1f} ms; decode+resize "
+          f"{result['decode_resize_ms']:.1f} ms",
           flush=True)
     return result
 
@@ -393,11 +419,13 @@ def _batch_sizes(url: str) -> dict[str, float]:
     text = httpx.get(url + "/metrics", timeout=10).text
     values = {}
     for line in text.splitlines():
-        for key in ("skin_batch_size_sum", "skin_batch_size_count"):
+        for key in ("skin_batch_size_sum", "skin_batch_size_count",
+                    "skin_inference_seconds_sum"):
             if line.startswith(key + " "):
                 values[key] = float(line.split()[1])
     count = values.get("skin_batch_size_count", 0.0)
     return {"batches": count, "images": values.get("skin_batch_size_sum", 0.0),
+            "inference_s": values.get("skin_inference_seconds_sum", 0.0),
             "mean": values.get("skin_batch_size_sum", 0.0) / count if count else float("nan")}
 
 

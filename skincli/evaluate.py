@@ -391,12 +391,18 @@ def store_test_metrics(predictor: Any, result: dict[str, Any]) -> None:
     predictor.info = update_run_info(predictor.run_dir, test_metrics=compact)
 
 
-def load_predictor(run: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Any:
-    """Load a run's Predictor (a damaged model file is a one-line SkinError from from_run)."""
+def load_predictor(run: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
+                   engine: str | None = None,
+                   on_warning: Callable[[str], None] | None = None) -> Any:
+    """Load a run's Predictor (a damaged model file is a one-line SkinError from from_run).
+
+    engine: "litert" or "tf" (default $SKIN_ENGINE, else litert); a LiteRT fallback to
+    TensorFlow is one line to `on_warning`.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from skincli.predictor import Predictor
 
-    return Predictor.from_run(run, runs_dir)
+    return Predictor.from_run(run, runs_dir, engine=engine, on_warning=on_warning)
 
 
 MAX_BOOTSTRAP = 100_000
@@ -407,7 +413,8 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
              subset: str = "test", calibrate: bool = False, tta: bool = False,
              n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
              progress: Progress | None = None,
-             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+             metadata: dict[str, Any] | None = None,
+             engine: str | None = None) -> dict[str, Any]:
     """Evaluate one run, or compare two on the same images (paired test).
 
     `metadata`: load_dataset's metadata keyword arguments for `data` (labels, groups and
@@ -423,13 +430,14 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
     if len(names) > 2:
         raise SkinError(f"Compare at most two runs at a time, got {len(names)}",
                         hint="Pass one run to evaluate it, or two to compare them")
-    predictors = [load_predictor(r, runs_dir) for r in names]
+    engine_notes: list[str] = []
+    predictors = [load_predictor(r, runs_dir, engine, engine_notes.append) for r in names]
     if len(predictors) == 2 and predictors[0].run_dir.resolve() == predictors[1].run_dir.resolve():
         raise SkinError(f"Both runs are {predictors[0].run_dir}", hint="Pass two different runs")
     first = predictors[0]
     eval_set = load_eval_set(first.run_dir, first.classes, data=data, split=split, subset=subset,
                              metadata=metadata)
-    warnings: list[str] = []
+    warnings: list[str] = list(engine_notes)
     for other in predictors[1:]:
         if sorted(other.classes) != sorted(first.classes):
             raise SkinError(f"Runs {first.info.name} and {other.info.name} have different classes",

@@ -1,7 +1,11 @@
 """One predictor for `predict`, `evaluate` and the API: same preprocessing, same numbers.
 
-The run folder is loaded once; the model is called through a `tf.function` with a fixed input
-signature, so there is no per-call `model.predict` overhead and no retracing.
+The run folder is loaded once, with one inference engine chosen for it (skincli.engines): LiteRT
+(the converted two-output model.tflite, run by XNNPACK, no TensorFlow import) by default, or
+TensorFlow (the Keras model behind fixed-signature `tf.function`s). Every engine answers
+"logits + embedding for a batch"; everything else here is shared, so the numbers do not depend
+on the engine beyond the parity the conversion checks. The Keras model itself is loaded only
+when something needs it (Grad-CAM).
 
 Besides the logits, one forward pass can also return the pooled backbone embedding (the input
 of the final "logits" layer): monitoring uses it for drift, and `predict` uses it, with cheap
@@ -26,6 +30,7 @@ striped "document" were not (their embeddings are unremarkable). It is a warning
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -38,16 +43,13 @@ import numpy as np
 from PIL import Image
 
 from skincli import DISCLAIMER
-from skincli.errors import SkinError
 from skincli.image_quality import is_flagged, quality_warnings
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
 from skincli.runs import (
     DEFAULT_RUNS_DIR,
-    MODEL_FILE,
     RunInfo,
     check_model_file,
     load_run_info,
-    model_load_error,
     resolve_run,
 )
 
@@ -110,21 +112,23 @@ def tta_views(batch: np.ndarray) -> list[np.ndarray]:
 class Predictor:
     """A loaded run: preprocess images and return calibrated predictions."""
 
-    def __init__(self, run_dir: str | Path, info: RunInfo, model: Any,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        import tensorflow as tf
-
+    def __init__(self, run_dir: str | Path, info: RunInfo, model: Any = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, engine: Any = None) -> None:
+        """Wrap a run; give a Keras `model` (TensorFlow engine) or a loaded `engine`."""
         self.run_dir = Path(run_dir)
         self.info = info
-        self.model = model
         self.classes: list[str] = list(info.classes)
         self.input_size = int(info.input_size)
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
-        spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
-        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        self._spec = spec
-        self._embed_fn: Any = None  # built on first use; False when the model has no embedding
+        self._model = model
+        if engine is None:
+            if model is None:
+                raise ValueError("Predictor needs a Keras model or an engine")
+            from skincli.engines.tf import TFEngine
+
+            engine = TFEngine(model, self.input_size)
+        self.engine = engine
         self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
         # The decision rule in force (skincli.decision.Decision); None = balanced: the
         # calibrated probabilities are the answer, with run.json's uncertain threshold.
@@ -132,26 +136,49 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run: str | Path | None = None,
-                 runs_dir: str | Path = DEFAULT_RUNS_DIR, **kwargs: Any) -> Predictor:
-        """Load a run folder (default: the current or latest run)."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
+                 runs_dir: str | Path = DEFAULT_RUNS_DIR, engine: str | None = None,
+                 threads: int | None = None, on_warning: Callable[[str], None] | None = None,
+                 **kwargs: Any) -> Predictor:
+        """Load a run folder (default: the current or latest run).
+
+        engine: "litert" or "tf" (default: $SKIN_ENGINE, else litert); when LiteRT cannot
+        serve the run, `on_warning` gets one line (default: the "skincli" logger) and the run
+        uses TensorFlow. threads: LiteRT threads (default: $SKIN_THREADS, else every core).
+        """
+        from skincli.engines import load_engine
 
         run_dir = resolve_run(run, runs_dir)
-        try:
-            info = load_run_info(run_dir)
-            check_model_file(run_dir)
-            model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
-            return cls(run_dir, info, model, **kwargs)
-        except SkinError:
-            raise
-        except Exception as exc:  # a damaged or foreign model file: name the run, no traceback
-            raise model_load_error(run_dir, exc) from exc
+        info = load_run_info(run_dir)
+        check_model_file(run_dir)
+        warn = on_warning or logging.getLogger("skincli").warning
+        loaded, model = load_engine(run_dir, info, engine, threads=threads, warn=warn)
+        return cls(run_dir, info, model, engine=loaded, **kwargs)
+
+    @property
+    def engine_name(self) -> str:
+        """"litert" or "tf"."""
+        return str(self.engine.name)
+
+    @property
+    def model(self) -> Any:
+        """The Keras model (for Grad-CAM); loaded on first use when the engine is LiteRT."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from skincli.engines import load_keras_model
+
+                    self._model = load_keras_model(self.run_dir)
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
 
     def model_summary(self) -> dict[str, Any]:
         """What every output (predict, evaluate) says about the model that produced it."""
         info = self.info
         return {"name": info.name, "version": info.version, "arch": info.arch,
+                "engine": self.engine_name,
                 "run_dir": str(self.run_dir), "classes": list(info.classes),
                 "temperature": self.temperature,
                 "uncertain_threshold": self.uncertain_threshold,
@@ -198,9 +225,8 @@ class Predictor:
         """Raw logits for a preprocessed float32 batch (N, S, S, 3)."""
         batch = np.asarray(batch, dtype=np.float32)
         out = []
-        for start in range(0, len(batch), batch_size):
-            chunk = batch[start:start + batch_size]
-            out.append(np.asarray(self._fn(chunk)))
+        for start in range(0, len(batch), max(1, int(batch_size))):
+            out.append(np.asarray(self.engine.logits(batch[start:start + batch_size])))
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate(out, axis=0)
@@ -254,22 +280,10 @@ class Predictor:
 
     # --- one pass for logits and the pooled embedding ----------------------------------------
 
-    def _embedding_fn(self) -> Any:
-        """The tf.function returning [logits, embedding], or False if the model has none."""
-        if self._embed_fn is None:
-            with self._lock:
-                if self._embed_fn is None:
-                    import tensorflow as tf
-
-                    both = embedding_model(self.model)
-                    self._embed_fn = False if both is None else tf.function(
-                        lambda x: both(x, training=False), input_signature=[self._spec])
-        return self._embed_fn
-
     @property
     def has_embeddings(self) -> bool:
         """True when the model exposes a pooled embedding (every registry model does)."""
-        return self._embedding_fn() is not False
+        return bool(self.engine.has_embeddings)
 
     def logits_and_embeddings(self, batch: np.ndarray, batch_size: int = 32
                               ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -277,18 +291,17 @@ class Predictor:
 
         The embedding is None when the model has no recognisable pooled layer.
         """
-        fn = self._embedding_fn()
-        if fn is False:
-            return self.logits(batch, batch_size), None
         batch = np.asarray(batch, dtype=np.float32)
         logits, embs = [], []
-        for start in range(0, len(batch), batch_size):
-            out = fn(batch[start:start + batch_size])
-            logits.append(np.asarray(out[0]))
-            embs.append(np.asarray(out[1]))
+        for start in range(0, len(batch), max(1, int(batch_size))):
+            out, emb = self.engine.forward(batch[start:start + batch_size])
+            logits.append(np.asarray(out))
+            embs.append(emb)
         if not logits:
             return (np.zeros((0, len(self.classes)), np.float32), None)
-        return np.concatenate(logits), np.concatenate(embs)
+        if any(e is None for e in embs):
+            return np.concatenate(logits), None
+        return np.concatenate(logits), np.concatenate([np.asarray(e) for e in embs])
 
     def tta_logits(self, batch: np.ndarray, batch_size: int = 32
                    ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -231,6 +231,9 @@ def command(
         "--triage-malignant", help="Comma-separated classes summed into the malignancy "
         "score when refitting (default: melanoma, basal cell carcinoma, squamous cell "
         "carcinoma).")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
+        "litert; runs that do not convert use tf).")] = None,
 ) -> None:
     """Evaluate (or compare) trained runs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -262,7 +265,8 @@ def command(
         result = evaluate(runs, runs_dir=runs_dir, data=data, split=split, subset=subset,
                           calibrate=calibrate, tta=tta, n_boot=bootstrap, seed=seed,
                           batch_size=batch_size, progress=progress,
-                          metadata=metadata_args(metadata, labels, group, class_map))
+                          metadata=metadata_args(metadata, labels, group, class_map),
+                          engine=engine)
     for w in result["warnings"]:
         ui.warn(w)
     if "runs" in result:

@@ -270,12 +270,16 @@ def command(
         "--prevalence", help="With --decision prevalence: the clinic's class prior (YAML "
         "class: value, or CSV class,prevalence; e.g. from `skin monitor "
         "--suggest-prevalence`).", dir_okay=False)] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
+        "litert; runs that do not convert use tf).")] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from skincli.decision import check_rule, resolve_decision
+    from skincli.engines.base import resolve_engine_name
     from skincli.evaluate import load_predictor
     from skincli.fsutil import check_writable, write_json, write_text
 
@@ -283,6 +287,7 @@ def command(
     if prevalence is not None and rule != "prevalence":
         raise SkinError(f"--prevalence applies to --decision prevalence, not {rule}",
                         hint="Add --decision prevalence")
+    resolve_engine_name(engine)  # an unknown engine is one line before anything slow
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -299,7 +304,7 @@ def command(
             check_writable(target, option)
     if explain_dir is not None:
         check_writable(explain_dir / "x.png", "--explain-dir")
-    predictor = load_predictor(run, runs_dir)
+    predictor = load_predictor(run, runs_dir, engine=engine, on_warning=ui.warn)
     if rule != "balanced":
         with ui.err_console.status(f"Preparing the {rule} decision rule..."):
             chosen = resolve_decision(predictor, rule, prevalence, batch_size=batch_size)

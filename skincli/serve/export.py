@@ -1,5 +1,6 @@
-"""`skin export`: a TensorFlow SavedModel that TensorFlow Serving can serve.
+"""`skin export`: the run's model for other runtimes.
 
+`--format savedmodel`: a TensorFlow SavedModel that TensorFlow Serving can serve.
 Layout: `<out>/<run name>/<version>/` (TF Serving's model base path is `<out>/<run name>`).
 Signatures:
 
@@ -14,10 +15,20 @@ decision rule chosen with `--decision`, see docs/decisions.md), `logits`, `label
 `top_probability`; `assets.extra/skin.json` names the rule and its weights.
 Differences to `skin serve`: EXIF orientation is not applied (send upright
 images) and transparent pixels are not composited on white.
+
+`--format tflite | tflite-int8`: a LiteRT/TFLite model for Android/iOS apps,
+`<out>/<run name>[-int8].tflite`, and beside it `<same name>.json` with everything an app needs
+(class names in output order, input size and pixel format, temperature, uncertain threshold)
+and the measured agreement with the float Keras model on the run's test split. Input: float32
+[N, S, S, 3] RGB 0..255 (normalisation is inside the model); outputs `output_0` logits and
+`output_1` the pooled embedding. int8 is either dynamic-range (int8 weights) or full-integer
+(weights and activations, calibrated on the run's validation images); a quantised model that
+changes more top-1 answers (or macro-F1) than the tolerance is refused unless forced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from skincli.errors import SkinError
-from skincli.fsutil import atomic_dir, check_writable
+from skincli.fsutil import atomic_dir, atomic_path, check_writable, write_json
 from skincli.runs import (
     DEFAULT_RUNS_DIR,
     MODEL_FILE,
@@ -166,3 +177,169 @@ def build_archive(model: Any, classes: list[str], size: int, temperature: float,
     archive.add_endpoint(name="predict_pixels", fn=serve_pixels, input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
     return archive
+
+
+TFLITE_FORMATS = ("tflite", "tflite-int8")
+INT8_MODES = ("full", "dynamic")
+DEFAULT_TOLERANCE = 0.02  # share of test images whose top-1 may change; macro-F1 drop too
+
+
+def export_tflite(run: str | Path | None = None, out: str | Path = "exported",
+                  runs_dir: str | Path = DEFAULT_RUNS_DIR, fmt: str = "tflite",
+                  int8_mode: str = "full", tolerance: float = DEFAULT_TOLERANCE,
+                  force: bool = False) -> dict[str, Any]:
+    """Write `<out>/<run>[-int8].tflite` + `.json`; return the metadata (with "path").
+
+    The agreement with the float model is measured on the run's test split (its validation
+    split when it has no test images). An int8 model beyond `tolerance` raises SkinError
+    (nothing written) unless `force`.
+    """
+    from skincli.engines.convert import (
+        ConversionFailed,
+        convert_model,
+        sha256_file,
+    )
+
+    if fmt not in TFLITE_FORMATS:
+        raise SkinError(f"Unknown export format {fmt!r}",
+                        hint="Use savedmodel, tflite or tflite-int8")
+    if int8_mode not in INT8_MODES:
+        raise SkinError(f"Unknown int8 mode {int8_mode!r}", hint="Use full or dynamic")
+    if not 0.0 <= float(tolerance) <= 1.0:
+        raise SkinError(f"--tolerance {tolerance} must be between 0 and 1",
+                        hint="e.g. 0.02 = at most 2% of test answers may change")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_dir = resolve_run(run, runs_dir)
+    info = load_run_info(run_dir)
+    check_model_file(run_dir)
+    quant = int8_mode if fmt == "tflite-int8" else None
+    stem = info.name + ("-int8" if quant else "")
+    target = Path(out) / f"{stem}.tflite"
+    meta_path = target.with_suffix(".json")
+    check_writable(target)  # before the slow part
+    test_x, test_y, test_note = _labelled_images(run_dir, info)
+    from skincli.engines import load_keras_model
+
+    model = load_keras_model(run_dir)
+    calibration = None
+    if quant == "full":
+        from skincli.engines.convert import run_images
+
+        calibration, _ = run_images(run_dir, info, subset="val", limit=200)
+    try:
+        data = convert_model(model, quantize={"full": "int8"}.get(quant or "", quant),
+                             calibration=calibration)
+    except ConversionFailed as exc:
+        raise SkinError(f"Run {run_dir} does not convert to TFLite: {exc}",
+                        hint="Export --format savedmodel instead") from None
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+        quality = measure_against_float(model, tmp, test_x, test_y, info)
+        quality["images"] = test_note
+        changed = 1.0 - quality["top1_agreement"]
+        drop = -quality["macro_f1_change"] if quality["macro_f1_change"] is not None else 0.0
+        if quant and not force and (changed > tolerance or drop > tolerance):
+            raise SkinError(
+                f"The int8 model changes {changed:.1%} of top-1 answers and macro-F1 by "
+                f"{quality['macro_f1_change'] or 0.0:+.3f} on {test_note} (tolerance "
+                f"{tolerance:g}); nothing written",
+                hint="Try --int8 dynamic, export --format tflite, or pass --force to keep it")
+        meta = tflite_metadata(info, fmt, quant, quality, len(data))
+        meta["sha256"] = hashlib.sha256(data).hexdigest()
+    write_json(meta_path, meta)
+    assert sha256_file(target) == meta["sha256"]
+    return meta | {"path": str(target), "metadata_path": str(meta_path)}
+
+
+def _labelled_images(run_dir: Path, info: Any) -> tuple[Any, Any, str]:
+    """The run's test images (else validation images) as a batch, labels, and a description."""
+    import numpy as np
+
+    from skincli.evaluate import load_eval_set
+    from skincli.predictor import read_images
+
+    index = {c: i for i, c in enumerate(info.classes)}
+    for subset in ("test", "val"):
+        try:
+            eval_set = load_eval_set(run_dir, info.classes, subset=subset)
+        except SkinError:
+            continue
+        arrays, labels = [], []
+        for item, label in zip(read_images(eval_set.filepaths, int(info.input_size)),
+                               eval_set.labels):
+            if isinstance(item, np.ndarray) and label in index:
+                arrays.append(item)
+                labels.append(index[label])
+        if arrays:
+            return (np.stack(arrays).astype(np.float32), np.asarray(labels),
+                    f"{len(arrays)} {subset} images of the run's split")
+    raise SkinError(f"Run {run_dir} has no readable test or validation images to measure the "
+                    "export against", hint="Export from the machine that holds the run's images")
+
+
+def measure_against_float(model: Any, tflite_path: Path, images: Any, labels: Any,
+                          info: Any) -> dict[str, Any]:
+    """Top-1 agreement, macro-F1 change and max |delta p| of a .tflite against the Keras
+    model on labelled images."""
+    import numpy as np
+
+    from skincli.engines.convert import compare_outputs
+    from skincli.engines.litert import LiteRTEngine
+    from skincli.engines.tf import TFEngine
+    from skincli.metrics import confusion_matrix, macro_f1_from_cm
+
+    size, c = int(info.input_size), len(info.classes)
+    ref_logits, ref_emb = _batched(TFEngine(model, size).forward, images)
+    lite = LiteRTEngine(tflite_path, c, size, num_threads=1)
+    logits, emb = _batched(lite.forward, images)
+    report = compare_outputs(ref_logits, ref_emb, logits, emb, float(info.temperature or 1.0))
+
+    def f1(pred: Any) -> float:
+        return float(macro_f1_from_cm(confusion_matrix(labels, pred, c)))
+
+    f_ref, f_new = f1(np.argmax(ref_logits, 1)), f1(np.argmax(logits, 1))
+    return {"n": report["n"], "top1_agreement": report["top1_agreement"],
+            "max_abs_prob": report["max_abs_prob"], "macro_f1_float": f_ref,
+            "macro_f1": f_new, "macro_f1_change": f_new - f_ref,
+            "embedding_dims": None if ref_emb is None else int(ref_emb.shape[1])}
+
+
+def _batched(fn: Any, images: Any, size: int = 32) -> tuple[Any, Any]:
+    import numpy as np
+
+    logits, embs = [], []
+    for start in range(0, len(images), size):
+        out, emb = fn(images[start:start + size])
+        logits.append(np.asarray(out))
+        embs.append(None if emb is None else np.asarray(emb))
+    emb_all = None if any(e is None for e in embs) else np.concatenate(embs)
+    return np.concatenate(logits), emb_all
+
+
+def tflite_metadata(info: Any, fmt: str, quant: str | None, quality: dict[str, Any],
+                    size_bytes: int) -> dict[str, Any]:
+    """Everything an app needs beside the .tflite file."""
+    from skincli import DISCLAIMER
+
+    s = int(info.input_size)
+    return {
+        "format": fmt, "quantization": quant or "none (float32)", "bytes": size_bytes,
+        "model": {"name": info.name, "version": info.version, "arch": info.arch,
+                  "created": info.created},
+        "classes": list(info.classes),
+        "input": {"index": 0, "shape": [-1, s, s, 3], "dtype": "float32",
+                  "pixels": "RGB, 0..255 (not normalised: normalisation is inside the model)",
+                  "resize": f"to {s}x{s} with bilinear filtering, antialiased when shrinking "
+                            "(Pillow BILINEAR), no crop; EXIF orientation applied first",
+                  "preprocessing": dict(info.preprocessing)},
+        "outputs": {"output_0": {"name": "logits", "shape": [-1, len(info.classes)]},
+                    "output_1": {"name": "embedding",
+                                 "shape": [-1, quality.get("embedding_dims")],
+                                 "note": "pooled backbone features (drift/out-of-distribution)"}},
+        "probabilities": "softmax(logits / temperature)",
+        "temperature": float(info.temperature or 1.0),
+        "uncertain_threshold": info.uncertain_threshold,
+        "uncertain_rule": "top probability below uncertain_threshold = show as uncertain",
+        "measured_against_float_model": quality,
+        "disclaimer": DISCLAIMER,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -16,6 +17,8 @@ import numpy as np
 
 from skincli.runs import resolve_run
 from skincli.serve.settings import Settings
+
+log = logging.getLogger("skincli.serve")
 
 
 @dataclass
@@ -118,6 +121,7 @@ class LoadedModel:
             "split_sha256": info.split_sha256, "loaded_at": self.loaded_at,
             "load_seconds": round(self.load_seconds, 3), "tta": self.tta,
             "decision": self.decision_summary(),
+            "engine": _engine_facts(self.predictor),
         })
 
     def decision_summary(self) -> dict[str, Any]:
@@ -127,6 +131,13 @@ class LoadedModel:
         summary = decision_summary(self.predictor.info, getattr(self.predictor, "decision", None))
         summary.get("fitted", {}).pop("when", None)
         return summary
+
+
+def _engine_facts(predictor: Any) -> dict[str, Any] | None:
+    """What the engine says about itself (name, runtime, threads), without file paths."""
+    engine = getattr(predictor, "engine", None)
+    describe = getattr(engine, "describe", None)
+    return describe() if callable(describe) else None
 
 
 def json_safe(value: Any) -> Any:
@@ -145,19 +156,21 @@ def json_safe(value: Any) -> Any:
 def load_model(settings: Settings, run: str | None = None) -> LoadedModel:
     """Load a run fully and warm it (every batch size path traced) before it serves anything."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from skincli.engines.base import default_threads
     from skincli.predictor import Predictor
 
     start = time.perf_counter()
     run_dir = resolve_run(run if run is not None else settings.run, settings.runs_dir)
-    predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels)
+    # The inference thread of each worker gets its share of the cores.
+    threads = max(1, default_threads() // max(1, settings.workers))
+    predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels,
+                                   threads=threads, on_warning=log.warning)
     if settings.decision != "balanced":
         from skincli.decision import resolve_decision
 
         decision = resolve_decision(predictor, settings.decision, settings.prevalence)
         for message in decision.warnings:
-            import logging
-
-            logging.getLogger("skincli.serve").warning(message)
+            log.warning(message)
         predictor.set_decision(decision)
     model = LoadedModel(predictor=predictor, run_dir=Path(run_dir),
                         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -148,6 +148,7 @@ class ModelResponse(BaseModel):
     tta: bool
     decision: dict[str, Any] = Field(default_factory=dict, description="The decision rule in "
                                      "force: rule, prior, weights, uncertain threshold")
+    engine: dict[str, Any] | None = None  # inference engine: name, runtime, threads
     serving: dict[str, Any]
     disclaimer: str = DISCLAIMER
 

@@ -496,6 +496,7 @@ class _Session:
         out-of-distribution reference), computed by the Predictor as `skin evaluate` does.
         """
         from skincli.clinical.triage import fit_for_training
+        from skincli.engines.convert import write_run_tflite_from
         from skincli.predictor import Predictor, softmax
 
         cfg, split, state = self.cfg, self.split, self.state
@@ -519,6 +520,9 @@ class _Session:
             tmp_model = self.tmp_dir / ".model-tmp.keras"
             clean.model.save(tmp_model)
             os.replace(tmp_model, self.tmp_dir / MODEL_FILE)
+        with disk_guard("model.tflite", self.resume_name()):
+            tflite = write_run_tflite_from(self.tmp_dir, clean.model, val_ds, cal["temperature"],
+                                           lambda m: self.progress("warning", {"message": m}))
         state.skipped = dict(skipped.reasons)
         self.write_history()
         with disk_guard("the history plot", self.resume_name()):
@@ -545,6 +549,7 @@ class _Session:
             "n_train": len(split.train_paths),
             "n_val": len(split.val_paths),
             "data": provenance(split.frame.attrs.get("meta", {})),
+            "tflite": tflite,
         }
         with disk_guard("run.json", self.resume_name()):
             if interrupted:
