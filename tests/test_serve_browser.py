@@ -152,7 +152,8 @@ def test_upload_shows_prediction_bars_uncertain_flag_and_heatmap(
         # Side by side, the two captions line up (an empty status line used to push one down).
         captions = browser.find_elements(By.CSS_SELECTOR, ".images figcaption")
         assert len({c.location["y"] for c in captions}) == 1, [c.location for c in captions]
-        assert "request" in browser.find_element(By.ID, "meta").text
+        meta = browser.find_element(By.ID, "meta").text
+        assert "request" in meta and "decision rule balanced" in meta
         shot = tmp_path / "page.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000

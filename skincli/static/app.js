@@ -123,7 +123,8 @@
     renderBars(p.probabilities, p.label);
     renderTriage(p.triage);
     if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
-    $("meta").textContent = "Model " + body.model.version + " \u00b7 " + body.latency_ms +
+    $("meta").textContent = "Model " + body.model.version + " \u00b7 decision rule " +
+      (p.decision || "balanced") + " \u00b7 " + body.latency_ms +
       " ms \u00b7 request " + body.request_id + " \u00b7 image SHA-256 " +
       p.image_sha256.slice(0, 12) + "\u2026";
     $("result").hidden = false;
