@@ -246,6 +246,7 @@ def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
             status = r.reload("new")
             events.append((time.monotonic() - t0, f"replica {r.name} reloaded to new "
                            f"({status})"))
+        reloaded = time.monotonic() - t0
         for t in threads:
             t.join(seconds + 60)
         elapsed = time.monotonic() - t0
@@ -260,7 +261,10 @@ def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
         counts = Counter(rows["request_id"])
         statuses = Counter(s for _, s, _, _, _ in results)
         lat = sorted(ms for _, s, _, _, ms in results if s == 200)
-        last_models = Counter(m for t, s, _, m, _ in results if s == 200 and t > elapsed - 2)
+        # Requests started once both reloads had returned: every one must be the new model
+        # (a request already running at the switch may still finish on the old one).
+        last_models = Counter(m for t, s, _, m, _ in results
+                              if s == 200 and t > max(elapsed - 2, reloaded))
         return {
             "clients": clients, "seconds": round(elapsed, 1), "requests": len(results),
             "statuses": dict(statuses), "failed": len(results) - statuses.get(200, 0),

@@ -45,7 +45,9 @@ def _start(tmp: Path, split: Path, ports: list[int], index: int, epochs: int
     cmd = [sys.executable, "-m", "skincli", "train", "--split", str(split), "--arch", "tiny",
            "--weights", "none", "--epochs", str(epochs), "--fine-tune-epochs", "0",
            "--input-size", "32", "--batch-size", "8", "--strategy", "multiworker",
-           "--name", "mw", "--threads", "1", "--no-calibrate"]
+           "--name", "mw", "--threads", "1", "--no-calibrate",
+           # Early stopping must not end a run before the test has stopped a worker.
+           "--patience", str(epochs)]
     return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
