@@ -1,7 +1,7 @@
 """`skin predict` speed: LiteRT vs TensorFlow engine vs a naive per-image loop, same run.
 
     python benchmarks/predict_throughput.py                 # EfficientNet-Lite0 bench run
-    python benchmarks/predict_throughput.py --run runs/train --images /work/shared/data/isic9/Test
+    python benchmarks/predict_throughput.py --run runs/train --images ../shared/data/isic9/Test
 
 1. Model only, in this process, engines alternated round by round (so a busy machine hurts
    both alike): ms per image at batch 1 and at --batch.
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ISIC_TEST = Path("/work/shared/data/isic9/Test")
+ISIC_TEST = REPO.parent / "shared" / "data" / "isic9" / "Test"
 
 
 def make_bench_run(workdir: Path, arch: str = "efficientnet_lite0") -> Path:
