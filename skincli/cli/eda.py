@@ -218,11 +218,14 @@ def show_metadata(m: dict[str, Any], out: str) -> None:
             f"ids): {m['matched_images']} images matched, {m['images_without_row']} without a "
             f"row (they keep their folder label), {m['rows_without_image']} rows match no "
             f"image. Labels used: {m['labels']}.", highlight=False)
-    folders = list(m["folder_vs_metadata"])
-    dxs = sorted({d for row in m["folder_vs_metadata"].values() for d in row})
-    if folders:
-        rows = [[f, *[m["folder_vs_metadata"][f].get(d, 0) or "" for d in dxs]] for f in folders]
-        c.print(ui.table("Folder (rows) vs metadata diagnosis (columns)", ["folder", *dxs], rows))
+    # Long format (one row per folder/diagnosis pair present): a 9 x 9 grid of long class
+    # names does not fit a terminal.
+    rows = [[folder, dx, n, "" if folder == dx else "[red]disagrees[/]"]
+            for folder, by_dx in m["folder_vs_metadata"].items()
+            for dx, n in sorted(by_dx.items(), key=lambda kv: -kv[1])]
+    if rows:
+        c.print(ui.table("Folder vs metadata diagnosis", ["folder", "metadata says", "files",
+                                                          ""], rows))
     c.print(f"[bold]{m['disagreements']}[/] files are filed under a class the metadata "
             "contradicts:", highlight=False)
     for d in m["disagreement_list"]:  # every one: these are the label errors of the data
