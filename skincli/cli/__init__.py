@@ -19,7 +19,7 @@ from skincli.errors import SkinError
 app = typer.Typer(
     name="skin",
     help="Classify dermoscopic skin-lesion images: eda, split, train, evaluate, predict, "
-    "serve, monitor.",
+    "serve, export, monitor; card and audit for clinical review.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
