@@ -31,14 +31,6 @@ def age_band(age: str | float | None) -> str:
     return next((name for lo, hi, name in AGE_BANDS if lo <= a < hi), "")
 
 
-def _macro_f1(y: np.ndarray, pred: np.ndarray, labels: np.ndarray, k: int) -> float:
-    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm)[labels].astype(float)
-    denom = cm.sum(axis=0)[labels] + cm.sum(axis=1)[labels]
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean()) if len(labels) else 0.0
-
-
 def _ci(values: np.ndarray) -> list[float] | None:
     return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] \
         if values.size else None
@@ -52,10 +44,17 @@ def subgroup_metrics(y: np.ndarray, pred: np.ndarray, classes: Sequence[str],
     `groups` maps an attribute to one value per image ("" = unknown, left out). Returns
     {"overall_macro_f1", "attributes": {attr: [row, ...]}, "flagged": [...], "min_images"}.
     """
+    from skincli.metrics import (
+        batched_confusion,
+        confusion_matrix,
+        macro_f1_from_cm,
+        per_class_from_cm,
+    )
+
     y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
     k = len(classes)
-    overall = _macro_f1(y, pred, np.unique(y), k)
+    overall = float(macro_f1_from_cm(confusion_matrix(y, pred, k)))
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"overall_macro_f1": overall, "attributes": {}, "flagged": [],
                            "min_images": min_images, "n_boot": n_boot}
@@ -73,23 +72,18 @@ def subgroup_metrics(y: np.ndarray, pred: np.ndarray, classes: Sequence[str],
                 continue
             ys, ps = y[idx], pred[idx]
             labels = np.unique(ys)
-            row["macro_f1"] = _macro_f1(ys, ps, labels, k)
-            boots = []
-            recalls: dict[int, list[float]] = {int(c): [] for c in labels}
-            for _ in range(n_boot):
-                b = rng.integers(0, idx.size, idx.size)
-                yb, pb = ys[b], ps[b]
-                present = np.unique(yb)
-                boots.append(_macro_f1(yb, pb, present, k))
-                for c in present:
-                    m = yb == c
-                    if int(c) in recalls:
-                        recalls[int(c)].append(float((pb[m] == c).mean()))
-            row["ci95"] = _ci(np.asarray(boots))
+            cm = confusion_matrix(ys, ps, k)
+            row["macro_f1"] = float(macro_f1_from_cm(cm))
+            # Resamples within the subgroup; a class's recall counts only in the resamples
+            # that contain it (as its point estimate does).
+            cms = batched_confusion(ys, ps, rng.integers(0, idx.size, (n_boot, idx.size)), k) \
+                if n_boot > 0 else np.zeros((0, k, k))
+            boot = per_class_from_cm(cms)
+            row["ci95"] = _ci(macro_f1_from_cm(cms))
+            recall = per_class_from_cm(cm)["recall"]
             row["per_class_recall"] = {
-                classes[c]: {"n": int((ys == c).sum()),
-                             "recall": float((ps[ys == c] == c).mean()),
-                             "ci95": _ci(np.asarray(recalls[int(c)]))}
+                classes[c]: {"n": int((ys == c).sum()), "recall": float(recall[c]),
+                             "ci95": _ci(boot["recall"][boot["support"][:, c] > 0, c])}
                 for c in labels}
             row["below_overall"] = bool(row["ci95"] is not None and row["ci95"][1] < overall)
             if row["below_overall"]:
