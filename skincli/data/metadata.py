@@ -17,6 +17,7 @@ table (`DEFAULT_CLASS_MAP`) that ``--class-map CODE=CLASS`` overrides.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,8 +152,6 @@ def load_metadata(path: str | Path, class_map: dict[str, str] | None = None,
         raise SkinError(f"Metadata file {p} is not UTF-8 text (byte {exc.start}: "
                         f"0x{raw[exc.start]:02x})",
                         hint="Save it as UTF-8 CSV (e.g. from a spreadsheet: CSV UTF-8)") from exc
-    import io
-
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
                             skipinitialspace=True)
@@ -362,9 +361,9 @@ def join(entries: list[Any], meta: Metadata, labels: str = "metadata",
     report.rows_without_image = sorted(t.loc[sorted(set(t.index) - used), "image_id"])
     report.confusion = {f: dict(sorted(m.items())) for f, m in sorted(confusion.items())}
     # A folder class that holds none of its own class by the metadata.
+    used_labels = {x.label for x in out}
     for folder, by_dx in report.confusion.items():
-        if labels == "metadata" and by_dx.get(folder, 0) == 0 and \
-                not any(x.label == folder for x in out):
+        if labels == "metadata" and by_dx.get(folder, 0) == 0 and folder not in used_labels:
             report.emptied_classes.append({"class": folder, "files": sum(by_dx.values()),
                                            "metadata_says": by_dx})
     report.warnings = list(meta.warnings)
