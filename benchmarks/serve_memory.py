@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(REPO / "tests"))  # the tiny run builder and the server starter
+from serve_proc import Served, ServeStartError, serve_process  # noqa: E402
 
 
 def bomb_png(side: int = 7000) -> bytes:
@@ -50,42 +49,17 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def make_run(root: Path, input_size: int = 224) -> Path:
     """A tiny untrained run with a 224-px input (what the attack is sized against)."""
-    sys.path.insert(0, str(REPO / "tests"))
     from helpers_run import make_run as make
 
     return make(root, input_size=input_size, name="mem", runs_dir=root / "runs").parent
 
 
-def start_server(runs: Path, code: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "skincli", "serve", "--runs-dir", str(runs), "--port", str(port),
-         "--no-log", *extra], cwd=runs.parent, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
-
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server not ready in time")
+def serve(runs: Path, code: Path, extra: list[str]) -> AbstractContextManager[Served]:
+    """`skin serve` from checkout `code` with its defaults (log off) on a free port, ready."""
+    return serve_process(runs, *extra, cwd=runs.parent, env={"PYTHONPATH": str(code)},
+                         ready_s=120)
 
 
 def attack(url: str, pid: int, data: bytes, files: int = 16, singles: int = 8,
@@ -155,17 +129,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = make_run(root)
-        port = free_port()
-        proc = start_server(runs, args.code.resolve(), port, args.serve_args)
         try:
-            wait_ready(f"http://{HOST}:{port}", proc)
-            out = attack(f"http://{HOST}:{port}", proc.pid, data, args.files, args.singles)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            with serve(runs, args.code.resolve(), args.serve_args) as server:
+                out = attack(server.url, server.proc.pid, data, args.files, args.singles)
+        except ServeStartError as exc:
+            raise SystemExit(str(exc)) from None
     print(f"code: {args.code}  attack: {args.files} x {args.side}x{args.side} 1-bit PNG "
           f"({len(data) / 1024:.0f} KB each) in one batch, then {args.singles} singles")
     print(f"{'RSS before':>12} {'after batch':>12} {'peak':>10} {'after':>10}  (MB)")

@@ -4,9 +4,7 @@ requests at once."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,19 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serve_proc import HOST, free_port, serve_process
 
 if sys.platform == "win32":  # pragma: no cover
     pytest.skip("POSIX sockets and limits", allow_module_level=True)
 
-HOST = "127.0.0.1"
 STALLED = 2000  # what the issue asked to survive; each test's time is bounded below
 HEAD = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"  # ...and then silence
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -37,34 +29,10 @@ def _server(tmp: Path, *args: str) -> Iterator[tuple[str, Path]]:
     runs = tmp / "runs"
     if not runs.exists():
         make_run(tmp, input_size=32, name="tiny", runs_dir=runs)
-    port = _free_port()
+    port = free_port()
     log = tmp / f"server-{port}.log"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "skincli", "serve", "--runs-dir", str(runs), "--port",
-             str(port), "--no-log", *args], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-            stderr=err)
-    url = f"http://{HOST}:{port}"
-    try:
-        end = time.time() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < end, "server not ready in time"
-            time.sleep(0.2)
-        yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with serve_process(runs, *args, cwd=tmp, port=port, log=log) as served:
+        yield served.url, log
 
 
 def _raise_nofile(need: int) -> None:

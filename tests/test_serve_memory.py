@@ -27,7 +27,7 @@ def _bench() -> object:
     return module
 
 
-# The bound README states for the default --decode-mpx 64: growth of the server's peak RSS.
+# The bound docs/serving.md states for the default --decode-mpx 64: growth of the server's peak RSS.
 PEAK_GROWTH_MB = 600
 RETAINED_MB = 200
 
@@ -35,15 +35,9 @@ RETAINED_MB = 200
 def test_decompression_attack_keeps_memory_bounded(tmp_path: Path) -> None:
     bench = _bench()
     runs = bench.make_run(tmp_path)
-    port = bench.free_port()
-    proc = bench.start_server(runs, REPO, port, [])
-    try:
-        bench.wait_ready(f"http://127.0.0.1:{port}", proc)
-        out = bench.attack(f"http://127.0.0.1:{port}", proc.pid, bench.bomb_png(7000),
+    with bench.serve(runs, REPO, []) as server:
+        out = bench.attack(server.url, server.proc.pid, bench.bomb_png(7000),
                            files=16, singles=8, timeout=90)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     growth = out["peak_mb"] - out["before_mb"]
     assert growth < PEAK_GROWTH_MB, out
     assert out["after_mb"] - out["before_mb"] < RETAINED_MB, out

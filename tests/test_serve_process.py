@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -14,30 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from serve_proc import free_port, serve_process
 from test_serve_support import image_bytes
 
 if sys.platform == "win32":  # pragma: no cover
     pytest.skip("POSIX signals", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server not ready in time")
 
 
 @pytest.fixture()
@@ -55,19 +33,15 @@ def runs(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_sighup_reloads_and_sigterm_drains(runs: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    port = free_port()  # both servers below use it in turn
     # The TensorFlow engine: its slower passes keep work queued long enough for all four
     # requests to be accepted before SIGTERM (LiteRT can drain the first ones before the last
     # one connects).
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "SKIN_QUEUE_SIZE": "256",
-           "SKIN_ENGINE": "tf"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skincli", "serve", "--runs-dir", str(runs), "--port", str(port),
-         "--no-log", "--max-batch", "8", "--timeout-s", "60"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_ready(url, proc)
+    env = {"SKIN_QUEUE_SIZE": "256", "SKIN_ENGINE": "tf"}
+    # The test signals the server itself; a server left running by a failure is killed at once.
+    with serve_process(runs, "--max-batch", "8", "--timeout-s", "60", cwd=tmp_path, port=port,
+                       env=env, stop_s=0) as served:
+        proc, url = served.proc, served.url
         assert httpx.get(url + "/v1/model").json()["name"] == "heavy"
 
         # SIGTERM while several batches are queued: every accepted request still gets its answer.
@@ -102,21 +76,13 @@ def test_sighup_reloads_and_sigterm_drains(runs: Path, tmp_path: Path) -> None:
             assert isinstance(r, httpx.Response), r
             assert r.status_code == 200, r.text
             assert all(item["prediction"] for item in r.json()["results"])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     log = proc.stderr.read() if proc.stderr else ""
     assert "Traceback" not in log
     assert "Application shutdown complete" in log
 
     # A fresh server: SIGHUP switches to the run that runs/CURRENT now names.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skincli", "serve", "--runs-dir", str(runs), "--port", str(port),
-         "--no-log"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        _wait_ready(url, proc)
+    with serve_process(runs, cwd=tmp_path, port=port, env=env, stop_s=0) as served:
+        proc, url = served.proc, served.url
         (runs / "CURRENT").write_text("light\n")
         proc.send_signal(signal.SIGHUP)
         deadline = time.time() + 60
@@ -129,7 +95,3 @@ def test_sighup_reloads_and_sigterm_drains(runs: Path, tmp_path: Path) -> None:
         assert set(r.json()["prediction"]["probabilities"]) == {"x", "y"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
