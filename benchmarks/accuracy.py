@@ -64,6 +64,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "ema": {"ema": 0.99},
     "head-256": {"head_units": 256},
     "sampling-0.5": {"oversample_strength": 0.5},
+    "use-metadata": {"use_metadata": True},
     # With --metadata (labels from the archive, conflicts resolved, lesion-grouped splits),
     # two ways of making the data that are scored on the same lesion-grouped test images:
     # trained the way the project did before metadata (folder labels, conflicts dropped) ...
@@ -103,6 +104,7 @@ DESCRIPTIONS: dict[str, str] = {
     "ema": "moving average of the weights, decay 0.99 (`--ema 0.99`)",
     "head-256": "stronger head: 256 swish units before the logits (`--head-units 256`)",
     "sampling-0.5": "square-root class balancing (`--oversample-strength 0.5`)",
+    "use-metadata": "age, sex and site term in the head, trained jointly (`--use-metadata`)",
     "folder-labels": "trained on the folders' labels, conflicts dropped (as before metadata)",
     "no-lesion-groups": "split without lesion groups (copies and near-duplicates only), "
                         "scored on its own test split",
@@ -111,10 +113,12 @@ DESCRIPTIONS: dict[str, str] = {
 
 def evaluate_run(run_dir: Path, frame: Any, tta: bool) -> dict[str, Any]:
     """Macro F1, balanced accuracy and per-class F1 of a run on the split's test rows."""
+    from skincli.metahead import records_from_frame
     from skincli.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir)
     test = frame[frame["split"] == "test"]
+    meta = predictor.encode_metadata(records_from_frame(test))  # None unless --use-metadata
     classes = predictor.classes
     y = np.array([classes.index(c) for c in test["label"]])
     batch = np.stack([predictor.preprocess(p) for p in test["filepath"]])
@@ -125,7 +129,7 @@ def evaluate_run(run_dir: Path, frame: Any, tta: bool) -> dict[str, Any]:
                            "classes_without_test_images": [c for i, c in enumerate(classes)
                                                            if i not in present]}
     for name, use_tta in (("plain", False), ("tta", True)) if tta else (("plain", False),):
-        pred = predictor.probabilities(batch, tta=use_tta).argmax(axis=1)
+        pred = predictor.probabilities(batch, tta=use_tta, meta=meta).argmax(axis=1)
         per = f1_score(y, pred, labels=present, average=None, zero_division=0)
         out[name] = {
             "macro_f1": float(np.mean(per)),

@@ -54,6 +54,8 @@ class EvalSet:
     split_path: Path | None = None
     # Subgroup values per image (sex, age band, site) from metadata; empty without it.
     subgroups: dict[str, list[str]] = field(default_factory=dict)
+    # Per image {sex, age_band, site} for a run trained with --use-metadata; None without.
+    metadata: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -115,6 +117,7 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
     `metadata`: load_dataset's metadata keyword arguments (metadata, labels, group,
     class_map) for `data`.
     """
+    from skincli.metahead import records_from_frame
     from skincli.subgroups import groups_from_frame
 
     _check_subset(subset)
@@ -141,7 +144,7 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
                             hint="Pass a folder of class folders or a labelled CSV")
         check_labels(df["label"].tolist(), classes, str(data))
         return EvalSet(df["filepath"].tolist(), df["label"].tolist(), what, "data", subset,
-                       subgroups=groups_from_frame(df))
+                       subgroups=groups_from_frame(df), metadata=records_from_frame(df))
     path = Path(split) if split is not None else run_split_path(run_dir)
     if split is None and not path.is_file():
         raise SkinError(f"Run {run_dir} holds no split.csv and there is no {DEFAULT_SPLIT}",
@@ -156,7 +159,7 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
     return EvalSet(part["filepath"].tolist(), part["label"].tolist(),
                    f"{subset} part of {where} ({path})" if subset != "all" else
                    f"all of {where} ({path})", "split", subset, split_path=path,
-                   subgroups=groups_from_frame(part))
+                   subgroups=groups_from_frame(part), metadata=records_from_frame(part))
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -178,20 +181,23 @@ def score(predictor: Any, eval_set: EvalSet, tta: bool = False, batch_size: int 
     for start in range(0, total, batch_size):
         paths = eval_set.filepaths[start:start + batch_size]
         labels = eval_set.labels[start:start + batch_size]
-        arrays = []
-        for p, lab, item in zip(paths, labels, predictor.read_images(paths)):
+        arrays, records = [], []
+        for j, (p, lab, item) in enumerate(zip(paths, labels, predictor.read_images(paths))):
             if isinstance(item, ImageError):
                 skipped.append({"file": str(p), "code": item.code, "error": str(item)})
                 continue
             arrays.append(item)
             keep_paths.append(str(p))
             ys.append(index[lab])
+            if eval_set.metadata is not None:
+                records.append(eval_set.metadata[start + j])
         if arrays:
             batch = np.stack(arrays).astype(np.float32)
+            meta = predictor.encode_metadata(records if eval_set.metadata is not None else None)
             if tta:
-                views, emb = predictor.tta_logits(batch, batch_size)
+                views, emb = predictor.tta_logits(batch, batch_size, meta)
             else:
-                first, emb = predictor.logits_and_embeddings(batch, batch_size)
+                first, emb = predictor.logits_and_embeddings(batch, batch_size, meta)
                 views = first[None]
             logits.append(views)
             if emb is not None:

@@ -130,6 +130,7 @@ class Predictor:
             engine = TFEngine(model, self.input_size)
         self.engine = engine
         self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
+        self._head_cache: tuple[int, Any] = (0, None)
         # The decision rule in force (skincli.decision.Decision); None = balanced: the
         # calibrated probabilities are the answer, with run.json's uncertain threshold.
         self.decision: Any = None
@@ -221,21 +222,73 @@ class Predictor:
             arr = load_rgb(image, max_pixels=self.max_pixels)
         return resize_rgb(arr, self.input_size).astype(np.float32)
 
-    def logits(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Raw logits for a preprocessed float32 batch (N, S, S, 3)."""
+    # --- the metadata term of a run trained with --use-metadata (skincli.metahead) ------------
+
+    @property
+    def metadata_head(self) -> Any:
+        """The run's MetadataHead (age, sex, site term of the logits), or None."""
+        raw = (self.info.extra or {}).get("metadata_head")
+        if self._head_cache[0] != id(raw):
+            from skincli.metahead import MetadataHead
+
+            try:
+                head = MetadataHead.from_dict(raw)
+            except (KeyError, TypeError, ValueError):
+                head = None
+            self._head_cache = (id(raw), head)
+        return self._head_cache[1]
+
+    @property
+    def uses_metadata(self) -> bool:
+        """True when the run adds a metadata term to the logits."""
+        return self.metadata_head is not None
+
+    def encode_metadata(self, records: Sequence[dict[str, Any]] | None) -> np.ndarray | None:
+        """Records {sex, age_band, site} -> encoded rows for `meta=`; None if unused/absent."""
+        head = self.metadata_head
+        if head is None or records is None:
+            return None
+        return head.encoder.encode(list(records))
+
+    def metadata_notes(self, record: dict[str, Any]) -> list[str]:
+        """Warnings about one record: a site the model was not trained on, metadata ignored."""
+        head = self.metadata_head
+        given = [f for f in ("sex", "age_band", "site") if record.get(f)]
+        if head is None:
+            return (["this model does not use patient metadata; age, sex and site were "
+                     "ignored"] if given else [])
+        site = record.get("site")
+        if site and site not in head.encoder.sites:
+            return [f"site {site!r} is not one the model was trained with; it counts as "
+                    f"'other' (known: {', '.join(head.encoder.sites)})"]
+        return []
+
+    def _with_metadata(self, logits: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        head = self.metadata_head
+        if head is None or meta is None:  # no metadata: exactly the image model's logits
+            return logits
+        return (np.asarray(logits, np.float32) + head.offsets(meta, len(logits))
+                ).astype(np.float32)
+
+    def logits(self, batch: np.ndarray, batch_size: int = 32,
+               meta: np.ndarray | None = None) -> np.ndarray:
+        """Raw logits for a preprocessed float32 batch (N, S, S, 3).
+
+        meta: encoded metadata rows (`encode_metadata`) for a run trained with them.
+        """
         batch = np.asarray(batch, dtype=np.float32)
         out = []
         for start in range(0, len(batch), max(1, int(batch_size))):
             out.append(np.asarray(self.engine.logits(batch[start:start + batch_size])))
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return np.concatenate(out, axis=0)
+        return self._with_metadata(np.concatenate(out, axis=0), meta)
 
     def probabilities(self, batch: np.ndarray, tta: bool = False,
-                      batch_size: int = 32) -> np.ndarray:
+                      batch_size: int = 32, meta: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probabilities (N, C); with tta, averaged over the 8 square symmetries."""
         views = tta_views(np.asarray(batch, dtype=np.float32)) if tta else [batch]
-        probs = [softmax(self.logits(v, batch_size), self.temperature) for v in views]
+        probs = [softmax(self.logits(v, batch_size, meta), self.temperature) for v in views]
         return np.mean(probs, axis=0)
 
     def verdicts(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
@@ -268,15 +321,17 @@ class Predictor:
         return results
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3,
-                tta: bool = False) -> list[Prediction]:
+                tta: bool = False, metadata: Sequence[dict[str, Any]] | None = None
+                ) -> list[Prediction]:
         """Predict already-readable images (errors in reading raise ImageError).
 
         Each Prediction carries its embedding and, when run.json has a reference, a warning
-        for images that look unlike the training images.
+        for images that look unlike the training images. metadata: one record per image
+        ({sex, age_band, site}, skincli.metahead.parse_inputs) for a run trained with it.
         """
         batch = np.stack([self.preprocess(im) for im in images]) if images else np.zeros(
             (0, self.input_size, self.input_size, 3), np.float32)
-        return self._predict_batch(batch, top_k, tta)
+        return self._predict_batch(batch, top_k, tta, metadata=metadata)
 
     # --- one pass for logits and the pooled embedding ----------------------------------------
 
@@ -285,11 +340,13 @@ class Predictor:
         """True when the model exposes a pooled embedding (every registry model does)."""
         return bool(self.engine.has_embeddings)
 
-    def logits_and_embeddings(self, batch: np.ndarray, batch_size: int = 32
+    def logits_and_embeddings(self, batch: np.ndarray, batch_size: int = 32,
+                              meta: np.ndarray | None = None
                               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits (N, C) and pooled backbone embeddings (N, D) from one forward pass.
 
-        The embedding is None when the model has no recognisable pooled layer.
+        The embedding is None when the model has no recognisable pooled layer. meta: encoded
+        metadata rows for a run trained with them (see `logits`).
         """
         batch = np.asarray(batch, dtype=np.float32)
         logits, embs = [], []
@@ -299,26 +356,27 @@ class Predictor:
             embs.append(emb)
         if not logits:
             return (np.zeros((0, len(self.classes)), np.float32), None)
+        out = self._with_metadata(np.concatenate(logits), meta)
         if any(e is None for e in embs):
-            return np.concatenate(logits), None
-        return np.concatenate(logits), np.concatenate([np.asarray(e) for e in embs])
+            return out, None
+        return out, np.concatenate([np.asarray(e) for e in embs])
 
-    def tta_logits(self, batch: np.ndarray, batch_size: int = 32
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    def tta_logits(self, batch: np.ndarray, batch_size: int = 32,
+                   meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits of all 8 TTA views (8, N, C) (view 0 = the image as is) and its embeddings."""
         views = tta_views(np.asarray(batch, dtype=np.float32))
-        first, emb = self.logits_and_embeddings(views[0], batch_size)
-        rest = [self.logits(v, batch_size) for v in views[1:]]
+        first, emb = self.logits_and_embeddings(views[0], batch_size, meta)
+        rest = [self.logits(v, batch_size, meta) for v in views[1:]]
         return np.stack([first, *rest]), emb
 
     def probabilities_and_embeddings(self, batch: np.ndarray, tta: bool = False,
-                                     batch_size: int = 32
+                                     batch_size: int = 32, meta: np.ndarray | None = None
                                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated probabilities (N, C) and embeddings (N, D) of the untransformed images."""
         if tta:
-            views, emb = self.tta_logits(batch, batch_size)
+            views, emb = self.tta_logits(batch, batch_size, meta)
             return np.mean([softmax(v, self.temperature) for v in views], axis=0), emb
-        logits, emb = self.logits_and_embeddings(batch, batch_size)
+        logits, emb = self.logits_and_embeddings(batch, batch_size, meta)
         return softmax(logits, self.temperature), emb
 
     # --- "does this look like the training images?" ------------------------------------------
@@ -353,10 +411,16 @@ class Predictor:
         return out
 
     def _predict_batch(self, batch: np.ndarray, top_k: int, tta: bool,
-                       batch_size: int = 32) -> list[Prediction]:
-        probs, emb = self.probabilities_and_embeddings(batch, tta=tta, batch_size=batch_size)
+                       batch_size: int = 32,
+                       metadata: Sequence[dict[str, Any]] | None = None) -> list[Prediction]:
+        meta = self.encode_metadata(metadata)
+        probs, emb = self.probabilities_and_embeddings(batch, tta=tta, batch_size=batch_size,
+                                                       meta=meta)
         preds = self.verdicts(probs, top_k=top_k)
         for i, (pred, warns) in enumerate(zip(preds, self.input_warnings(batch, emb))):
+            if metadata is not None:
+                pred.warnings.extend(self.metadata_notes(dict(metadata[i])))
+                pred.meta["metadata_used"] = meta is not None
             pred.warnings.extend(warns)
             pred.uncertain = pred.uncertain or is_flagged(warns)
             if emb is not None:
@@ -375,11 +439,13 @@ class Predictor:
                       tta: bool = False, top_k: int = 3,
                       progress: Callable[[int, int], None] | None = None,
                       image_hook: Callable[[np.ndarray], dict[str, Any]] | None = None,
+                      metadata: Sequence[dict[str, Any]] | None = None,
                       ) -> list[Prediction | ImageError]:
         """Read and predict files in batches; a file that cannot be read becomes its ImageError.
 
         Results keep the order of `paths`. `progress(done, total)` is called after each batch.
         `image_hook(uint8 model-input image)` results are stored in `Prediction.meta`.
+        metadata: one record per path (see `predict`).
         """
         total = len(paths)
         results: list[Prediction | ImageError] = []
@@ -388,16 +454,21 @@ class Predictor:
             chunk = paths[start:start + batch_size]
             slots: list[Prediction | ImageError | None] = []
             arrays: list[np.ndarray] = []
-            for item in self.read_images(chunk):
+            records: list[dict[str, Any]] = []
+            for j, item in enumerate(self.read_images(chunk)):
                 if isinstance(item, ImageError):
                     slots.append(item)
                 else:
                     arrays.append(item)
                     slots.append(None)
+                    if metadata is not None:
+                        records.append(dict(metadata[start + j]))
             if arrays:
                 t0 = time.perf_counter()
                 batch = np.stack(arrays).astype(np.float32)
-                preds = iter(self._predict_batch(batch, top_k, tta, batch_size=batch_size))
+                preds = iter(self._predict_batch(batch, top_k, tta, batch_size=batch_size,
+                                                 metadata=records if metadata is not None
+                                                 else None))
                 latency_ms = (time.perf_counter() - t0) * 1000.0 / len(arrays)
                 hooks = iter(arrays)
             for p, slot in zip(chunk, slots):

@@ -273,6 +273,13 @@ def command(
     engine: Annotated[str | None, typer.Option(
         "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
         "litert; runs that do not convert use tf).")] = None,
+    age: Annotated[float | None, typer.Option(
+        "--age", help="The patient's age in years, for a model trained with --use-metadata "
+        "(applies to every image given).")] = None,
+    sex: Annotated[str | None, typer.Option(
+        "--sex", help="male or female (as --age).")] = None,
+    site: Annotated[str | None, typer.Option(
+        "--site", help="Anatomical site, e.g. back, face, lower extremity (as --age).")] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -288,6 +295,10 @@ def command(
         raise SkinError(f"--prevalence applies to --decision prevalence, not {rule}",
                         hint="Add --decision prevalence")
     resolve_engine_name(engine)  # an unknown engine is one line before anything slow
+    from skincli.metahead import parse_inputs
+
+    record = (parse_inputs(age, sex, site) if any(v is not None for v in (age, sex, site))
+              else None)
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -319,7 +330,8 @@ def command(
         task = bar.add_task("predict", total=len(paths))
         results = predictor.predict_paths(
             [str(p) for p in paths], batch_size=batch_size, tta=tta, top_k=top_k,
-            progress=lambda done, total: bar.update(task, completed=done), image_hook=hook)
+            progress=lambda done, total: bar.update(task, completed=done), image_hook=hook,
+            metadata=None if record is None else [record] * len(paths))
     n_ok = sum(not isinstance(r, ImageError) for r in results)
     explanations: dict[int, str] = {}
     if do_explain and n_ok:
@@ -327,6 +339,8 @@ def command(
                                  if (csv_out or json_out) else Path("reports/predict/gradcam"))
         explanations = write_explanations(predictor, results, folder, batch_size)
     doc = build_document(predictor, results, tta, explanations)
+    if record is not None:
+        doc["metadata"] = record  # what the metadata term (if the run has one) was given
     from skincli.clinical.records import audit_cli, fhir_document
 
     # The audit record comes first: no result is shown or written without it.

@@ -78,6 +78,11 @@ def command(
                                          key="cutmix")] = None,
     dropout: Annotated[float | None, _opt("--dropout", help="Dropout before the logits.",
                                           key="dropout")] = None,
+    use_metadata: Annotated[bool | None, _opt(
+        "--use-metadata/--no-use-metadata", help="Add a term of the patient's age, sex and "
+        "site to the logits, trained with the network (needs a split made with --metadata; "
+        "predictions without metadata equal the image model's).",
+        key="use_metadata")] = None,
     head_units: Annotated[int | None, _opt("--head-units", help="Hidden units between the "
                                            "pooled features and the logits (0 = linear head).",
                                            key="head_units")] = None,

@@ -329,6 +329,8 @@ def write_run_tflite_from(run_dir: str | Path, model: Any, dataset: Any, tempera
     """`write_run_tflite` with parity images taken from an evaluation dataset (validation)."""
     arrays, n = [], 0
     for x, _ in dataset:
+        if isinstance(x, (tuple, list)):  # (image, metadata row): the .tflite is image-only
+            x = x[0]
         batch = np.asarray(x, dtype=np.float32)
         arrays.append(batch[:PARITY_IMAGES - n])
         n += len(arrays[-1])

@@ -291,22 +291,51 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
 
     top_k_query = Query(None, ge=1, le=1000, description="How many classes to list "
                         f"(default {settings.top_k})")
+    age_query = Query(None, max_length=10, description="The patient's age in years (used by "
+                      "models trained with --use-metadata; otherwise ignored, with a warning)")
+    sex_query = Query(None, max_length=10, description="male or female (as age)")
+    site_query = Query(None, max_length=60, description="Anatomical site, e.g. back, face, "
+                       "lower extremity (as age)")
+
+    def patient(age: str | None, sex: str | None, site: str | None) -> dict[str, str] | None:
+        """The request's metadata record, or None when it gives none (422 if malformed)."""
+        if not any(v not in (None, "") for v in (age, sex, site)):
+            return None
+        from skincli.metahead import parse_inputs
+
+        try:
+            return parse_inputs(age, sex, site)
+        except SkinError as exc:
+            raise ApiError("invalid_request", f"{exc.message}; {exc.hint}") from None
+
+    def with_notes(model: LoadedModel, pred: dict[str, Any],
+                   subject: dict[str, str] | None) -> dict[str, Any]:
+        if subject is not None:
+            notes = model.predictor.metadata_notes(subject)
+            pred["warnings"] = [*notes, *pred["warnings"]]
+        return pred
 
     @app.post("/v1/predict", dependencies=keyed, response_model=schemas.PredictResponse,
               tags=["predict"],
               summary="Classify one image", openapi_extra=_upload_body(False),
               responses=_error_responses(*_IMAGE_ERRORS))
-    async def predict(request: Request, top_k: int | None = top_k_query) -> dict[str, Any]:
+    async def predict(request: Request, top_k: int | None = top_k_query,
+                      age: str | None = age_query, sex: str | None = sex_query,
+                      site: str | None = site_query) -> dict[str, Any]:
         """One image (multipart field `file`, or the raw body): calibrated top-k classes, the
-        uncertain flag, and the model that answered."""
+        uncertain flag, and the model that answered. `age`, `sex` and `site` feed a model
+        trained with the patient's metadata."""
         deadline = begin(request)
+        subject = patient(age, sex, site)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=1, many=False)
         model = answering(request)
         with state.batcher.arriving() as arrival:
             prepared = await prepare(model, uploads[0])
-            row = (await state.infer(model, [prepared.array], deadline, arrival))[0]
-        pred = _prediction(model, row, top_k or settings.top_k, prepared, uploads[0].filename)
+            row = (await state.infer(model, [prepared.array], deadline, arrival,
+                                     metadata=subject))[0]
+        pred = with_notes(model, _prediction(model, row, top_k or settings.top_k, prepared,
+                                             uploads[0].filename), subject)
         record(request, model, prepared, row, pred)
         return {"request_id": request.scope["skin.request_id"], "model": model.ref(),
                 "latency_ms": _elapsed_ms(request), "prediction": pred}
@@ -315,10 +344,14 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
               tags=["predict"], summary="Classify several images",
               openapi_extra=_upload_body(True, settings.max_files),
               responses=_error_responses(*_IMAGE_ERRORS, "too_many_files"))
-    async def predict_batch(request: Request, top_k: int | None = top_k_query) -> dict[str, Any]:
+    async def predict_batch(request: Request, top_k: int | None = top_k_query,
+                            age: str | None = age_query, sex: str | None = sex_query,
+                            site: str | None = site_query) -> dict[str, Any]:
         """Several images (repeated multipart field `files`). A bad file gets its own error
-        entry; the others are still classified."""
+        entry; the others are still classified. `age`, `sex` and `site` apply to every image
+        (one patient)."""
         deadline = begin(request)
+        subject = patient(age, sex, site)
         uploads = await read_uploads(request, per_file=settings.max_upload_bytes,
                                      max_files=settings.max_files, many=True)
         model = answering(request)
@@ -328,12 +361,14 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
                                             return_exceptions=True)
             good = [p for p in prepared if isinstance(p, Prepared)]
             rows = await state.infer(model, [p.array for p in good], deadline,
-                                     arrival) if good else []
+                                     arrival, metadata=subject) if good else []
         by_id = {id(p): r for p, r in zip(good, rows)}
         results = []
         for up, p in zip(uploads, prepared):
             if isinstance(p, Prepared):
-                pred = _prediction(model, by_id[id(p)], top_k or settings.top_k, p, up.filename)
+                pred = with_notes(model, _prediction(model, by_id[id(p)],
+                                                     top_k or settings.top_k, p, up.filename),
+                                  subject)
                 record(request, model, p, by_id[id(p)], pred)
                 results.append({"filename": up.filename, "prediction": pred})
             elif isinstance(p, ApiError):

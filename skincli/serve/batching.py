@@ -44,6 +44,7 @@ class _Job:
     deadline: float
     call: Callable[[], Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    extra: Any = None  # per-image input beside the array (patient metadata), passed through
 
 
 RunBatch = Callable[[Any, np.ndarray], Sequence[Any]]
@@ -127,9 +128,15 @@ class MicroBatcher:
         with self._incoming_lock:
             self._incoming -= 1
 
-    def submit(self, owner: Any, array: np.ndarray, deadline: float) -> Future:
-        """Queue one preprocessed image for `owner`; the future gets its row of results."""
-        return self._put(_Job(owner=owner, array=array, future=Future(), deadline=deadline))
+    def submit(self, owner: Any, array: np.ndarray, deadline: float,
+               extra: Any = None) -> Future:
+        """Queue one preprocessed image for `owner`; the future gets its row of results.
+
+        `extra` (e.g. the patient's metadata) reaches run_batch as a list beside the batch,
+        run_batch(owner, batch, extras), when any job of the batch has one.
+        """
+        return self._put(_Job(owner=owner, array=array, future=Future(), deadline=deadline,
+                              extra=extra))
 
     def submit_call(self, fn: Callable[[], Any], deadline: float) -> Future:
         """Run fn() alone on the inference thread (e.g. Grad-CAM) in queue order."""
@@ -202,7 +209,10 @@ class MicroBatcher:
             start = time.perf_counter()
             try:
                 batch = np.stack([j.array for j in group])
-                rows = self.run_batch(group[0].owner, batch)
+                extras = [j.extra for j in group]
+                rows = (self.run_batch(group[0].owner, batch, extras)  # type: ignore[call-arg]
+                        if any(e is not None for e in extras)
+                        else self.run_batch(group[0].owner, batch))
                 if len(rows) != len(group):
                     raise RuntimeError(f"model returned {len(rows)} rows for {len(group)} images")
             except BaseException as exc:  # every waiting request must get an answer

@@ -93,16 +93,21 @@ class LoadedModel:
                         width=width, height=height,
                         display=display_image(img) if display else None, dicom=ref)
 
-    def forward(self, batch: np.ndarray) -> list[Row]:
+    def forward(self, batch: np.ndarray, metadata: list[Any] | None = None) -> list[Row]:
         """One batched forward pass: calibrated probabilities, embeddings and input warnings
-        (when the predictor provides them)."""
+        (when the predictor provides them). metadata: per image a {sex, age_band, site}
+        record or None, for a run trained with metadata (ignored otherwise)."""
         predictor = self.predictor
         n = max(len(batch), 1)
         both = getattr(predictor, "probabilities_and_embeddings", None)
         if not callable(both):
             probs = predictor.probabilities(batch, tta=self.tta, batch_size=n)
             return [Row(np.asarray(p)) for p in probs]
-        probs, emb = both(batch, tta=self.tta, batch_size=n)
+        encode = getattr(predictor, "encode_metadata", None)
+        meta = (encode([m or {} for m in metadata])
+                if metadata is not None and callable(encode) else None)
+        probs, emb = (both(batch, tta=self.tta, batch_size=n, meta=meta) if meta is not None
+                      else both(batch, tta=self.tta, batch_size=n))
         warn = getattr(predictor, "input_warnings", None)
         warnings = warn(batch, emb) if callable(warn) else [[] for _ in range(len(batch))]
         return [Row(np.asarray(probs[i]), None if emb is None else np.asarray(emb[i]),

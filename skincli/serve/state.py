@@ -62,8 +62,11 @@ class ServerState:
 
     # -- the inference thread's work --------------------------------------------------------
     @staticmethod
-    def _run_batch(owner: LoadedModel, batch: np.ndarray) -> list[Row]:
-        return owner.forward(batch)
+    def _run_batch(owner: LoadedModel, batch: np.ndarray,
+                   extras: list[Any] | None = None) -> list[Row]:
+        if extras is None:
+            return owner.forward(batch)
+        return owner.forward(batch, metadata=extras)
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -137,12 +140,16 @@ class ServerState:
 
     # -- inference from a request -----------------------------------------------------------
     async def infer(self, model: LoadedModel, arrays: list[np.ndarray], deadline: float,
-                    arrival: Arrival | None = None) -> list[Row]:
-        """Queue images for the micro-batcher and wait for their rows (503/504 on failure)."""
+                    arrival: Arrival | None = None,
+                    metadata: dict[str, str] | None = None) -> list[Row]:
+        """Queue images for the micro-batcher and wait for their rows (503/504 on failure).
+
+        metadata: the patient's {sex, age_band, site} for every image (models trained with it).
+        """
         futures = []
         try:
             for arr in arrays:
-                futures.append(self.batcher.submit(model, arr, deadline))
+                futures.append(self.batcher.submit(model, arr, deadline, extra=metadata))
             if arrival is not None:
                 arrival.arrived()  # queued: the batcher need not wait for this request any more
         except Overloaded as exc:

@@ -47,6 +47,8 @@ class TrainConfig:
     cutmix: float = 0.0               # cutmix Beta(a, a) parameter; 0 = off
     dropout: float = 0.2              # dropout before the logits layer (and the hidden one)
     head_units: int = 0               # 0 = linear head on pooled features; N = hidden layer
+    use_metadata: bool = False        # add a term of age, sex and site to the logits
+    #                                   (needs a split made with --metadata; skincli.metahead)
     ema: float = 0.0                  # moving average of weights (e.g. 0.99) for selection; 0=off
     patience: int = 8                 # early stopping: epochs without a better val macro F1
     seed: int = 0                     # fixes initial weights, sampling and augmentation
@@ -169,6 +171,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 < float(cfg.triage_sensitivity) < 1, "triage-sensitivity", "between 0 and 1")
     need(cfg.input_size is None or int(cfg.input_size) >= 32, "input-size", "at least 32")
     need(isinstance(cfg.calibrate, bool), "calibrate", "true or false")
+    need(isinstance(cfg.use_metadata, bool), "use-metadata", "true or false")
+    if cfg.use_metadata and (float(cfg.mixup) > 0 or float(cfg.cutmix) > 0):
+        raise SkinError("--use-metadata does not combine with --mixup or --cutmix (a mixed "
+                        "image has no one patient's metadata)",
+                        hint="Set --mixup 0 --cutmix 0, or train without --use-metadata")
     need(int(cfg.epochs) + int(cfg.fine_tune_epochs) > 0, "epochs",
          "positive when --fine-tune-epochs is 0")
     check_run_name(cfg.name)

@@ -202,24 +202,35 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
                   batch_size: int, skipped: SkippedImages, oversample: bool = True,
                   oversample_strength: float = 1.0, augment: float = 1.0, mixup: float = 0.0,
                   cutmix: float = 0.0, seed: int = 0,
-                  class_weights: Sequence[float] | None = None, cache: bool = True) -> TrainData:
+                  class_weights: Sequence[float] | None = None, cache: bool = True,
+                  meta: np.ndarray | None = None, meta_blocks: np.ndarray | None = None,
+                  meta_dropout: float = 0.0) -> TrainData:
     """An infinite stream of augmented batches (x float32 0..255, y one-hot[, weight]).
 
     oversample: each class is its own shuffled, repeated stream and batches draw from the
     classes with equal probability, so every class is seen equally often without copying
     files; an epoch is still len(paths) / batch_size steps. oversample_strength s < 1 draws
     class c with weight n_c^(1-s) instead (0 = the data's own class mix).
+
+    meta: encoded metadata rows (N, D) (skincli.metahead); x becomes (image, metadata row),
+    and each field (columns with one value in meta_blocks) is zeroed (= missing) with
+    probability meta_dropout.
     """
     import tensorflow as tf
 
     labels = np.asarray(labels, np.int32)
+    if meta is not None and (mixup > 0 or cutmix > 0):
+        raise ValueError("metadata inputs do not combine with mixup or cutmix")
+    # With metadata the stream carries row indices; labels and metadata are looked up per
+    # element, so decoding, caching and class streams stay as they are.
+    carried = np.arange(len(labels), dtype=np.int32) if meta is not None else labels
     if oversample:
         streams, weights = [], []
         for c in range(num_classes):
             idx = np.flatnonzero(labels == c)
             if not len(idx):
                 continue
-            streams.append(decoded([paths[i] for i in idx], labels[idx], size, skipped,
+            streams.append(decoded([paths[i] for i in idx], carried[idx], size, skipped,
                                    cache=cache, shuffle_seed=seed * 1000 + c))
             weights.append(float(len(idx)) ** (1.0 - float(oversample_strength)))
         total = sum(weights)
@@ -227,16 +238,30 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
             streams, weights=None if oversample_strength >= 1 else [w / total for w in weights],
             seed=seed, stop_on_empty_dataset=False)
     else:
-        ds = decoded(paths, labels, size, skipped, cache=cache, shuffle_seed=seed)
+        ds = decoded(paths, carried, size, skipped, cache=cache, shuffle_seed=seed)
 
     table = tf.constant(np.asarray(class_weights if class_weights is not None
                                    else np.ones(num_classes), np.float32))
     randoms = tf.data.Dataset.random(seed=seed).batch(2)
+    label_table = tf.constant(labels)
+    meta_table = tf.constant(np.asarray(meta if meta is not None else np.zeros((1, 1)),
+                                        np.float32))
+    blocks = tf.constant(np.asarray(meta_blocks if meta_blocks is not None else [0], np.int32))
+    n_fields = int(np.max(meta_blocks)) + 1 if meta_blocks is not None and len(meta_blocks) \
+        else 1
 
     def prepare(pair: Any, rnd: Any) -> tuple[Any, Any, Any]:
-        image, label = pair
+        image, carried_value = pair
         x = augment_image(image, rnd, augment)
-        return x, tf.one_hot(label, num_classes), tf.gather(table, label)
+        if meta is None:
+            label = carried_value
+            return x, tf.one_hot(label, num_classes), tf.gather(table, label)
+        label = tf.gather(label_table, carried_value)
+        m = tf.gather(meta_table, carried_value)
+        seed2 = tf.stack([tf.cast(rnd[0], tf.int64), tf.cast(rnd[1], tf.int64) + 1])
+        hide = tf.random.stateless_uniform([n_fields], seed2) < meta_dropout
+        m = tf.where(tf.gather(hide, blocks), tf.zeros_like(m), m)
+        return (x, m), tf.one_hot(label, num_classes), tf.gather(table, label)
 
     ds = tf.data.Dataset.zip((ds, randoms)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                                                 deterministic=True)
@@ -257,12 +282,26 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
 
 
 def eval_dataset(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
-                 skipped: SkippedImages, cache: bool = True) -> Any:
-    """Batches of (x float32 0..255, int label), in file order, never augmented."""
+                 skipped: SkippedImages, cache: bool = True,
+                 meta: np.ndarray | None = None) -> Any:
+    """Batches of (x float32 0..255, int label), in file order, never augmented.
+
+    With meta (encoded rows, N x D), x is (image, metadata row).
+    """
     import tensorflow as tf
 
-    ds = decoded(paths, labels, size, skipped, cache=cache)
-    ds = ds.map(_to_float)
+    if meta is None:
+        ds = decoded(paths, labels, size, skipped, cache=cache).map(_to_float)
+    else:
+        label_table = tf.constant(np.asarray(labels, np.int32))
+        meta_table = tf.constant(np.asarray(meta, np.float32))
+
+        def with_meta(image: Any, row: Any) -> tuple[Any, Any]:
+            return ((tf.cast(image, tf.float32), tf.gather(meta_table, row)),
+                    tf.gather(label_table, row))
+
+        ds = decoded(paths, np.arange(len(labels), dtype=np.int32), size, skipped,
+                     cache=cache).map(with_meta)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 

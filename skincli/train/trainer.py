@@ -48,6 +48,7 @@ import yaml
 from skincli.data.split import provenance
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_path, write_json, write_text
+from skincli.metahead import FIELD_DROPOUT
 from skincli.runs import MODEL_FILE, RunInfo, next_run_dir, save_run_info
 from skincli.train.config import DEFAULTS, TrainConfig, fine_tune_layers, resolve
 
@@ -139,11 +140,15 @@ class SplitData:
     val_paths: list[str]
     val_labels: list[int]
     frame: Any = field(repr=False, default=None)
+    # Per image {sex, age_band, site} (skincli.metahead) when the split carries metadata.
+    train_meta: list[dict[str, str]] | None = field(repr=False, default=None)
+    val_meta: list[dict[str, str]] | None = field(repr=False, default=None)
 
 
 def load_split_data(path: str | Path) -> SplitData:
     """Read the split CSV and check it can train a model (every class has training images)."""
     from skincli.data.split import load_split, split_file_sha256
+    from skincli.metahead import records_from_frame
 
     path = Path(path)
     df = load_split(path)
@@ -153,11 +158,12 @@ def load_split_data(path: str | Path) -> SplitData:
         raise SkinError(f"{path} has {len(classes)} class; a classifier needs at least 2",
                         hint="Add image folders for more classes and run `skin split` again")
     index = {c: i for i, c in enumerate(classes)}
-    parts = {}
+    parts, meta = {}, {}
     for part in ("train", "val"):
         sub = df[df["split"].astype(str) == part]
         parts[part] = ([str(p) for p in sub["filepath"]],
                        [index[str(lab)] for lab in sub["label"]])
+        meta[part] = records_from_frame(sub)
     counts = np.bincount(parts["train"][1], minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
@@ -171,7 +177,8 @@ def load_split_data(path: str | Path) -> SplitData:
                         hint="Run `skin split` with a validation fraction above 0")
     return SplitData(path=path, sha256=str(split_file_sha256(path)), classes=classes,
                      train_paths=parts["train"][0], train_labels=parts["train"][1],
-                     val_paths=parts["val"][0], val_labels=parts["val"][1], frame=df)
+                     val_paths=parts["val"][0], val_labels=parts["val"][1], frame=df,
+                     train_meta=meta["train"], val_meta=meta["val"])
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -298,6 +305,22 @@ def _is_chief(strategy: Any) -> bool:
 
 # --- the session --------------------------------------------------------------------------------
 
+def metadata_encoder(cfg: TrainConfig, split: SplitData) -> Any:
+    """The metadata encoder of a `--use-metadata` run (None otherwise); checks the split has it."""
+    if not cfg.use_metadata:
+        return None
+    from skincli.metahead import MetadataEncoder
+
+    records = split.train_meta or []
+    encoder = MetadataEncoder.fit(records)
+    if not any(encoder.coverage(records).values()):
+        raise SkinError(f"--use-metadata needs age, sex or site for the training images, and "
+                        f"{split.path} has none",
+                        hint="Make the split with `skin split DATA --metadata FILE`, or train "
+                             "without --use-metadata")
+    return encoder
+
+
 @dataclass
 class _State:
     """What a checkpoint remembers besides the weights."""
@@ -331,6 +354,44 @@ class _Session:
         self.ckpt = tmp_dir / CKPT_DIR
         self.best_weights: list[np.ndarray] | None = None
         self.wall_start = time.perf_counter()
+        self.meta_encoder = metadata_encoder(cfg, split)
+        self.fit_model: Any = None  # what fit() trains: the model, or model + metadata term
+
+    def meta_rows(self, part: str) -> np.ndarray | None:
+        """Encoded metadata of the train or val images (None without --use-metadata)."""
+        if self.meta_encoder is None:
+            return None
+        records = self.split.train_meta if part == "train" else self.split.val_meta
+        return self.meta_encoder.encode(records or [])
+
+    def training_model(self, built: Any) -> Any:
+        """The model fit() trains: the image model, plus the metadata term when asked.
+
+        logits = image model(image) + centred one-hot metadata @ W (skincli.metahead); W
+        starts at zero, so training starts from the image model alone.
+        """
+        if self.meta_encoder is None:
+            self.fit_model = built.model
+            return built.model
+        import keras
+
+        size = int(built.input_size)
+        image = keras.Input((size, size, 3), name="image")
+        meta = keras.Input((self.meta_encoder.dim,), name="metadata")
+        term = keras.layers.Dense(len(self.split.classes), use_bias=False,
+                                  kernel_initializer="zeros", name="metadata_logits")(meta)
+        logits = keras.layers.Add(name="fused_logits")([built.model(image), term])
+        self.fit_model = keras.Model([image, meta], logits, name="with_metadata")
+        return self.fit_model
+
+    def metadata_head(self) -> Any:
+        """The trained metadata term (skincli.metahead.MetadataHead) or None."""
+        if self.meta_encoder is None or self.fit_model is None:
+            return None
+        from skincli.metahead import MetadataHead
+
+        weights = self.fit_model.get_layer("metadata_logits").get_weights()[0]
+        return MetadataHead(self.meta_encoder, np.asarray(weights, np.float32))
 
     # phases ----------------------------------------------------------------------------------
     def phases(self) -> list[tuple[str, int, float]]:
@@ -422,7 +483,7 @@ class _Session:
         resuming = (self.ckpt / STATE_FILE).exists()
         with strategy.scope():
             built = self.build("none" if resuming else cfg.weights, cfg.input_size)
-        model = built.model
+            model = self.training_model(built)
         if not resuming:
             state.preprocessing = dict(built.preprocessing)
             state.input_size = int(built.input_size)
@@ -432,8 +493,10 @@ class _Session:
                    if cfg.class_weights else None)
         cache = cfg.cache == "memory"
         val_ds = eval_dataset(split.val_paths, split.val_labels, size=size,
-                              batch_size=max(cfg.batch_size, 32), skipped=skipped, cache=cache)
-        infer = _inference_fn(model, size)
+                              batch_size=max(cfg.batch_size, 32), skipped=skipped, cache=cache,
+                              meta=self.meta_rows("val"))
+        infer = _inference_fn(model, size,
+                              self.meta_encoder.dim if self.meta_encoder is not None else 0)
 
         if resuming:
             model.load_weights(self.ckpt / "best.weights.h5")
@@ -468,7 +531,9 @@ class _Session:
                 oversample_strength=cfg.oversample_strength,
                 augment=cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
                 seed=cfg.seed + 101 * phase_index + 7 * start_epoch, class_weights=weights,
-                cache=cache)
+                cache=cache, meta=self.meta_rows("train"),
+                meta_blocks=None if self.meta_encoder is None else self.meta_encoder.blocks(),
+                meta_dropout=FIELD_DROPOUT)
             with strategy.scope():
                 set_phase_trainable(built, phase, cfg.fine_tune)
                 compile_for_phase(model, cfg, peak_lr, data.steps_per_epoch, epochs)
@@ -501,14 +566,22 @@ class _Session:
 
         cfg, split, state = self.cfg, self.split, self.state
         self.progress("saving", {"run": self.final_dir.name, "interrupted": interrupted})
+        if self.fit_model is None:
+            self.training_model(built)
         if self.best_weights is not None:
-            built.model.set_weights(self.best_weights)
+            self.fit_model.set_weights(self.best_weights)
         # Save a fresh, uncompiled copy: model.keras then holds no optimizer state.
         clean = self.build("none", state.input_size)
         clean.model.set_weights(built.model.get_weights())
         name = self.final_dir.name
         info = RunInfo(name=name, arch=cfg.arch, classes=list(split.classes),
                        input_size=state.input_size, preprocessing=dict(state.preprocessing))
+        head = self.metadata_head()
+        head_record = ({"metadata_head": {
+            **head.to_dict(split.classes),
+            "coverage": {"train": head.encoder.coverage(split.train_meta or []),
+                         "n_train": len(split.train_paths)}}} if head is not None else {})
+        info.extra = dict(head_record)  # the validation pass below applies the term
         val = validation_outputs(Predictor(self.tmp_dir, info, clean.model), val_ds)
         metrics = classification_metrics(val.labels, softmax(val.logits), split.classes)
         metrics["best_epoch"] = state.best_epoch
@@ -550,6 +623,7 @@ class _Session:
             "n_val": len(split.val_paths),
             "data": provenance(split.frame.attrs.get("meta", {})),
             "tflite": tflite,
+            **head_record,
         }
         with disk_guard("run.json", self.resume_name()):
             if interrupted:
@@ -582,8 +656,12 @@ def validation_outputs(predictor: Any, dataset: Any) -> ValidationOutputs:
 
     logits, labels, embs, colours = [], [], [], []
     for x, y in dataset:
+        meta = None
+        if isinstance(x, (tuple, list)):  # (image, encoded metadata)
+            x, meta = x[0], np.asarray(x[1], dtype=np.float32)
         batch = np.asarray(x, dtype=np.float32)
-        out, emb = predictor.logits_and_embeddings(batch, batch_size=max(1, len(batch)))
+        out, emb = predictor.logits_and_embeddings(batch, batch_size=max(1, len(batch)),
+                                                   meta=meta)
         logits.append(out)
         labels.append(np.asarray(y))
         colours.append(colour_features(batch))
@@ -663,18 +741,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _inference_fn(model: Any, size: int) -> Any:
-    """A traced softmax(model(x)) for the per-epoch validation.
+def _inference_fn(model: Any, size: int, meta_dim: int = 0) -> Any:
+    """A traced softmax(model(x)) for the per-epoch validation (x = (image, metadata) when
+    meta_dim > 0).
 
     A named function with autograph off (as Keras's own predict step): there is no Python
     control flow to convert, and autograph would otherwise read and re-parse the source.
     """
     import tensorflow as tf
 
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    if meta_dim:
+        def fused(x: Any, m: Any) -> Any:
+            return tf.nn.softmax(model([x, m], training=False))
+
+        traced = tf.function(fused, input_signature=[
+            spec, tf.TensorSpec([None, meta_dim], tf.float32)], autograph=False)
+        return lambda pair: traced(pair[0], pair[1])
+
     def probabilities(x: Any) -> Any:
         return tf.nn.softmax(model(x, training=False))
 
-    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
     return tf.function(probabilities, input_signature=[spec], autograph=False)
 
 
@@ -891,6 +978,7 @@ def train(config: TrainConfig | dict[str, Any] | None = None,
 
     get_arch(cfg.arch)  # unknown names fail here, before any data is read
     split = load_split_data(cfg.split)
+    metadata_encoder(cfg, split)  # --use-metadata without metadata: one line, nothing written
     runs_dir = Path(cfg.runs_dir)
     final_dir = _final_dir(cfg, runs_dir)
     tmp_dir = runs_dir / f".{final_dir.name}.tmp"
@@ -972,12 +1060,12 @@ def _save_interrupted(session: _Session) -> Path:
 
     cfg, state = session.cfg, session.state
     built = session.build("none", state.input_size)
-    built.model.load_weights(best)
+    session.training_model(built).load_weights(best)
     session.best_weights = None
     skipped = SkippedImages(dict(state.skipped))
     val_ds = eval_dataset(session.split.val_paths, session.split.val_labels,
                           size=state.input_size, batch_size=max(cfg.batch_size, 32),
-                          skipped=skipped, cache=False)
+                          skipped=skipped, cache=False, meta=session.meta_rows("val"))
     return session.finish(built, val_ds, skipped, interrupted=True)
 
 
