@@ -272,3 +272,26 @@ def test_records_from_frame_reads_split_columns() -> None:
     assert records_from_frame(frame) == [{"sex": "male", "age_band": "30-44", "site": "back"},
                                          {"sex": "", "age_band": "", "site": ""}]
     assert records_from_frame(pd.DataFrame({"x": [1]})) is None
+
+
+def test_tflite_export_carries_the_metadata_term(meta_run: Path, tmp_path: Path) -> None:
+    """An app that follows the export JSON's rule gets the Predictor's answer."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from skincli.predictor import Predictor, softmax
+    from skincli.serve.export import export_tflite
+
+    meta = export_tflite(meta_run.name, tmp_path / "out", meta_run.parent, fmt="tflite")
+    doc = json.loads(Path(meta["path"]).with_suffix(".json").read_text())
+    term = doc["metadata_term"]
+    record = {"sex": "female", "age_band": "60-74", "site": "back"}
+    x = np.concatenate([
+        (np.array([v == record[f] for v in term["values"][f]], float) - term["means"][f])
+        for f in term["fields"]])
+    predictor = Predictor.from_run(meta_run)
+    image = predictor.preprocess(meta_run.parent.parent / "data" / "nevus" / "ISIC_1002.jpg")
+    out = Interpreter(model_path=meta["path"]).get_signature_runner()(image=image[None])
+    logits = out["output_0"][0] + x @ np.asarray(term["weights"])
+    calibrated = predictor.predict([image], metadata=[record])[0].calibrated or {}
+    np.testing.assert_allclose(softmax(logits, doc["temperature"]),
+                               [calibrated[c] for c in doc["classes"]], atol=1e-4)

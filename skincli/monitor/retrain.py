@@ -18,6 +18,7 @@ Steps (each appended as one JSON line to `runs/retrain-log.jsonl`):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -246,13 +247,17 @@ def default_train(config: dict[str, Any]) -> Path:
     return Path(train(config))
 
 
-def default_evaluate(run_dir: Path, paths: list[str]) -> np.ndarray:
-    """Calibrated probabilities of a run on image files; NaN rows for unreadable files."""
+def default_evaluate(run_dir: Path, paths: list[str],
+                     metadata: list[dict[str, str]] | None = None) -> np.ndarray:
+    """Calibrated probabilities of a run on image files; NaN rows for unreadable files.
+
+    metadata: per file {sex, age_band, site}, used by runs trained with --use-metadata.
+    """
     from skincli.predictor import Predictor
 
     pred = Predictor.from_run(run_dir)
     out = np.full((len(paths), len(pred.classes)), np.nan)
-    for i, res in enumerate(pred.predict_paths(paths)):
+    for i, res in enumerate(pred.predict_paths(paths, metadata=metadata)):
         probs = getattr(res, "probabilities", None)
         if probs is not None:
             out[i] = [probs[c] for c in pred.classes]
@@ -387,7 +392,10 @@ def retrain(new_data: str | Path, champion: str | Path | None = None,
             evaluation = {"n": 0, "error": f"class lists differ: {chall.classes} vs {classes}"}
             decision, reason = "keep", "the challenger's classes differ from the champion's"
         else:
-            evaluate = evaluate_fn or default_evaluate
+            from skincli.metahead import records_from_frame
+
+            evaluate = evaluate_fn or functools.partial(default_evaluate,
+                                                        metadata=records_from_frame(test))
             evaluation = compare_on_held_out(y, np.asarray(evaluate(champ_dir, paths), float),
                                              np.asarray(evaluate(chall_dir, paths), float),
                                              classes, n_boot=n_boot, seed=seed)

@@ -342,4 +342,18 @@ def tflite_metadata(info: Any, fmt: str, quant: str | None, quality: dict[str, A
         "uncertain_rule": "top probability below uncertain_threshold = show as uncertain",
         "measured_against_float_model": quality,
         "disclaimer": DISCLAIMER,
-    }
+    } | _metadata_term(info)
+
+
+def _metadata_term(info: Any) -> dict[str, Any]:
+    """A run trained with --use-metadata: how an app adds the patient's metadata."""
+    head = (info.extra or {}).get("metadata_head")
+    if not head:
+        return {}
+    return {"metadata_term": {
+        **head,
+        "rule": "logits += x @ weights, x = per field (sex, age_band, site) its one-hot in "
+                "`values` order minus `means`, all zeros when the field is unknown; site "
+                "values not listed count as 'other'; age_band as in `values` (<30, 30-44, "
+                "45-59, 60-74, 75+). Without metadata the model's logits are used as they are.",
+    }}
