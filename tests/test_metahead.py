@@ -295,3 +295,11 @@ def test_tflite_export_carries_the_metadata_term(meta_run: Path, tmp_path: Path)
     calibrated = predictor.predict([image], metadata=[record])[0].calibrated or {}
     np.testing.assert_allclose(softmax(logits, doc["temperature"]),
                                [calibrated[c] for c in doc["classes"]], atol=1e-4)
+
+
+def test_model_card_names_the_metadata_inputs(meta_run: Path) -> None:
+    from skincli.clinical.card import build, markdown
+
+    text = markdown(build(meta_run))
+    assert "- Inputs: the dermoscopic image, plus the patient's sex, age band and anatomical " \
+           "site when given" in text and "sites: back, face" in text

@@ -117,7 +117,8 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
                   "created": info.created, "input_size": info.input_size,
                   "classes": list(info.classes), "preprocessing": info.preprocessing,
                   "model_sha256": _sha256(run_dir / MODEL_FILE),
-                  "split_sha256": info.split_sha256, "config": info.config},
+                  "split_sha256": info.split_sha256, "config": info.config,
+                  "inputs": _inputs(extra)},
         "intended_use": INTENDED_USE,
         "intended_users": ["dermatologists", "general practitioners", "dermatology nurses"],
         "out_of_scope": OUT_OF_SCOPE,
@@ -144,6 +145,17 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
                     "source": concept(c).source} for c in info.classes],
         "disclaimer": DISCLAIMER,
     }
+
+
+def _inputs(extra: dict[str, Any]) -> str:
+    """What the model reads: the image, and the patient's metadata if trained with it."""
+    head = extra.get("metadata_head")
+    if not head:
+        return "the dermoscopic image only"
+    sites = [s for s in head.get("values", {}).get("site", []) if s != "other"]
+    return ("the dermoscopic image, plus the patient's sex, age band and anatomical site when "
+            "given (a term added to the logits; without them the answer is the image model's; "
+            f"sites: {', '.join(sites) or 'none'}, others count as 'other')")
 
 
 def _decision(info: RunInfo) -> dict[str, Any] | None:
@@ -197,6 +209,7 @@ def markdown(card: dict[str, Any]) -> str:
            f"- Version: `{m['version']}` (architecture `{m['arch']}`, input "
            f"{m['input_size']} px, created {m['created'] or 'unknown'})",
            f"- Classes ({len(m['classes'])}): {', '.join(m['classes'])}",
+           f"- Inputs: {m.get('inputs') or 'the dermoscopic image only'}",
            f"- model.keras SHA-256: `{m['model_sha256'] or 'missing'}`",
            f"- Training split SHA-256: `{m['split_sha256'] or 'unknown'}`", "",
            "## Intended use", "", card["intended_use"], "",
