@@ -268,3 +268,15 @@ def test_cli_metadata_option_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["split", str(data), "--metadata", str(bad), "--class-map",
                                  "zzz=nevus", "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 0, result.output
+
+
+def test_class_map_from_the_yaml_config(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    truth = _folders(data, n=4)
+    meta = _archive_csv(tmp_path / "meta.csv", {k: ("zzz" if v == "nevus" else v)
+                                                for k, v in truth.items()})
+    config = _write(tmp_path / "skin.yaml", "split:\n  class-map: ['zzz=nevus']\n")
+    result = runner.invoke(app, ["--config", str(config), "split", str(data), "--metadata",
+                                 str(meta), "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    assert "nevus" in set(load_split(tmp_path / "s.csv")["label"])
