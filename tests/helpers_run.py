@@ -113,3 +113,17 @@ def quadrant_images(n: int, input_size: int = 32, seed: int = 0) -> tuple[np.nda
         y0, x0 = rng.integers(0, s // 2 - k + 1, size=2)
         images[i, y0:y0 + k, x0:x0 + k] = [250.0, 250.0, 90.0]
     return np.clip(images, 0, 255).astype(np.float32), labels
+
+
+def write_split_lines(split: Path, data_root: Path, lines: Sequence[str]) -> Path:
+    """Write CSV `lines` (header first) as `split` plus the split.json sidecar load_split needs."""
+    import hashlib
+    import json
+
+    text = "\n".join(lines) + "\n"
+    split.parent.mkdir(parents=True, exist_ok=True)
+    split.write_text(text, encoding="utf-8")
+    split.with_suffix(".json").write_text(json.dumps({
+        "root": str(Path(data_root).resolve()),
+        "csv_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}), encoding="utf-8")
+    return split

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers_run import write_split_lines
 from imagegen import make_image
 from typer.testing import CliRunner
 
@@ -113,14 +114,7 @@ def _split_with_metadata(root: Path, n: int = 20) -> Path:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         lines.append(f"{path.relative_to(root / 'data').as_posix()},{label},{part},{digest},"
                      f"{digest[:12]},{age},{sex},{site}")
-    text = "\n".join(lines) + "\n"
-    split = root / "splits" / "split.csv"
-    split.parent.mkdir(parents=True, exist_ok=True)
-    split.write_text(text, encoding="utf-8")
-    split.with_suffix(".json").write_text(json.dumps({
-        "root": str((root / "data").resolve()),
-        "csv_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}), encoding="utf-8")
-    return split
+    return write_split_lines(root / "splits" / "split.csv", root / "data", lines)
 
 
 @pytest.fixture(scope="module")

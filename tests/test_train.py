@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from helpers_run import write_split_lines
 from imagegen import make_class_folders, make_fake_jpeg
 
 from skincli.errors import SkinError
@@ -41,14 +42,7 @@ def make_split_files(root: Path, counts: dict[str, int] = COUNTS, val_share: flo
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         lines.append(f"{path.relative_to(root / 'data').as_posix()},{label},{part},{digest},"
                      f"{digest[:12]}")
-    text = "\n".join(lines) + "\n"
-    split = root / "splits" / "split.csv"
-    split.parent.mkdir(parents=True, exist_ok=True)
-    split.write_text(text, encoding="utf-8")
-    split.with_suffix(".json").write_text(json.dumps({
-        "root": str((root / "data").resolve()),
-        "csv_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}), encoding="utf-8")
-    return split
+    return write_split_lines(root / "splits" / "split.csv", root / "data", lines)
 
 
 @pytest.fixture()
