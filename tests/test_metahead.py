@@ -297,3 +297,37 @@ def test_model_card_names_the_metadata_inputs(meta_run: Path) -> None:
     text = markdown(build(meta_run))
     assert "- Inputs: the dermoscopic image, plus the patient's sex, age band and anatomical " \
            "site when given" in text and "sites: back, face" in text
+
+
+@pytest.mark.parametrize("header", ["isic_id,age_approx,sex,anatom_site_general",
+                                    "image,age_approx,sex,anatom_site_general,lesion_id"])
+def test_predict_folder_with_a_metadata_file(meta_run: Path, tmp_path: Path,
+                                             header: str) -> None:
+    """Per-image metadata joined by file name, from a file without diagnoses."""
+    data = meta_run.parent.parent / "data"
+    images = [data / "melanoma" / "ISIC_0003.jpg", data / "nevus" / "ISIC_1003.jpg"]
+    extra = ",IL_1" if header.endswith("lesion_id") else ""
+    csv = tmp_path / "meta.csv"
+    # Both images get the site of the *other* class, and one has no row at all.
+    csv.write_text(f"{header}\nISIC_0003,55,male,face{extra}\n", encoding="utf-8")
+    res = runner.invoke(app, ["predict", *map(str, images), "--runs-dir", str(meta_run.parent),
+                              "--run", meta_run.name, "--metadata", str(csv), "--json",
+                              "--no-log"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    by_file = {Path(p["file"]).name: p for p in doc["predictions"]}
+    assert by_file["ISIC_0003.jpg"]["metadata"] == {"sex": "male", "age_band": "45-59",
+                                                    "site": "face"}
+    assert by_file["ISIC_1003.jpg"]["metadata"] == {}
+    assert "1 of 2 images have no row in meta.csv" in res.output
+    from skincli.predictor import Predictor
+
+    predictor = Predictor.from_run(meta_run)
+    face = predictor.predict([images[0]], metadata=[{"sex": "male", "age_band": "45-59",
+                                                     "site": "face"}])[0]
+    assert by_file["ISIC_0003.jpg"]["probabilities"]["nevus"] == pytest.approx(
+        face.probabilities["nevus"], abs=1e-5)
+    res = runner.invoke(app, ["predict", str(images[0]), "--runs-dir", str(meta_run.parent),
+                              "--run", meta_run.name, "--metadata", str(csv), "--age", "40",
+                              "--no-log"])
+    assert res.exit_code == 1 and "does not combine with --age" in res.output

@@ -227,6 +227,33 @@ def _show_table(doc: dict[str, Any], top_k: int) -> None:
                                "notes"], rows))
 
 
+def _metadata_records(path: Path, paths: list[Path]) -> list[dict[str, str]]:
+    """Per image {sex, age_band, site} from a metadata CSV; images without a row get {}."""
+    from skincli.data.metadata import image_id, load_metadata
+    from skincli.metahead import parse_inputs
+
+    meta = load_metadata(path, require_diagnosis=False)
+    table = meta.table  # one row per lower-case image id
+    out: list[dict[str, str]] = []
+    missing = 0
+    for p in paths:
+        key = image_id(p.name)
+        if key not in table.index:
+            missing += 1
+            out.append({})
+            continue
+        row = table.loc[key]
+        try:
+            out.append(parse_inputs(row["age"] or None, row["sex"] or None, row["site"] or None))
+        except SkinError as exc:
+            raise SkinError(f"{path}, image {row['image_id']}: {exc.message}",
+                            hint=f"Fix that row of {path.name}") from None
+    if missing:
+        ui.warn(f"{missing} of {len(paths)} images have no row in {path.name}: they are "
+                "answered from the image alone")
+    return out
+
+
 @handle_errors
 def command(
     inputs: Annotated[list[Path], typer.Argument(
@@ -280,6 +307,10 @@ def command(
         "--sex", help="male or female (as --age).")] = None,
     site: Annotated[str | None, typer.Option(
         "--site", help="Anatomical site, e.g. back, face, lower extremity (as --age).")] = None,
+    metadata_file: Annotated[Path | None, typer.Option(
+        "--metadata", help="Per-image age, sex and site from a metadata CSV (ISIC archive "
+        "export, HAM10000_metadata.csv or ISIC challenge metadata), joined by file name; for a "
+        "model trained with --use-metadata.", dir_okay=False)] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -299,6 +330,9 @@ def command(
 
     record = (parse_inputs(age, sex, site) if any(v is not None for v in (age, sex, site))
               else None)
+    if record is not None and metadata_file is not None:
+        raise SkinError("--metadata gives each image its own age, sex and site; it does not "
+                        "combine with --age/--sex/--site", hint="Use one or the other")
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -323,6 +357,8 @@ def command(
             ui.warn(message)
         predictor.set_decision(chosen)
     hook = None if no_log else _stats_hook()
+    per_image = (_metadata_records(metadata_file, paths) if metadata_file is not None
+                 else None)
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
@@ -331,7 +367,8 @@ def command(
         results = predictor.predict_paths(
             [str(p) for p in paths], batch_size=batch_size, tta=tta, top_k=top_k,
             progress=lambda done, total: bar.update(task, completed=done), image_hook=hook,
-            metadata=None if record is None else [record] * len(paths))
+            metadata=(per_image if metadata_file is not None
+                      else None if record is None else [record] * len(paths)))
     n_ok = sum(not isinstance(r, ImageError) for r in results)
     explanations: dict[int, str] = {}
     if do_explain and n_ok:
@@ -341,6 +378,10 @@ def command(
     doc = build_document(predictor, results, tta, explanations)
     if record is not None:
         doc["metadata"] = record  # what the metadata term (if the run has one) was given
+    if per_image is not None:
+        paths_index = {str(p): i for i, p in enumerate(paths)}
+        for pred in doc["predictions"]:
+            pred["metadata"] = per_image[paths_index[pred["file"]]]
     from skincli.clinical.records import audit_cli, fhir_document
 
     # The audit record comes first: no result is shown or written without it.

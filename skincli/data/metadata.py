@@ -79,6 +79,10 @@ _HAM = {"image_id": "image_id", "diagnosis": "dx", "lesion_id": "lesion_id",
         "patient_id": "patient_id", "age": "age", "sex": "sex", "site": "localization",
         "confirm_type": "dx_type"}
 _CHALLENGE_ID = "image"
+# ISIC 2019/2020 challenge metadata (no diagnosis: it comes in the ground-truth file).
+_CHALLENGE_META = {"image_id": "image", "diagnosis": "diagnosis", "lesion_id": "lesion_id",
+                   "patient_id": "patient_id", "age": "age_approx", "sex": "sex",
+                   "site": "anatom_site_general", "confirm_type": "diagnosis_confirm_type"}
 _CHALLENGE_CODES = ("mel", "nv", "bcc", "ak", "akiec", "bkl", "df", "vasc", "scc", "unk")
 # A copy's suffix: "ISIC_0025509(1)", "ISIC_0025509 (2)", "ISIC_0025509 copy".
 _COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|\s+copy(\s*\d+)?)$", re.IGNORECASE)
@@ -131,11 +135,14 @@ def parse_class_map(items: list[str] | None) -> dict[str, str]:
 
 
 def load_metadata(path: str | Path, class_map: dict[str, str] | None = None,
-                  known_classes: Sequence[str] = ()) -> Metadata:
+                  known_classes: Sequence[str] = (), require_diagnosis: bool = True) -> Metadata:
     """Read a metadata CSV in any of the FORMATS; raise SkinError for anything unusable.
 
     A diagnosis not in the class table that names one of `known_classes` (the data set's own
-    class folders, any case) is taken as that class.
+    class folders, any case) is taken as that class. Without `require_diagnosis` (metadata of
+    images to predict) a file without a diagnosis column is read for its age, sex and site,
+    including the ISIC challenge metadata file (``image, age_approx, anatom_site_general,
+    lesion_id, sex``).
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -163,24 +170,26 @@ def load_metadata(path: str | Path, class_map: dict[str, str] | None = None,
                         f"({str(exc).splitlines()[0]})",
                         hint="Check it is a comma-separated text file") from exc
     mapping = {**{c.lower(): c for c in known_classes}, **DEFAULT_CLASS_MAP, **(class_map or {})}
-    fmt, norm = _normalise(table, p, mapping)
+    fmt, norm = _normalise(table, p, mapping, require_diagnosis)
     meta = Metadata(path=p.resolve(), sha256=hashlib.sha256(raw).hexdigest(), format=fmt,
                     table=norm, class_map=mapping)
     _dedupe(meta)
     return meta
 
 
-def _normalise(table: pd.DataFrame, p: Path,
-               mapping: dict[str, str]) -> tuple[str, pd.DataFrame]:
+def _normalise(table: pd.DataFrame, p: Path, mapping: dict[str, str],
+               require_diagnosis: bool = True) -> tuple[str, pd.DataFrame]:
     columns = [str(c) for c in table.columns]
     lower = {c.strip().lower(): c for c in columns}
     found = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
     if "isic_id" in lower:
         fmt, fields = "isic-archive", _ARCHIVE
-    elif "image_id" in lower and "dx" in lower:
+    elif "image_id" in lower and ("dx" in lower or not require_diagnosis):
         fmt, fields = "ham10000", _HAM
     elif _CHALLENGE_ID in lower and any(c in lower for c in _CHALLENGE_CODES):
         return "isic-challenge", _from_one_hot(table, lower, p, mapping)
+    elif _CHALLENGE_ID in lower and not require_diagnosis:
+        fmt, fields = "isic-challenge-metadata", _CHALLENGE_META
     elif "image_id" in lower or _CHALLENGE_ID in lower:
         raise SkinError(f"Metadata file {p} has no diagnosis column (found: {found})",
                         hint="Expected 'dx' (HAM10000), 'diagnosis' with 'isic_id' (ISIC "
@@ -189,14 +198,15 @@ def _normalise(table: pd.DataFrame, p: Path,
         raise SkinError(f"Metadata file {p} has no image id column (found: {found})",
                         hint="Expected 'isic_id' (ISIC archive export), 'image_id' "
                         "(HAM10000_metadata.csv) or 'image' (ISIC challenge ground truth)")
-    if fields["diagnosis"] not in lower:
+    if fields["diagnosis"] not in lower and require_diagnosis:
         raise SkinError(f"Metadata file {p} has no diagnosis column '{fields['diagnosis']}' "
                         f"(found: {found})",
                         hint="Export the metadata with the diagnosis column")
     out = pd.DataFrame({name: (table[lower[col]].astype(str).str.strip() if col in lower
                                else "") for name, col in fields.items()})
     out["code"] = out["diagnosis"]
-    out["diagnosis"] = _map_codes(out["code"], p, mapping)
+    # Metadata of images to predict: the diagnosis (if any) is not used, so not checked.
+    out["diagnosis"] = _map_codes(out["code"], p, mapping) if require_diagnosis else ""
     return fmt, _finish(out, p)
 
 
