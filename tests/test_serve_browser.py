@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_serve_support import image_bytes
 
@@ -220,3 +221,37 @@ def test_blank_image_shows_the_out_of_distribution_warning(
         assert "does not look like a dermoscopic image" in warnings.text
         assert "no lesion to classify" in warnings.text
         assert browser.find_element(By.ID, "uncertain").is_displayed()
+
+
+def test_patient_fields_appear_for_a_metadata_model_and_reach_the_api(
+        tmp_path: Path, browser: Any) -> None:
+    from helpers_run import make_run
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from skincli.metahead import MetadataEncoder, MetadataHead
+
+    # A run whose metadata term strongly favours "vascular lesion" for the site "back".
+    enc = MetadataEncoder.fit([{"sex": "male", "age_band": "45-59", "site": "back"}] * 10
+                              + [{"sex": "female", "age_band": "75+", "site": "face"}] * 10)
+    weights = np.zeros((enc.dim, len(CLASSES)), np.float32)
+    back = len(enc.values["sex"]) + len(enc.values["age_band"]) + enc.values["site"].index("back")
+    weights[back, CLASSES.index("vascular lesion")] = 40.0
+    head = MetadataHead(enc, weights).to_dict(CLASSES)
+    make_run(tmp_path, classes=CLASSES, input_size=32, name="meta",
+             extra={"metadata_head": head})
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(image_bytes((64, 64), "JPEG", seed=5))
+    with LiveServer(_app(tmp_path / "runs")) as server:
+        browser.get(server.url + "/")
+        box = _wait(browser, lambda d: d.find_element(By.ID, "patient-box")
+                    if d.find_element(By.ID, "patient-box").is_displayed() else None)
+        box.click()  # open the details
+        sites = [o.text for o in Select(browser.find_element(By.ID, "patient-site")).options]
+        assert sites == ["not given", "back", "face", "other"]
+        Select(browser.find_element(By.ID, "patient-site")).select_by_value("back")
+        browser.find_element(By.ID, "patient-age").send_keys("50")
+        _choose_file(browser, image)
+        label = _wait(browser, lambda d: d.find_element(By.ID, "label").text or None)
+        assert label == "vascular lesion"
+        assert browser.find_element(By.ID, "probability").text.startswith("100")

@@ -127,6 +127,7 @@ class LoadedModel:
             "load_seconds": round(self.load_seconds, 3), "tta": self.tta,
             "decision": self.decision_summary(),
             "engine": _engine_facts(self.predictor),
+            "metadata_inputs": _metadata_inputs(self.predictor),
         })
 
     def decision_summary(self) -> dict[str, Any]:
@@ -136,6 +137,16 @@ class LoadedModel:
         summary = decision_summary(self.predictor.info, getattr(self.predictor, "decision", None))
         summary.get("fitted", {}).pop("when", None)
         return summary
+
+
+def _metadata_inputs(predictor: Any) -> dict[str, Any] | None:
+    """The fields and values of the run's metadata term (None for an image-only model)."""
+    head = getattr(predictor, "metadata_head", None)
+    if head is None:
+        return None
+    values = head.encoder.values
+    return {"age": "years, 0-120 (used as bands: " + ", ".join(values["age_band"]) + ")",
+            "sex": values["sex"], "site": values["site"]}
 
 
 def _engine_facts(predictor: Any) -> dict[str, Any] | None:

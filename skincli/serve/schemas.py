@@ -149,6 +149,10 @@ class ModelResponse(BaseModel):
     decision: dict[str, Any] = Field(default_factory=dict, description="The decision rule in "
                                      "force: rule, prior, weights, uncertain threshold")
     engine: dict[str, Any] | None = None  # inference engine: name, runtime, threads
+    metadata_inputs: dict[str, Any] | None = Field(
+        None, description="For a model trained with the patient's metadata: the values it "
+        "knows per field (pass age, sex and site as query parameters of /v1/predict); null "
+        "for an image-only model")
     serving: dict[str, Any]
     disclaimer: str = DISCLAIMER
 

@@ -45,6 +45,7 @@
         $("model-line").textContent = "Model " + body.version + " (" + body.arch + ", " +
           body.classes.length + " classes)";
         if (body.disclaimer) { $("disclaimer").textContent = body.disclaimer; }
+        showPatientFields(body.metadata_inputs);
         // Answered without a key: this server needs none, so do not offer a key box.
         if (!$("api-key").value.trim()) { $("key-box").hidden = true; }
         if (body.serving && body.serving.prediction_log === false) {
@@ -60,6 +61,27 @@
     } catch (e) {
       $("model-line").textContent = "The server cannot be reached.";
     }
+  }
+
+  // A model trained with the patient's metadata: offer its fields (values it knows).
+  function showPatientFields(inputs) {
+    $("patient-box").hidden = !inputs;
+    if (!inputs) return;
+    for (const [field, values] of [["sex", inputs.sex], ["site", inputs.site]]) {
+      const select = $("patient-" + field);
+      while (select.options.length > 1) select.remove(1);
+      for (const v of values || []) select.add(new Option(v, v));
+    }
+  }
+
+  function patientQuery() {
+    if ($("patient-box").hidden) return "";
+    let q = "";
+    for (const field of ["age", "sex", "site"]) {
+      const v = $("patient-" + field).value.trim();
+      if (v) q += "&" + field + "=" + encodeURIComponent(v);
+    }
+    return q;
   }
 
   function pct(p) { return (100 * p).toFixed(1) + " %"; }
@@ -173,7 +195,8 @@
     form.append("file", file, file.name);
     let r, body;
     try {
-      r = await fetch("/v1/predict?top_k=1000", { method: "POST", headers: headers(), body: form });
+      r = await fetch("/v1/predict?top_k=1000" + patientQuery(),
+                      { method: "POST", headers: headers(), body: form });
       body = await readJson(r);
     } catch (e) {
       if (gen === generation) { setStatus(""); showError("The server cannot be reached."); }
