@@ -230,18 +230,24 @@ def test_patient_fields_appear_for_a_metadata_model_and_reach_the_api(
     from selenium.webdriver.support.ui import Select
 
     from skincli.metahead import MetadataEncoder, MetadataHead
+    from skincli.predictor import Predictor
+    from skincli.runs import load_run_info, save_run_info
 
-    # A run whose metadata term strongly favours "vascular lesion" for the site "back".
+    run = make_run(tmp_path, classes=CLASSES, input_size=32, name="meta")
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(image_bytes((64, 64), "JPEG", seed=5))
+    # The metadata term strongly favours, for the site "back", a class the image model alone
+    # does not pick.
+    own = Predictor.from_run(run).predict([image])[0].label
+    favoured = next(c for c in reversed(CLASSES) if c != own)
     enc = MetadataEncoder.fit([{"sex": "male", "age_band": "45-59", "site": "back"}] * 10
                               + [{"sex": "female", "age_band": "75+", "site": "face"}] * 10)
     weights = np.zeros((enc.dim, len(CLASSES)), np.float32)
     back = len(enc.values["sex"]) + len(enc.values["age_band"]) + enc.values["site"].index("back")
-    weights[back, CLASSES.index("vascular lesion")] = 40.0
-    head = MetadataHead(enc, weights).to_dict(CLASSES)
-    make_run(tmp_path, classes=CLASSES, input_size=32, name="meta",
-             extra={"metadata_head": head})
-    image = tmp_path / "lesion.jpg"
-    image.write_bytes(image_bytes((64, 64), "JPEG", seed=5))
+    weights[back, CLASSES.index(favoured)] = 40.0
+    info = load_run_info(run)
+    info.extra = {"metadata_head": MetadataHead(enc, weights).to_dict(CLASSES)}
+    save_run_info(run, info)
     with LiveServer(_app(tmp_path / "runs")) as server:
         browser.get(server.url + "/")
         box = _wait(browser, lambda d: d.find_element(By.ID, "patient-box")
@@ -253,5 +259,8 @@ def test_patient_fields_appear_for_a_metadata_model_and_reach_the_api(
         browser.find_element(By.ID, "patient-age").send_keys("50")
         _choose_file(browser, image)
         label = _wait(browser, lambda d: d.find_element(By.ID, "label").text or None)
-        assert label == "vascular lesion"
+        assert label == favoured
         assert browser.find_element(By.ID, "probability").text.startswith("100")
+        # The heat map explains the class shown, not the image model's own top class.
+        _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#heatmap[data-ready='true']"))
+        assert f"\u201c{favoured}\u201d" in browser.find_element(By.ID, "heatmap-caption").text

@@ -152,12 +152,15 @@
     $("result").hidden = false;
   }
 
-  async function explain(file, gen) {
+  async function explain(file, gen, label) {
     const form = new FormData();
     form.append("file", file, file.name);
     const img = $("heatmap");
     try {
-      const r = await fetch("/v1/explain?format=json", { method: "POST", headers: headers(), body: form });
+      // The heat map of the class shown (the decision rule or the patient's metadata may
+      // make it differ from the image model's own top class).
+      const r = await fetch("/v1/explain?format=json&target=" + encodeURIComponent(label),
+                            { method: "POST", headers: headers(), body: form });
       const body = await readJson(r);
       if (gen !== generation) return;
       if (!r.ok || !body) {
@@ -210,7 +213,7 @@
     }
     setStatus("");
     renderPrediction(body);
-    explain(file, gen);
+    explain(file, gen, body.prediction.label);
   }
 
   function init() {
