@@ -39,6 +39,10 @@ OTHER_SITE = "other"
 MIN_SITE_IMAGES = 10
 # Probability that training hides one field of an image (the image model must stand alone).
 FIELD_DROPOUT = 0.2
+# The term's weights learn at this multiple of the network's learning rate: the rate is set
+# for fine-tuning a backbone, at which a zero-initialised linear term moves by ~lr per step
+# and ends a run with weights of ~0.1 logit (measured), far from the log-odds it should carry.
+LR_SCALE = 30.0
 _MISSING = {"", "nan", "none", "unknown", "na", "n/a"}
 VERSION = 1
 

@@ -48,7 +48,7 @@ import yaml
 from skincli.data.split import provenance
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_path, write_json, write_text
-from skincli.metahead import FIELD_DROPOUT
+from skincli.metahead import FIELD_DROPOUT, LR_SCALE
 from skincli.runs import MODEL_FILE, RunInfo, next_run_dir, save_run_info
 from skincli.train.config import DEFAULTS, TrainConfig, fine_tune_layers, resolve
 
@@ -380,6 +380,8 @@ class _Session:
         meta = keras.Input((self.meta_encoder.dim,), name="metadata")
         term = keras.layers.Dense(len(self.split.classes), use_bias=False,
                                   kernel_initializer="zeros", name="metadata_logits")(meta)
+        # W = LR_SCALE x kernel: with Adam the term then learns LR_SCALE times faster.
+        term = keras.layers.Rescaling(LR_SCALE, name="metadata_scale")(term)
         logits = keras.layers.Add(name="fused_logits")([built.model(image), term])
         self.fit_model = keras.Model([image, meta], logits, name="with_metadata")
         return self.fit_model
@@ -390,8 +392,8 @@ class _Session:
             return None
         from skincli.metahead import MetadataHead
 
-        weights = self.fit_model.get_layer("metadata_logits").get_weights()[0]
-        return MetadataHead(self.meta_encoder, np.asarray(weights, np.float32))
+        kernel = self.fit_model.get_layer("metadata_logits").get_weights()[0]
+        return MetadataHead(self.meta_encoder, np.asarray(kernel, np.float32) * LR_SCALE)
 
     # phases ----------------------------------------------------------------------------------
     def phases(self) -> list[tuple[str, int, float]]:
