@@ -35,7 +35,8 @@ FIELDS = ("sex", "age_band", "site")
 SEXES = ("male", "female")
 BANDS = tuple(name for _, _, name in AGE_BANDS)
 OTHER_SITE = "other"
-# A site needs this many training images to get its own weight; rarer ones share "other".
+# A general site needs this many training images to get its own weight; rarer ones share
+# "other".
 MIN_SITE_IMAGES = 10
 # Probability that training hides one field of an image (the image model must stand alone).
 FIELD_DROPOUT = 0.2
@@ -44,7 +45,31 @@ FIELD_DROPOUT = 0.2
 # and ends a run with weights of ~0.1 logit (measured), far from the log-odds it should carry.
 LR_SCALE = 30.0
 _MISSING = {"", "nan", "none", "unknown", "na", "n/a"}
-VERSION = 1
+VERSION = 2
+# Sites are read as the ISIC archive's general sites, with the torso as one: the archive
+# (anterior/posterior torso, head/neck) and HAM10000 (back, chest, face, scalp...) name sites
+# differently, and in a collection assembled from both the *vocabulary* tells the source (in
+# isic9 every melanoma and nevus has an archive-style site, every other class a HAM-style
+# one). Learning that would be learning the source, not the patient.
+SITE_GROUPS: dict[str, str] = {
+    **dict.fromkeys(("head/neck", "head", "neck", "face", "scalp", "ear", "lip", "nose"),
+                    "head/neck"),
+    **dict.fromkeys(("torso", "anterior torso", "posterior torso", "lateral torso", "trunk",
+                     "back", "chest", "abdomen", "upper back", "lower back", "breast"), "torso"),
+    **dict.fromkeys(("upper extremity", "arm", "forearm", "hand", "shoulder"),
+                    "upper extremity"),
+    **dict.fromkeys(("lower extremity", "leg", "thigh", "foot", "knee"), "lower extremity"),
+    **dict.fromkeys(("palms/soles", "acral", "palm", "sole"), "palms/soles"),
+    **dict.fromkeys(("oral/genital", "genital", "oral", "mucosa"), "oral/genital"),
+}
+
+
+def site_group(value: Any) -> str:
+    """A site as one of the general sites (SITE_GROUPS); unknown text -> OTHER_SITE."""
+    text = _clean(value)
+    if not text:
+        return ""
+    return SITE_GROUPS.get(text, OTHER_SITE)
 
 
 def _clean(value: Any) -> str:
@@ -80,7 +105,8 @@ class MetadataEncoder:
             return None
         values = self.values[field_name]
         if field_name == "site":
-            return values.index(value) if value in self.sites else len(values) - 1
+            group = site_group(value)
+            return values.index(group) if group in self.sites else len(values) - 1
         return values.index(value) if value in values else None
 
     def onehot(self, records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +135,7 @@ class MetadataEncoder:
         """The vocabulary and centring frequencies of the training images' metadata."""
         sites: dict[str, int] = {}
         for rec in records:
-            s = _clean(rec.get("site"))
+            s = site_group(rec.get("site"))
             if s:
                 sites[s] = sites.get(s, 0) + 1
         enc = cls(sites=sorted(s for s, n in sites.items()

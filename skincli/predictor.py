@@ -257,8 +257,10 @@ class Predictor:
         if head is None:
             return (["this model does not use patient metadata; age, sex and site were "
                      "ignored"] if given else [])
+        from skincli.metahead import site_group
+
         site = record.get("site")
-        if site and site not in head.encoder.sites:
+        if site and site_group(site) not in head.encoder.sites:
             return [f"site {site!r} is not one the model was trained with; it counts as "
                     f"'other' (known: {', '.join(head.encoder.sites)})"]
         return []

@@ -45,8 +45,9 @@ def _records(n: int = 40) -> list[dict[str, str]]:
 def test_encoding_is_centred_and_missing_is_zero() -> None:
     records = _records()
     enc = MetadataEncoder.fit(records)
-    # A site with fewer than MIN_SITE_IMAGES training images shares the "other" column.
-    assert enc.sites == ["back", "face"] and enc.values["site"][-1] == "other"
+    # Sites count as general sites (back -> torso, face -> head/neck); one with fewer than
+    # MIN_SITE_IMAGES training images (hand -> upper extremity, 3) shares the "other" column.
+    assert enc.sites == ["head/neck", "torso"] and enc.values["site"][-1] == "other"
     x = enc.encode(records)
     assert x.shape == (len(records), enc.dim)
     hot, present = enc.onehot(records)
@@ -61,6 +62,17 @@ def test_encoding_is_centred_and_missing_is_zero() -> None:
     assert np.array_equal(same.encode(records), x)
     assert enc.coverage(records)["site"] == 30
     np.testing.assert_array_equal(enc.blocks()[:2], [0, 0])
+
+
+def test_site_vocabularies_of_different_sources_encode_alike() -> None:
+    """The archive's and HAM10000's names for a site are one value: the vocabulary must not
+    tell the model which collection an image came from."""
+    enc = MetadataEncoder.fit([{"site": "back"}] * 10 + [{"site": "head/neck"}] * 10)
+    pairs = [("back", "posterior torso"), ("chest", "anterior torso"), ("trunk", "torso"),
+             ("face", "head/neck"), ("scalp", "neck"), ("hand", "upper extremity")]
+    for a, b in pairs:
+        assert np.array_equal(enc.encode([{"site": a}]), enc.encode([{"site": b}])), (a, b)
+    assert np.array_equal(enc.encode([{"site": "elbow"}]), enc.encode([{"site": "hand"}]))
 
 
 def test_head_offsets_are_zero_without_metadata() -> None:
@@ -132,7 +144,7 @@ def test_training_learns_the_metadata_term(meta_run: Path) -> None:
 
     info = load_run_info(meta_run)
     head = info.extra["metadata_head"]
-    assert head["values"]["site"] == ["back", "face", "other"]
+    assert head["values"]["site"] == ["head/neck", "torso", "other"]
     assert head["coverage"]["train"]["site"] == 22 and head["coverage"]["n_train"] == 30
     predictor = Predictor.from_run(meta_run)
     assert predictor.uses_metadata
@@ -279,8 +291,10 @@ def test_tflite_export_carries_the_metadata_term(meta_run: Path, tmp_path: Path)
     doc = json.loads(Path(meta["path"]).with_suffix(".json").read_text())
     term = doc["metadata_term"]
     record = {"sex": "female", "age_band": "60-74", "site": "back"}
+    given = {**record, "site": term["site_groups"].get(record["site"], "other")}
+    assert given["site"] == "torso"
     x = np.concatenate([
-        (np.array([v == record[f] for v in term["values"][f]], float) - term["means"][f])
+        (np.array([v == given[f] for v in term["values"][f]], float) - term["means"][f])
         for f in term["fields"]])
     predictor = Predictor.from_run(meta_run)
     image = predictor.preprocess(meta_run.parent.parent / "data" / "nevus" / "ISIC_1002.jpg")
@@ -296,7 +310,7 @@ def test_model_card_names_the_metadata_inputs(meta_run: Path) -> None:
 
     text = markdown(build(meta_run))
     assert "- Inputs: the dermoscopic image, plus the patient's sex, age band and anatomical " \
-           "site when given" in text and "sites: back, face" in text
+           "site when given" in text and "sites: head/neck, torso" in text
 
 
 @pytest.mark.parametrize("header", ["isic_id,age_approx,sex,anatom_site_general",

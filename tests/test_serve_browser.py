@@ -243,7 +243,7 @@ def test_patient_fields_appear_for_a_metadata_model_and_reach_the_api(
     enc = MetadataEncoder.fit([{"sex": "male", "age_band": "45-59", "site": "back"}] * 10
                               + [{"sex": "female", "age_band": "75+", "site": "face"}] * 10)
     weights = np.zeros((enc.dim, len(CLASSES)), np.float32)
-    back = len(enc.values["sex"]) + len(enc.values["age_band"]) + enc.values["site"].index("back")
+    back = len(enc.values["sex"]) + len(enc.values["age_band"]) + enc.values["site"].index("torso")
     weights[back, CLASSES.index(favoured)] = 40.0
     info = load_run_info(run)
     info.extra = {"metadata_head": MetadataHead(enc, weights).to_dict(CLASSES)}
@@ -254,8 +254,8 @@ def test_patient_fields_appear_for_a_metadata_model_and_reach_the_api(
                     if d.find_element(By.ID, "patient-box").is_displayed() else None)
         box.click()  # open the details
         sites = [o.text for o in Select(browser.find_element(By.ID, "patient-site")).options]
-        assert sites == ["not given", "back", "face", "other"]
-        Select(browser.find_element(By.ID, "patient-site")).select_by_value("back")
+        assert sites == ["not given", "head/neck", "torso", "other"]
+        Select(browser.find_element(By.ID, "patient-site")).select_by_value("torso")
         browser.find_element(By.ID, "patient-age").send_keys("50")
         _choose_file(browser, image)
         label = _wait(browser, lambda d: d.find_element(By.ID, "label").text or None)

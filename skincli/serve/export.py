@@ -350,10 +350,14 @@ def _metadata_term(info: Any) -> dict[str, Any]:
     head = (info.extra or {}).get("metadata_head")
     if not head:
         return {}
+    from skincli.metahead import SITE_GROUPS
+
     return {"metadata_term": {
         **head,
+        "site_groups": SITE_GROUPS,
         "rule": "logits += x @ weights, x = per field (sex, age_band, site) its one-hot in "
-                "`values` order minus `means`, all zeros when the field is unknown; site "
-                "values not listed count as 'other'; age_band as in `values` (<30, 30-44, "
-                "45-59, 60-74, 75+). Without metadata the model's logits are used as they are.",
+                "`values` order minus `means`, all zeros when the field is unknown; a site is "
+                "first mapped through `site_groups` (lower case), and a site not there or not "
+                "in `values` counts as 'other'; age_band as in `values` (<30, 30-44, 45-59, "
+                "60-74, 75+). Without metadata the model's logits are used as they are.",
     }}
