@@ -119,7 +119,7 @@ def test_keys_file_and_checker(tmp_path: Path) -> None:
 
 
 def _echo_batcher(sizes: list[int], **kwargs: object) -> MicroBatcher:
-    def run(owner: object, batch: np.ndarray) -> list[tuple[object, float]]:
+    def run(owner: object, batch: np.ndarray, extras: list[object]) -> list[tuple[object, float]]:
         sizes.append(len(batch))
         return [(owner, float(x.sum())) for x in batch]
 
@@ -208,7 +208,7 @@ def test_full_queue_expired_and_cancelled_jobs() -> None:
 def test_a_failing_batch_fails_its_requests_not_the_thread() -> None:
     calls = []
 
-    def run(owner: object, batch: np.ndarray) -> list[int]:
+    def run(owner: object, batch: np.ndarray, extras: list[object]) -> list[int]:
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("boom")
@@ -225,7 +225,7 @@ def test_a_failing_batch_fails_its_requests_not_the_thread() -> None:
 
 
 def test_submit_call_runs_on_the_inference_thread() -> None:
-    b = MicroBatcher(lambda o, x: list(x), max_batch=2, window_s=0.0, queue_size=4)
+    b = MicroBatcher(lambda o, x, e: list(x), max_batch=2, window_s=0.0, queue_size=4)
     b.start()
     name = b.submit_call(lambda: threading.current_thread().name,
                          time.perf_counter() + 10).result(5)

@@ -47,7 +47,8 @@ class _Job:
     extra: Any = None  # per-image input beside the array (patient metadata), passed through
 
 
-RunBatch = Callable[[Any, np.ndarray], Sequence[Any]]
+# run_batch(owner, batch, extras): extras[i] is what submit() got beside image i (or None).
+RunBatch = Callable[[Any, np.ndarray, list[Any]], Sequence[Any]]
 OnBatch = Callable[[int, float], None]
 
 
@@ -132,8 +133,7 @@ class MicroBatcher:
                extra: Any = None) -> Future:
         """Queue one preprocessed image for `owner`; the future gets its row of results.
 
-        `extra` (e.g. the patient's metadata) reaches run_batch as a list beside the batch,
-        run_batch(owner, batch, extras), when any job of the batch has one.
+        `extra` (e.g. the patient's metadata) reaches run_batch in the list beside the batch.
         """
         return self._put(_Job(owner=owner, array=array, future=Future(), deadline=deadline,
                               extra=extra))
@@ -209,10 +209,7 @@ class MicroBatcher:
             start = time.perf_counter()
             try:
                 batch = np.stack([j.array for j in group])
-                extras = [j.extra for j in group]
-                rows = (self.run_batch(group[0].owner, batch, extras)  # type: ignore[call-arg]
-                        if any(e is not None for e in extras)
-                        else self.run_batch(group[0].owner, batch))
+                rows = self.run_batch(group[0].owner, batch, [j.extra for j in group])
                 if len(rows) != len(group):
                     raise RuntimeError(f"model returned {len(rows)} rows for {len(group)} images")
             except BaseException as exc:  # every waiting request must get an answer

@@ -103,11 +103,9 @@ class LoadedModel:
         if not callable(both):
             probs = predictor.probabilities(batch, tta=self.tta, batch_size=n)
             return [Row(np.asarray(p)) for p in probs]
-        encode = getattr(predictor, "encode_metadata", None)
-        meta = (encode([m or {} for m in metadata])
-                if metadata is not None and callable(encode) else None)
-        probs, emb = (both(batch, tta=self.tta, batch_size=n, meta=meta) if meta is not None
-                      else both(batch, tta=self.tta, batch_size=n))
+        meta = (predictor.encode_metadata([m or {} for m in metadata])
+                if metadata is not None else None)
+        probs, emb = both(batch, tta=self.tta, batch_size=n, meta=meta)
         warn = getattr(predictor, "input_warnings", None)
         warnings = warn(batch, emb) if callable(warn) else [[] for _ in range(len(batch))]
         return [Row(np.asarray(probs[i]), None if emb is None else np.asarray(emb[i]),

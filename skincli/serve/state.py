@@ -62,9 +62,9 @@ class ServerState:
 
     # -- the inference thread's work --------------------------------------------------------
     @staticmethod
-    def _run_batch(owner: LoadedModel, batch: np.ndarray,
-                   extras: list[Any] | None = None) -> list[Row]:
-        if extras is None:
+    def _run_batch(owner: LoadedModel, batch: np.ndarray, extras: list[Any]) -> list[Row]:
+        # extras: per image the request's patient metadata, or None.
+        if all(e is None for e in extras):
             return owner.forward(batch)
         return owner.forward(batch, metadata=extras)
 
