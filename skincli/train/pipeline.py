@@ -221,16 +221,16 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
     labels = np.asarray(labels, np.int32)
     if meta is not None and (mixup > 0 or cutmix > 0):
         raise ValueError("metadata inputs do not combine with mixup or cutmix")
-    # With metadata the stream carries row indices; labels and metadata are looked up per
-    # element, so decoding, caching and class streams stay as they are.
-    carried = np.arange(len(labels), dtype=np.int32) if meta is not None else labels
+    # The stream carries row indices; labels (and metadata) are looked up per element, so
+    # decoding, caching and the class streams do not depend on what a row holds.
+    rows = np.arange(len(labels), dtype=np.int32)
     if oversample:
         streams, weights = [], []
         for c in range(num_classes):
             idx = np.flatnonzero(labels == c)
             if not len(idx):
                 continue
-            streams.append(decoded([paths[i] for i in idx], carried[idx], size, skipped,
+            streams.append(decoded([paths[i] for i in idx], rows[idx], size, skipped,
                                    cache=cache, shuffle_seed=seed * 1000 + c))
             weights.append(float(len(idx)) ** (1.0 - float(oversample_strength)))
         total = sum(weights)
@@ -238,30 +238,21 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
             streams, weights=None if oversample_strength >= 1 else [w / total for w in weights],
             seed=seed, stop_on_empty_dataset=False)
     else:
-        ds = decoded(paths, carried, size, skipped, cache=cache, shuffle_seed=seed)
+        ds = decoded(paths, rows, size, skipped, cache=cache, shuffle_seed=seed)
 
     table = tf.constant(np.asarray(class_weights if class_weights is not None
                                    else np.ones(num_classes), np.float32))
     randoms = tf.data.Dataset.random(seed=seed).batch(2)
     label_table = tf.constant(labels)
-    meta_table = tf.constant(np.asarray(meta if meta is not None else np.zeros((1, 1)),
-                                        np.float32))
-    blocks = tf.constant(np.asarray(meta_blocks if meta_blocks is not None else [0], np.int32))
-    n_fields = int(np.max(meta_blocks)) + 1 if meta_blocks is not None and len(meta_blocks) \
-        else 1
+    metadata = None if meta is None else _metadata_rows(meta, meta_blocks, meta_dropout)
 
     def prepare(pair: Any, rnd: Any) -> tuple[Any, Any, Any]:
-        image, carried_value = pair
+        image, row = pair
+        label = tf.gather(label_table, row)
         x = augment_image(image, rnd, augment)
-        if meta is None:
-            label = carried_value
-            return x, tf.one_hot(label, num_classes), tf.gather(table, label)
-        label = tf.gather(label_table, carried_value)
-        m = tf.gather(meta_table, carried_value)
-        seed2 = tf.stack([tf.cast(rnd[0], tf.int64), tf.cast(rnd[1], tf.int64) + 1])
-        hide = tf.random.stateless_uniform([n_fields], seed2) < meta_dropout
-        m = tf.where(tf.gather(hide, blocks), tf.zeros_like(m), m)
-        return (x, m), tf.one_hot(label, num_classes), tf.gather(table, label)
+        if metadata is not None:
+            x = (x, metadata(row, rnd))
+        return x, tf.one_hot(label, num_classes), tf.gather(table, label)
 
     ds = tf.data.Dataset.zip((ds, randoms)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                                                 deterministic=True)
@@ -279,6 +270,26 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
     steps = max(1, math.ceil(len(paths) / batch_size))
     return TrainData(dataset=ds, steps_per_epoch=steps, num_images=len(paths))
+
+
+def _metadata_rows(meta: np.ndarray, blocks: np.ndarray | None, dropout: float) -> Any:
+    """fn(row, rnd) -> the row's metadata with each field (the columns of one value in
+    `blocks`) zeroed, i.e. missing, with probability `dropout`."""
+    import tensorflow as tf
+
+    table = tf.constant(np.asarray(meta, np.float32))
+    columns = np.zeros(table.shape[1], np.int32) if blocks is None else np.asarray(blocks,
+                                                                                  np.int32)
+    field_of = tf.constant(columns)
+    n_fields = int(columns.max()) + 1 if columns.size else 1
+
+    def lookup(row: Any, rnd: Any) -> Any:
+        m = tf.gather(table, row)
+        seed = tf.stack([tf.cast(rnd[0], tf.int64), tf.cast(rnd[1], tf.int64) + 1])
+        hide = tf.random.stateless_uniform([n_fields], seed) < dropout
+        return tf.where(tf.gather(hide, field_of), tf.zeros_like(m), m)
+
+    return lookup
 
 
 def eval_dataset(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
