@@ -357,8 +357,9 @@ def command(
             ui.warn(message)
         predictor.set_decision(chosen)
     hook = None if no_log else _stats_hook()
+    # One record per image: from the file, or the --age/--sex/--site for every image.
     per_image = (_metadata_records(metadata_file, paths) if metadata_file is not None
-                 else None)
+                 else None if record is None else [record] * len(paths))
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
@@ -367,8 +368,7 @@ def command(
         results = predictor.predict_paths(
             [str(p) for p in paths], batch_size=batch_size, tta=tta, top_k=top_k,
             progress=lambda done, total: bar.update(task, completed=done), image_hook=hook,
-            metadata=(per_image if metadata_file is not None
-                      else None if record is None else [record] * len(paths)))
+            metadata=per_image)
     n_ok = sum(not isinstance(r, ImageError) for r in results)
     explanations: dict[int, str] = {}
     if do_explain and n_ok:
@@ -378,7 +378,7 @@ def command(
     doc = build_document(predictor, results, tta, explanations)
     if record is not None:
         doc["metadata"] = record  # what the metadata term (if the run has one) was given
-    if per_image is not None:
+    elif per_image is not None:
         paths_index = {str(p): i for i, p in enumerate(paths)}
         for pred in doc["predictions"]:
             pred["metadata"] = per_image[paths_index[pred["file"]]]
