@@ -422,7 +422,6 @@ class Predictor:
         for i, (pred, warns) in enumerate(zip(preds, self.input_warnings(batch, emb))):
             if metadata is not None:
                 pred.warnings.extend(self.metadata_notes(dict(metadata[i])))
-                pred.meta["metadata_used"] = meta is not None
             pred.warnings.extend(warns)
             pred.uncertain = pred.uncertain or is_flagged(warns)
             if emb is not None:
