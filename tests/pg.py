@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serve_proc import free_port
 
 _SEARCH = ["/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/usr/pgsql-*/bin",
            "/opt/homebrew/opt/postgresql*/bin", "/usr/local/opt/postgresql*/bin"]
@@ -38,13 +38,6 @@ def find_bin_dir() -> Path | None:
             if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
                 return Path(folder)
     return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgCluster:
