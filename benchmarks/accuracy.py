@@ -65,6 +65,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "head-256": {"head_units": 256},
     "sampling-0.5": {"oversample_strength": 0.5},
     "use-metadata": {"use_metadata": True},
+    "colour-constancy": {"colour_constancy": "shades-of-gray"},
     # With --metadata (labels from the archive, conflicts resolved, lesion-grouped splits),
     # two ways of making the data that are scored on the same lesion-grouped test images:
     # trained the way the project did before metadata (folder labels, conflicts dropped) ...
@@ -105,6 +106,8 @@ DESCRIPTIONS: dict[str, str] = {
     "head-256": "stronger head: 256 swish units before the logits (`--head-units 256`)",
     "sampling-0.5": "square-root class balancing (`--oversample-strength 0.5`)",
     "use-metadata": "age, sex and site term in the head, trained jointly (`--use-metadata`)",
+    "colour-constancy": "Shades of Gray colour constancy (p = 6) inside the model, with a "
+                        "colour-shift augmentation (`--colour-constancy shades-of-gray`)",
     "folder-labels": "trained on the folders' labels, conflicts dropped (as before metadata)",
     "no-lesion-groups": "split without lesion groups (copies and near-duplicates only), "
                         "scored on its own test split",

@@ -86,6 +86,10 @@ def command(
     head_units: Annotated[int | None, _opt("--head-units", help="Hidden units between the "
                                            "pooled features and the logits (0 = linear head).",
                                            key="head_units")] = None,
+    colour_constancy: Annotated[str | None, _opt(
+        "--colour-constancy", help="shades-of-gray: normalise each image's illuminant inside "
+        "the model (Shades of Gray, p = 6), trained with a colour-shift augmentation; none: "
+        "off.", key="colour_constancy")] = None,
     ema: Annotated[float | None, _opt("--ema", help="Moving average of the weights (e.g. "
                                       "0.99) used for validation and the saved model; 0 off.",
                                       key="ema")] = None,

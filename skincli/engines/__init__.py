@@ -21,6 +21,7 @@ from skincli.engines.base import (
     default_threads,
     resolve_engine_name,
 )
+from skincli.models.colour import load_keras_model as _load_keras_file
 from skincli.runs import MODEL_FILE, RunInfo, model_load_error
 
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "ENGINE_ENV", "Engine", "EngineUnavailable",
@@ -30,10 +31,8 @@ __all__ = ["DEFAULT_ENGINE", "ENGINES", "ENGINE_ENV", "Engine", "EngineUnavailab
 def load_keras_model(run_dir: Path) -> Any:
     """The run's Keras model (imports TensorFlow); a damaged file is a one-line SkinError."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
     try:
-        return keras.models.load_model(Path(run_dir) / MODEL_FILE, compile=False)
+        return _load_keras_file(Path(run_dir) / MODEL_FILE)
     except Exception as exc:  # a damaged or foreign model file: name the run, no traceback
         raise model_load_error(run_dir, exc) from exc
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from skincli.engines.base import EngineUnavailable
 from skincli.fsutil import atomic_path, write_json
+from skincli.models.colour import load_keras_model
 from skincli.runs import MODEL_FILE, RunInfo
 
 TFLITE_FILE = "model.tflite"
@@ -279,10 +280,9 @@ def cached_tflite(run_dir: Path, info: RunInfo, keras_sha: str) -> Path:
         if model_path.is_file() and sha256_file(model_path) == meta.get("sha256"):
             return model_path
     # Convert now: TensorFlow is needed this once.
-    import keras
 
     try:
-        model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+        model = load_keras_model(run_dir / MODEL_FILE)
     except Exception as exc:
         raise EngineUnavailable(f"cannot load {run_dir / MODEL_FILE} to convert it "
                                 f"({type(exc).__name__})") from exc

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from skincli.errors import SkinError, did_you_mean
+from skincli.models.colour import DEFAULT_POWER, load_keras_model, shades_of_gray_layer
+from skincli.models.colour import METHODS as COLOUR_METHODS
 
 FAMILY_LITE = "efficientnet_lite"
 FAMILY_KERAS = "keras_applications"
@@ -296,7 +298,6 @@ def _nested_weight_files(path: Path, tmp: Path) -> list[Path]:
 
 def _load_weights_file(built: BuiltModel, path: Path) -> str:
     """Load a .weights.h5 or .keras file into the whole model or, failing that, the backbone."""
-    import keras
 
     model, backbone = built.model, built.backbone
     if not path.is_file():
@@ -310,7 +311,7 @@ def _load_weights_file(built: BuiltModel, path: Path) -> str:
             raise SkinError(f"{path} is not a Keras model file (a .keras file is a zip archive)",
                             hint="Pass a model.keras saved by `skin train` or keras model.save")
         try:
-            src = keras.models.load_model(path, compile=False)
+            src = load_keras_model(path)
         except Exception as exc:
             raise SkinError(f"Could not read {path}: {exc}",
                             hint="Pass a model saved by `skin train` or keras model.save") from None
@@ -349,7 +350,8 @@ def _load_weights_file(built: BuiltModel, path: Path) -> str:
 
 def build_model(arch: str, num_classes: int, weights: str = "imagenet",
                 input_size: int | None = None, dropout: float = 0.2,
-                seed: int = 0, head_units: int = 0) -> BuiltModel:
+                seed: int = 0, head_units: int = 0,
+                colour_constancy: str = "none") -> BuiltModel:
     """Build `arch` with a fresh `num_classes`-way logits head.
 
     weights: "imagenet" (pretrained backbone; for `tiny` there is none, so it means random),
@@ -357,6 +359,8 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet",
     otherwise the backbone).
     head_units: 0 puts the logits layer straight on the pooled features; N > 0 adds one
     hidden layer of N swish units (with its own dropout) in between.
+    colour_constancy: "shades-of-gray" puts a Shades of Gray layer (p = 6) first in the model,
+    so every engine and export applies it; "none" leaves the input as it is.
     """
     spec = get_arch(arch)
     if int(num_classes) < 2:
@@ -369,6 +373,9 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet",
         raise SkinError(f"Dropout must be in [0, 1), got {dropout}")
     if int(head_units) < 0:
         raise SkinError(f"head_units must be 0 (linear head) or more, got {head_units}")
+    if colour_constancy not in COLOUR_METHODS:
+        raise SkinError(f"Unknown colour constancy {colour_constancy!r}",
+                        hint=f"Choose one of: {', '.join(COLOUR_METHODS)}")
     w = str(weights)
     mode = w.lower()
     if mode not in ("imagenet", "none"):
@@ -389,6 +396,9 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet",
     pre_layers, preprocessing = _preprocess_layers(spec.preprocessing_mode)
     inputs = keras.Input((size, size, 3), name="image", dtype="float32")
     x = inputs
+    if colour_constancy == "shades-of-gray":
+        x = shades_of_gray_layer(DEFAULT_POWER)(x)
+        preprocessing["colour_constancy"] = f"shades-of-gray p={DEFAULT_POWER:g} inside the model"
     for layer in pre_layers:
         x = layer(x)
     x = backbone(x)

@@ -37,6 +37,7 @@ from typing import Any
 
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_dir, atomic_path, check_writable, write_json
+from skincli.models.colour import load_keras_model
 from skincli.runs import (
     DEFAULT_RUNS_DIR,
     MODEL_FILE,
@@ -90,11 +91,10 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
     created = [folder for folder in target.parents if not folder.exists()]
     check_writable(target)  # before the slow TensorFlow import and model load
     try:
-        import keras
         import tensorflow as tf
 
         try:
-            model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+            model = load_keras_model(run_dir / MODEL_FILE)
         except Exception as exc:
             raise model_load_error(run_dir, exc) from exc
         from skincli.decision import decision_summary, resolve_decision

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from skincli.errors import SkinError, did_you_mean
+from skincli.models.colour import METHODS as COLOUR_METHODS
 from skincli.runs import check_run_name
 
 # Cheap to import: no TensorFlow here (the CLI imports this at start-up for its help texts).
@@ -47,6 +48,8 @@ class TrainConfig:
     cutmix: float = 0.0               # cutmix Beta(a, a) parameter; 0 = off
     dropout: float = 0.2              # dropout before the logits layer (and the hidden one)
     head_units: int = 0               # 0 = linear head on pooled features; N = hidden layer
+    colour_constancy: str = "none"    # none | shades-of-gray (a layer inside the model, p = 6;
+    #                                   adds a per-channel colour-shift augmentation)
     use_metadata: bool = False        # add a term of age, sex and site to the logits
     #                                   (needs a split made with --metadata; skincli.metahead)
     ema: float = 0.0                  # moving average of weights (e.g. 0.99) for selection; 0=off
@@ -163,6 +166,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(float(cfg.cutmix) >= 0, "cutmix", "0 (off) or a positive Beta parameter")
     need(0 <= float(cfg.dropout) < 1, "dropout", "in [0, 1)")
     need(int(cfg.head_units) >= 0, "head-units", "0 (linear head) or a number of units")
+    need(cfg.colour_constancy in COLOUR_METHODS, "colour-constancy",
+         f"one of {', '.join(COLOUR_METHODS)}")
     need(0 <= float(cfg.ema) < 1, "ema", "0 (off) or a decay in (0, 1), e.g. 0.99")
     need(int(cfg.patience) >= 1, "patience", "at least 1")
     need(float(cfg.focal_gamma) >= 0, "focal-gamma", "0 or more")

@@ -106,11 +106,13 @@ def decoded(paths: Sequence[str], labels: Sequence[int], size: int, skipped: Ski
     return ds
 
 
-def augment_image(image: Any, seed: Any, strength: float) -> Any:
+def augment_image(image: Any, seed: Any, strength: float, colour_shift: float = 0.0) -> Any:
     """Dermoscopy augmentation of one uint8 image -> float32 0..255.
 
     Dermoscopy has no 'up': flips both ways and 90-degree turns; plus a small zoom-in with a
     random shift and a mild colour jitter, both scaled by `strength` (0 = identity).
+    colour_shift > 0 multiplies each channel by its own gain in 1 ± 0.2·colour_shift: a
+    different light or white balance, which a colour-constancy layer should undo.
     """
     import tensorflow as tf
 
@@ -134,6 +136,11 @@ def augment_image(image: Any, seed: Any, strength: float) -> Any:
     x = tf.image.stateless_random_contrast(x, 1.0 - 0.15 * s, 1.0 + 0.15 * s, seeds[6])
     x = tf.image.stateless_random_saturation(x, 1.0 - 0.15 * s, 1.0 + 0.15 * s, seeds[7])
     x = tf.image.stateless_random_hue(x, 0.02 * s, seeds[8])
+    if colour_shift > 0:
+        # Its own stream (folded from the seed) so the other draws stay as they were.
+        gain_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 17)
+        c = 0.2 * float(colour_shift)
+        x = x * tf.random.stateless_uniform([3], gain_seed, 1.0 - c, 1.0 + c)
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
@@ -204,7 +211,7 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
                   cutmix: float = 0.0, seed: int = 0,
                   class_weights: Sequence[float] | None = None, cache: bool = True,
                   meta: np.ndarray | None = None, meta_blocks: np.ndarray | None = None,
-                  meta_dropout: float = 0.0) -> TrainData:
+                  meta_dropout: float = 0.0, colour_shift: float = 0.0) -> TrainData:
     """An infinite stream of augmented batches (x float32 0..255, y one-hot[, weight]).
 
     oversample: each class is its own shuffled, repeated stream and batches draw from the
@@ -249,7 +256,7 @@ def train_dataset(paths: Sequence[str], labels: Sequence[int], *, num_classes: i
     def prepare(pair: Any, rnd: Any) -> tuple[Any, Any, Any]:
         image, row = pair
         label = tf.gather(label_table, row)
-        x = augment_image(image, rnd, augment)
+        x = augment_image(image, rnd, augment, colour_shift)
         if metadata is not None:
             x = (x, metadata(row, rnd))
         return x, tf.one_hot(label, num_classes), tf.gather(table, label)

@@ -461,7 +461,7 @@ class _Session:
         cfg = self.cfg
         return build_model(cfg.arch, len(self.split.classes), weights=weights,
                            input_size=input_size, dropout=cfg.dropout, seed=cfg.seed,
-                           head_units=cfg.head_units)
+                           head_units=cfg.head_units, colour_constancy=cfg.colour_constancy)
 
     def write_history(self) -> None:
         rows = self.state.history
@@ -535,7 +535,8 @@ class _Session:
                 seed=cfg.seed + 101 * phase_index + 7 * start_epoch, class_weights=weights,
                 cache=cache, meta=self.meta_rows("train"),
                 meta_blocks=None if self.meta_encoder is None else self.meta_encoder.blocks(),
-                meta_dropout=FIELD_DROPOUT)
+                meta_dropout=FIELD_DROPOUT,
+                colour_shift=1.0 if cfg.colour_constancy != "none" else 0.0)
             with strategy.scope():
                 set_phase_trainable(built, phase, cfg.fine_tune)
                 compile_for_phase(model, cfg, peak_lr, data.steps_per_epoch, epochs)
