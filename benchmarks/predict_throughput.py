@@ -113,7 +113,7 @@ def folder_throughput(predictors: dict[str, Any], files: list[Path], batch: int,
 
 def naive_loop(predictor: Any, files: list[Path], rounds: int) -> float:
     """Images/s of: for each file, decode + Keras model.predict of one image."""
-    from skincli.predictor import softmax
+    from skincli.calibration import softmax
 
     model = predictor.model
     model.predict(np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32),

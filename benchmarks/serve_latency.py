@@ -51,7 +51,8 @@ ENGINES = ("litert", "tf")
 
 def baseline_app() -> Any:
     """FastAPI calling keras `model.predict` per request: what a first version usually does."""
-    from skincli.predictor import Predictor, softmax
+    from skincli.calibration import softmax
+    from skincli.predictor import Predictor
 
     predictor = Predictor.from_run(os.environ["BENCH_RUN"], os.environ.get("BENCH_RUNS_DIR",
                                                                            "runs"), engine="tf")

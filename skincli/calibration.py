@@ -14,12 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from skincli.predictor import softmax
+from skincli.metrics import expected_calibration_error
 
 T_MIN, T_MAX = 0.05, 20.0
 # Default for the uncertain verdict (as `skin train --uncertain-accuracy`): predictions at a
 # confidence where validation accuracy was below this are called uncertain.
 UNCERTAIN_ACCURACY = 0.5
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax of logits / temperature along the last axis."""
+    z = np.asarray(logits, dtype=np.float64) / max(float(temperature), 1e-6)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def temperature_nll(logits: np.ndarray, y: Sequence[int] | np.ndarray, temperature: float) -> float:
@@ -111,8 +119,6 @@ def calibrate(val_logits: np.ndarray, val_y: Sequence[int] | np.ndarray,
     temperature = fit_temperature(val_logits, val_y)
     probs_before = softmax(val_logits, 1.0)
     probs_after = softmax(val_logits, temperature)
-    from skincli.metrics import expected_calibration_error
-
     rule = choose_uncertain_threshold(probs_after, val_y, uncertain_accuracy)
     return {
         "temperature": temperature,

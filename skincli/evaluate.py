@@ -71,7 +71,7 @@ class Scored:
 
     def probs(self, temperature: float, tta: bool) -> np.ndarray:
         """Calibrated probabilities, averaged over the TTA views when tta."""
-        from skincli.predictor import softmax
+        from skincli.calibration import softmax
 
         views = self.logits if tta else self.logits[:1]
         return np.mean([softmax(v, temperature) for v in views], axis=0)
@@ -167,7 +167,7 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
 def score(predictor: Any, eval_set: EvalSet, tta: bool = False, batch_size: int = 32,
           progress: Progress | None = None, stage: str = "evaluate") -> Scored:
     """Run the model over an EvalSet in batches; unreadable files are skipped and listed."""
-    from skincli.predictor import colour_features
+    from skincli.ood import colour_features
 
     index = {c: i for i, c in enumerate(predictor.classes)}
     total = len(eval_set.filepaths)
@@ -227,7 +227,7 @@ def calibrate_run(predictor: Any, batch_size: int = 32, progress: Progress | Non
     out-of-distribution reference if run.json has none.
     """
     from skincli.calibration import UNCERTAIN_ACCURACY, calibrate
-    from skincli.predictor import build_reference
+    from skincli.ood import build_reference
 
     info = predictor.info
     val_set = load_eval_set(predictor.run_dir, predictor.classes, subset="val")

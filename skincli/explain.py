@@ -60,7 +60,7 @@ class GradCamExplainer:
     def __init__(self, model: Any) -> None:
         import keras
 
-        from skincli.predictor import find_backbone, outer_node
+        from skincli.models.graph import find_backbone, outer_node
 
         self.model = model
         self.pre: Any = None
@@ -132,7 +132,7 @@ def explain(predictor: Any, images: np.ndarray, class_index: int | Sequence[int]
     """Grad-CAM for preprocessed images (N, S, S, 3) at input resolution, one per image."""
     explainer = explainer or GradCamExplainer(predictor.model)
     cams, logits = explainer(images, class_index)
-    from skincli.predictor import softmax
+    from skincli.calibration import softmax
 
     probs = softmax(logits, predictor.temperature)
     wanted = (None if class_index is None

@@ -20,6 +20,8 @@ MIN_STD = 4.0
 # An upload narrower or shorter than this (pixels) is flagged whatever its content.
 MIN_SIDE = 8
 MARK = "no lesion to classify"
+# The start of every out-of-distribution warning (this module's and skincli.ood's).
+OOD_WARNING = "does not look like a dermoscopic image"
 
 
 def blank_reason(image: np.ndarray, original_size: tuple[int, int] | None = None) -> str | None:
@@ -39,8 +41,6 @@ def blank_reason(image: np.ndarray, original_size: tuple[int, int] | None = None
 
 def warning_for(reason: str) -> str:
     """The out-of-distribution warning for a flagged image."""
-    from skincli.predictor import OOD_WARNING
-
     return (f"{OOD_WARNING} ({MARK}: {reason}); the verdict is marked uncertain and should "
             "not be read")
 

@@ -17,7 +17,8 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,24 @@ def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
         return arr
     img = Image.fromarray(arr).resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def _read_one(path: str | os.PathLike[str], size: int, max_pixels: int
+              ) -> np.ndarray | ImageError:
+    try:
+        return resize_rgb(load_rgb(path, max_pixels=max_pixels), size)
+    except ImageError as exc:
+        return exc
+    except OSError as exc:  # a folder given as a file, a permission problem...
+        return ImageError(f"{path}: cannot read ({exc.strerror or exc})", code="unreadable")
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]], size: int,
+                max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None
+                ) -> list[np.ndarray | ImageError]:
+    """Read and resize files to (size, size, 3) uint8, in order; errors are returned, not raised."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) <= 1:
+        return [_read_one(p, size, max_pixels) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: _read_one(p, size, max_pixels), paths))

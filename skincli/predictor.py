@@ -11,21 +11,7 @@ Besides the logits, one forward pass can also return the pooled backbone embeddi
 of the final "logits" layer): monitoring uses it for drift, and `predict` uses it, with cheap
 colour statistics, to warn when an input does not look like the training images.
 
-Out-of-distribution reference (run.json `extra["reference"]`, written by `skin evaluate
---calibrate` from the run's validation images when missing, or by `build_reference`):
-
-- embedding (the main signal): root-mean-square over dimensions of the embedding's z-scores
-  against the reference mean and standard deviation (each standard deviation floored at 0.1 x
-  their median, so near-constant features cannot explode the score); flagged above
-  1.5 x the 99th percentile of the reference images' own scores.
-- colour (a coarse second check): per-channel mean and standard deviation and the mean
-  saturation of the model-input image, as max |z|; flagged above max(2 x the 99th percentile
-  of the reference, 6).
-
-Measured with a short EfficientNet-Lite0 run on ISIC (reference: its 246 validation images):
-2% of the ISIC Test-folder images (2 of 102) and 1% of the Train-folder images were flagged;
-three natural photographs and a pure-noise image were flagged, but a blank white image and a
-striped "document" were not (their embeddings are unremarkable). It is a warning, not a gate.
+The out-of-distribution reference and its scores are in skincli.ood.
 """
 
 from __future__ import annotations
@@ -42,9 +28,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from skincli import DISCLAIMER
-from skincli.image_quality import is_flagged, quality_warnings
-from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
+from skincli import DISCLAIMER, ood
+from skincli.calibration import softmax
+from skincli.engines import load_engine, load_keras_model
+from skincli.engines.tf import TFEngine
+from skincli.image_quality import is_flagged
+from skincli.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    load_rgb,
+    read_images,
+    resize_rgb,
+    to_rgb,
+)
+from skincli.metahead import MetadataHead, site_group
 from skincli.runs import (
     DEFAULT_RUNS_DIR,
     RunInfo,
@@ -91,14 +88,6 @@ class Prediction:
         } | ({"triage": self.triage} if self.triage is not None else {})
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax of logits / temperature along the last axis."""
-    z = np.asarray(logits, dtype=np.float64) / max(float(temperature), 1e-6)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def tta_views(batch: np.ndarray) -> list[np.ndarray]:
     """The 8 symmetries of the square (flips and 90-degree rotations): dermoscopy has no 'up'."""
     views = []
@@ -125,8 +114,6 @@ class Predictor:
         if engine is None:
             if model is None:
                 raise ValueError("Predictor needs a Keras model or an engine")
-            from skincli.engines.tf import TFEngine
-
             engine = TFEngine(model, self.input_size)
         self.engine = engine
         self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
@@ -146,8 +133,6 @@ class Predictor:
         serve the run, `on_warning` gets one line (default: the "skincli" logger) and the run
         uses TensorFlow. threads: LiteRT threads (default: $SKIN_THREADS, else every core).
         """
-        from skincli.engines import load_engine
-
         run_dir = resolve_run(run, runs_dir)
         info = load_run_info(run_dir)
         check_model_file(run_dir)
@@ -166,8 +151,6 @@ class Predictor:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    from skincli.engines import load_keras_model
-
                     self._model = load_keras_model(self.run_dir)
         return self._model
 
@@ -213,8 +196,6 @@ class Predictor:
     def preprocess(self, image: ImageInput) -> np.ndarray:
         """Any image input -> float32 (S, S, 3) RGB 0..255, exactly as training feeds the model."""
         if isinstance(image, Image.Image):
-            from skincli.imageio import to_rgb
-
             arr = np.asarray(to_rgb(image), dtype=np.uint8)
         elif isinstance(image, np.ndarray):
             arr = image.astype(np.uint8) if image.dtype != np.uint8 else image
@@ -229,8 +210,6 @@ class Predictor:
         """The run's MetadataHead (age, sex, site term of the logits), or None."""
         raw = (self.info.extra or {}).get("metadata_head")
         if self._head_cache[0] != id(raw):
-            from skincli.metahead import MetadataHead
-
             try:
                 head = MetadataHead.from_dict(raw)
             except (KeyError, TypeError, ValueError):
@@ -257,8 +236,6 @@ class Predictor:
         if head is None:
             return (["this model does not use patient metadata; age, sex and site were "
                      "ignored"] if given else [])
-        from skincli.metahead import site_group
-
         site = record.get("site")
         if site and site_group(site) not in head.encoder.sites:
             return [f"site {site!r} is not one the model was trained with; it counts as "
@@ -388,29 +365,13 @@ class Predictor:
         """The out-of-distribution reference statistics from run.json, as arrays (or None)."""
         raw = (self.info.extra or {}).get("reference")
         if self._ref_cache[0] != id(raw):
-            self._ref_cache = (id(raw), _parse_reference(raw))
+            self._ref_cache = (id(raw), ood.parse_reference(raw))
         return self._ref_cache[1]
 
     def input_warnings(self, batch: np.ndarray, embeddings: np.ndarray | None = None
                        ) -> list[list[str]]:
         """Per image, warnings when it looks unlike the reference (training/validation) images."""
-        n = len(batch)
-        out: list[list[str]] = quality_warnings(batch)  # blank/uniform: no reference needed
-        ref = self.reference
-        if ref is None or n == 0:
-            return out
-        scores = reference_scores(ref, batch, embeddings)
-        for i in range(n):
-            reasons = []
-            if scores["colour"] is not None and scores["colour"][i] > ref["colour_threshold"]:
-                reasons.append("colours")
-            if scores["embedding"] is not None and scores["embedding"][i] > ref[
-                    "embedding_threshold"]:
-                reasons.append("image features")
-            if reasons:
-                out[i].append(f"{OOD_WARNING} ({' and '.join(reasons)} far outside the "
-                              "training images); treat this result with extra caution")
-        return out
+        return ood.input_warnings(self.reference, batch, embeddings)
 
     def _predict_batch(self, batch: np.ndarray, top_k: int, tta: bool,
                        batch_size: int = 32,
@@ -486,187 +447,3 @@ class Predictor:
             if progress is not None:
                 progress(min(start + batch_size, total), total)
         return results
-
-
-def _read_one(path: str | os.PathLike[str], size: int, max_pixels: int
-              ) -> np.ndarray | ImageError:
-    try:
-        return resize_rgb(load_rgb(path, max_pixels=max_pixels), size)
-    except ImageError as exc:
-        return exc
-    except OSError as exc:  # a folder given as a file, a permission problem...
-        return ImageError(f"{path}: cannot read ({exc.strerror or exc})", code="unreadable")
-
-
-def read_images(paths: Sequence[str | os.PathLike[str]], size: int,
-                max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None
-                ) -> list[np.ndarray | ImageError]:
-    """Read and resize files to (size, size, 3) uint8, in order; errors are returned, not raised."""
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) <= 1:
-        return [_read_one(p, size, max_pixels) for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: _read_one(p, size, max_pixels), paths))
-
-
-OOD_WARNING = "does not look like a dermoscopic image"
-_COLOUR_FEATURES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation")
-
-
-def colour_features(batch: np.ndarray) -> np.ndarray:
-    """Cheap colour statistics (N, 7) of model-input images (N, S, S, 3) in 0..255."""
-    x = np.asarray(batch, dtype=np.float32)
-    if len(x) == 0:
-        return np.zeros((0, len(_COLOUR_FEATURES)), np.float64)
-    flat = x.reshape(len(x), -1, 3)
-    mean = flat.mean(axis=1)
-    std = flat.std(axis=1)
-    hi, lo = flat.max(axis=2), flat.min(axis=2)
-    sat = ((hi - lo) / np.maximum(hi, 1.0)).mean(axis=1, keepdims=True)
-    return np.concatenate([mean, std, sat], axis=1).astype(np.float64)
-
-
-REFERENCE_VERSION = 2
-EMBEDDING_MARGIN, COLOUR_MARGIN, COLOUR_FLOOR = 1.5, 2.0, 6.0
-_EMBEDDING_SD_FLOOR = 0.1  # x the median standard deviation
-
-
-def _threshold(scores: np.ndarray, margin: float, floor: float = 0.0) -> float:
-    return float(max(margin * np.quantile(scores, 0.99), floor))
-
-
-def build_reference(batch_features: np.ndarray, embeddings: np.ndarray | None,
-                    source: str = "") -> dict[str, Any]:
-    """Reference statistics for `input_warnings` from colour features (N, 7) and embeddings.
-
-    Store the result in run.json `extra["reference"]`.
-    """
-    feats = np.asarray(batch_features, dtype=np.float64)
-    if len(feats) < 10:
-        raise ValueError("a reference needs at least 10 images")
-    mu, sd = feats.mean(axis=0), feats.std(axis=0)
-    ref: dict[str, Any] = {
-        "version": REFERENCE_VERSION, "n": int(len(feats)), "source": source,
-        "colour": {"features": list(_COLOUR_FEATURES), "mean": mu.tolist(),
-                   "std": sd.tolist()},
-    }
-    if embeddings is not None and len(embeddings) == len(feats):
-        e = np.asarray(embeddings, dtype=np.float64)
-        ref["embedding"] = {"dims": int(e.shape[1]), "mean": e.mean(axis=0).tolist(),
-                            "std": e.std(axis=0).tolist()}
-    parsed = _parse_reference(ref, thresholds=False)
-    assert parsed is not None
-    scores = _scores_from_features(parsed, feats, embeddings)
-    ref["colour"]["threshold"] = _threshold(scores["colour"], COLOUR_MARGIN, COLOUR_FLOOR)
-    if "embedding" in ref and scores["embedding"] is not None:
-        ref["embedding"]["threshold"] = _threshold(scores["embedding"], EMBEDDING_MARGIN)
-    return _round(ref)
-
-
-def _round(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: _round(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_round(v) for v in value]
-    return value
-
-
-def _parse_reference(raw: Any, thresholds: bool = True) -> dict[str, Any] | None:
-    """run.json's reference -> arrays; None when absent or unusable (never raises)."""
-    try:
-        if raw.get("version") != REFERENCE_VERSION:  # scores of another definition
-            return None
-        colour = raw["colour"]
-        mu = np.asarray(colour["mean"], dtype=np.float64)
-        sd = np.asarray(colour["std"], dtype=np.float64)
-        # A floor on the spread so a constant feature in the reference does not explode z.
-        ref: dict[str, Any] = {
-            "colour_mean": mu, "colour_std": np.maximum(sd, 1.0),
-            "colour_threshold": float(colour["threshold"]) if thresholds else np.inf,
-            "embedding_mean": None, "embedding_std": None, "embedding_threshold": np.inf,
-        }
-        emb = raw.get("embedding")
-        if emb:
-            esd = np.asarray(emb["std"], dtype=np.float64)
-            ref["embedding_mean"] = np.asarray(emb["mean"], dtype=np.float64)
-            ref["embedding_std"] = np.maximum(
-                esd, _EMBEDDING_SD_FLOOR * max(float(np.median(esd)), 1e-6))
-            if thresholds:
-                ref["embedding_threshold"] = float(emb["threshold"])
-        return ref
-    except (TypeError, KeyError, ValueError, AttributeError):
-        return None
-
-
-def _scores_from_features(ref: dict[str, Any], feats: np.ndarray,
-                          embeddings: np.ndarray | None) -> dict[str, np.ndarray | None]:
-    z = np.abs((feats - ref["colour_mean"]) / ref["colour_std"])
-    out: dict[str, np.ndarray | None] = {"colour": z.max(axis=1), "embedding": None}
-    mu = ref["embedding_mean"]
-    if mu is not None and embeddings is not None and np.shape(embeddings)[1:] == mu.shape:
-        ez = (np.asarray(embeddings, dtype=np.float64) - mu) / ref["embedding_std"]
-        out["embedding"] = np.sqrt((ez * ez).mean(axis=1))
-    return out
-
-
-def reference_scores(ref: dict[str, Any], batch: np.ndarray,
-                     embeddings: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
-    """Per-image distance scores to a parsed reference: {"colour": (N,), "embedding": (N,)}."""
-    return _scores_from_features(ref, colour_features(batch), embeddings)
-
-
-def find_backbone(model: Any) -> Any | None:
-    """The nested backbone sub-model: the layer named "backbone", else the last nested model."""
-    import keras
-
-    try:
-        return model.get_layer("backbone")
-    except ValueError:
-        nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-        return nested[-1] if nested else None
-
-
-def outer_node(layer: Any, model: Any) -> Any | None:
-    """The call node of `layer` inside `model`'s graph (Keras 3 keeps one per call).
-
-    The first connected node is the model's own; later ones come from re-calling the layer.
-    """
-    import keras
-
-    for node in getattr(layer, "_inbound_nodes", []):
-        try:
-            keras.Model(model.inputs, node.output_tensors)
-            return node
-        except Exception:  # the node belongs to another graph
-            continue
-    return None
-
-
-def embedding_model(model: Any) -> Any | None:
-    """A keras.Model from the model's input to [logits, pooled embedding], or None.
-
-    The embedding is the input of the final "logits" Dense layer (after dropout, which is the
-    identity at inference, i.e. the backbone's pooled output).
-    """
-    import keras
-
-    try:
-        head = model.get_layer("logits")
-    except ValueError:
-        head = model.layers[-1]
-    node = outer_node(head, model)
-    if node is None or not node.input_tensors:
-        return None
-    feat = node.input_tensors[0]
-    if len(feat.shape) != 2:
-        return None
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    try:
-        return keras.Model(inputs, [model.outputs[0], feat])
-    except Exception:
-        return None
-

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from skincli import calibration as cal
+from skincli.calibration import softmax
 from skincli.metrics import expected_calibration_error
-from skincli.predictor import softmax
 
 
 def _overconfident(n: int, seed: int, sharpen: float = 3.0, c: int = 4

@@ -47,7 +47,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _val_batch(run: Path, split: Path) -> np.ndarray:
-    from skincli.predictor import read_images
+    from skincli.imageio import read_images
 
     info = load_run_info(run)
     rows = [line.split(",") for line in split.read_text().splitlines()[1:]]
@@ -248,7 +248,8 @@ def test_cli_engine_flag_and_cold_start_without_tensorflow(trained: tuple[Path, 
 @pytest.mark.skipif(not ISIC.is_dir(), reason="needs the isic9 images")
 def test_parity_on_real_isic_images_with_a_run_trained_on_them(tmp_path: Path) -> None:
     """A tiny model trained on 8 real images per class; both engines on 90 other images."""
-    from skincli.predictor import Predictor, read_images
+    from skincli.imageio import read_images
+    from skincli.predictor import Predictor
     from skincli.train import train
 
     classes = sorted(p.name for p in (ISIC / "Train").iterdir() if p.is_dir())
@@ -290,8 +291,8 @@ def test_every_registry_architecture_converts_with_parity(arch: str, tmp_path: P
     """Each architecture (untrained head; imagenet backbones where they are offline) converts
     to builtin ops only and matches TensorFlow on real images (synthetic without isic9)."""
     from skincli.engines.convert import convert_checked, synthetic_images
+    from skincli.imageio import read_images
     from skincli.models.registry import build_model, get_arch
-    from skincli.predictor import read_images
 
     spec = get_arch(arch)
     built = build_model(arch, 9, weights="imagenet" if spec.weights_available() else "none")

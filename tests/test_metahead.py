@@ -284,7 +284,8 @@ def test_tflite_export_carries_the_metadata_term(meta_run: Path, tmp_path: Path)
     """An app that follows the export JSON's rule gets the Predictor's answer."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from skincli.predictor import Predictor, softmax
+    from skincli.calibration import softmax
+    from skincli.predictor import Predictor
     from skincli.serve.export import export_tflite
 
     meta = export_tflite(meta_run.name, tmp_path / "out", meta_run.parent, fmt="tflite")

@@ -177,7 +177,8 @@ def test_no_log_and_broken_store(env: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_out_of_distribution_warning_in_output(env: Path) -> None:
-    from skincli.predictor import Predictor, build_reference, colour_features
+    from skincli.ood import build_reference, colour_features
+    from skincli.predictor import Predictor
 
     make_class_folders(env / "ref", {"a": 30}, seed=3)
     p = Predictor.from_run(env / "runs" / "m1")

@@ -9,14 +9,11 @@ import pytest
 from helpers_run import make_run
 from imagegen import make_fake_jpeg, make_image, make_truncated_jpeg
 
+from skincli.image_quality import OOD_WARNING
 from skincli.imageio import ImageError
-from skincli.predictor import (
-    OOD_WARNING,
-    Predictor,
-    build_reference,
-    colour_features,
-    embedding_model,
-)
+from skincli.models.graph import embedding_model
+from skincli.ood import build_reference, colour_features
+from skincli.predictor import Predictor
 from skincli.runs import update_run_info
 
 CLASSES = ["melanoma", "nevus", "vascular lesion"]

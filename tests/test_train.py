@@ -297,8 +297,7 @@ def test_training_calibrates_like_evaluate_and_stores_the_ood_reference(tmp_path
 
 
 def test_no_calibrate_keeps_temperature_one(tmp_path: Path) -> None:
-    from skincli.calibration import choose_uncertain_threshold
-    from skincli.predictor import softmax
+    from skincli.calibration import choose_uncertain_threshold, softmax
     from skincli.train import train
 
     split = make_split_files(tmp_path, counts={"blue": 8, "green": 8, "red": 8}, val_share=0.5)

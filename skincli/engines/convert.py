@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from skincli.calibration import softmax
 from skincli.engines.base import EngineUnavailable
 from skincli.fsutil import atomic_path, write_json
 from skincli.models.colour import load_keras_model
@@ -76,7 +77,7 @@ def convert_model(model: Any, quantize: str | None = None,
     import tensorflow as tf
 
     from skincli._quiet import silenced_stderr_fd
-    from skincli.predictor import embedding_model
+    from skincli.models.graph import embedding_model
 
     both = embedding_model(model)
     if both is None:
@@ -109,12 +110,6 @@ def convert_model(model: Any, quantize: str | None = None,
         raise ConversionFailed(f"{type(exc).__name__}: {first[:200]}") from exc
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    from skincli.predictor import softmax
-
-    return softmax(logits, temperature)
-
-
 def compare_outputs(ref_logits: np.ndarray, ref_emb: np.ndarray | None,
                     logits: np.ndarray, emb: np.ndarray | None,
                     temperature: float = 1.0) -> dict[str, Any]:
@@ -122,7 +117,7 @@ def compare_outputs(ref_logits: np.ndarray, ref_emb: np.ndarray | None,
     ref_logits, logits = np.asarray(ref_logits, np.float64), np.asarray(logits, np.float64)
     dprob = 0.0
     for t in {1.0, float(temperature or 1.0)}:
-        dprob = max(dprob, float(np.abs(_softmax(logits, t) - _softmax(ref_logits, t)).max()))
+        dprob = max(dprob, float(np.abs(softmax(logits, t) - softmax(ref_logits, t)).max()))
     top1 = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
     out: dict[str, Any] = {
         "n": int(len(logits)), "top1_agreement": top1, "max_abs_prob": dprob,
@@ -172,7 +167,7 @@ def run_images(run_dir: Path, info: RunInfo, subset: str = "val",
     """Up to `limit` model-input images of the run's split part, else synthetic ones."""
     try:
         from skincli.evaluate import load_eval_set
-        from skincli.predictor import read_images
+        from skincli.imageio import read_images
 
         eval_set = load_eval_set(run_dir, info.classes, subset=subset)
         arrays = [a for a in read_images(eval_set.filepaths[:limit], int(info.input_size))

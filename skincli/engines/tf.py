@@ -34,7 +34,7 @@ class TFEngine:
                 if self._embed_fn is None:
                     import tensorflow as tf
 
-                    from skincli.predictor import embedding_model
+                    from skincli.models.graph import embedding_model
 
                     both = embedding_model(self.model)
                     self._embed_fn = False if both is None else tf.function(

@@ -104,8 +104,9 @@ def compute_reference(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES,
                       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the model over the run's validation images and build the reference (not cached)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from skincli.calibration import softmax
     from skincli.imageio import ImageError
-    from skincli.predictor import Predictor, softmax
+    from skincli.predictor import Predictor
 
     run_dir = Path(run_dir)
     info = load_run_info(run_dir)

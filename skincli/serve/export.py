@@ -256,7 +256,7 @@ def _labelled_images(run_dir: Path, info: Any) -> tuple[Any, Any, str]:
     import numpy as np
 
     from skincli.evaluate import load_eval_set
-    from skincli.predictor import read_images
+    from skincli.imageio import read_images
 
     index = {c: i for i, c in enumerate(info.classes)}
     for subset in ("test", "val"):

@@ -563,9 +563,10 @@ class _Session:
         temperature, uncertain threshold) and the embeddings and colour statistics (the
         out-of-distribution reference), computed by the Predictor as `skin evaluate` does.
         """
+        from skincli.calibration import softmax
         from skincli.clinical.triage import fit_for_training
         from skincli.engines.convert import write_run_tflite_from
-        from skincli.predictor import Predictor, softmax
+        from skincli.predictor import Predictor
 
         cfg, split, state = self.cfg, self.split, self.state
         self.progress("saving", {"run": self.final_dir.name, "interrupted": interrupted})
@@ -655,7 +656,7 @@ class ValidationOutputs:
 
 def validation_outputs(predictor: Any, dataset: Any) -> ValidationOutputs:
     """One pass over an evaluation dataset with `Predictor.logits_and_embeddings`."""
-    from skincli.predictor import colour_features
+    from skincli.ood import colour_features
 
     logits, labels, embs, colours = [], [], [], []
     for x, y in dataset:
@@ -688,9 +689,9 @@ def calibrate_validation(val: ValidationOutputs, fit: bool, uncertain_accuracy: 
     Without `fit` the temperature stays 1.0 and the threshold is chosen on the raw
     probabilities by the same rule. Returns the run.json pieces and any warnings.
     """
-    from skincli.calibration import calibrate, choose_uncertain_threshold, temperature_nll
+    from skincli.calibration import calibrate, choose_uncertain_threshold, softmax, temperature_nll
     from skincli.metrics import expected_calibration_error
-    from skincli.predictor import build_reference, softmax
+    from skincli.ood import build_reference
 
     n = int(val.labels.size)
     warnings: list[str] = []
