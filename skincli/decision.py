@@ -21,6 +21,8 @@ split with `skincli.calibration.choose_uncertain_threshold`, the same rule `skin
   validation split).
 
 `decision_summary(info, decision)` states the rule and prior for a model card or a FHIR Device.
+This module holds the rules and their storage in run.json; fitting them on a run's validation
+images is `skincli.evaluate.refit`, comparing them on evaluated images `skincli.evaluate.rules`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from skincli.calibration import UNCERTAIN_ACCURACY, choose_uncertain_threshold
 from skincli.errors import SkinError, did_you_mean
+from skincli.fsutil import write_text
+from skincli.metrics import confusion_matrix, macro_f1_from_cm
+from skincli.runs import load_run_info, update_run_info
 
 RULES = ("balanced", "prevalence", "macro-f1")
 DEFAULT_RULE = "balanced"
@@ -204,13 +211,9 @@ def _csv_prior(text: str, path: Path) -> dict[str, Any]:
 
 def write_prior(path: str | Path, prior: dict[str, float], comment: str = "") -> Path:
     """Write a prior as YAML that `--prevalence` reads (atomically)."""
-    from skincli.fsutil import write_text
-
     lines = [f"# {line}" for line in comment.splitlines() if line.strip()]
     lines.append("prevalence:")
     # json-style quoting keeps names with spaces or colons valid YAML
-    import json
-
     lines += [f"  {json.dumps(c)}: {v:.6f}" for c, v in prior.items()]
     return write_text(path, "\n".join(lines) + "\n")
 
@@ -266,8 +269,6 @@ def interpolate_prior(start: np.ndarray, end: np.ndarray, t: float) -> np.ndarra
 # --- fitting on the validation split ---------------------------------------------------------
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray, c: int) -> float:
-    from skincli.metrics import confusion_matrix, macro_f1_from_cm
-
     return float(macro_f1_from_cm(confusion_matrix(y, pred, c)))
 
 
@@ -296,8 +297,6 @@ def fit_offsets(probs: np.ndarray, y: np.ndarray, sweeps: int = 3) -> np.ndarray
 
 
 def _threshold(probs: np.ndarray, y: np.ndarray, info: Any) -> float:
-    from skincli.calibration import UNCERTAIN_ACCURACY, choose_uncertain_threshold
-
     target = float((info.config or {}).get("uncertain_accuracy", UNCERTAIN_ACCURACY))
     return float(choose_uncertain_threshold(probs, y, target)["threshold"])
 
@@ -358,7 +357,7 @@ def fit_decision(rule: str, info: Any, val_probs: np.ndarray | None, val_y: np.n
 
 # --- stored with the run -----------------------------------------------------------------------
 
-def _key(rule: str, info: Any, prior: dict[str, float] | None) -> str:
+def fit_key(rule: str, info: Any, prior: dict[str, float] | None) -> str:
     """What a fitted operating point depends on: rule, prior, temperature, split."""
     text = repr((rule, None if prior is None else sorted((k, round(v, 6)) for k, v in
                                                             prior.items()),
@@ -386,7 +385,7 @@ def _from_stored(s: dict[str, Any], info: Any) -> Decision | None:
 
 def stored_decision(info: Any, rule: str, prior: dict[str, float] | None) -> Decision | None:
     """The operating point fitted earlier for this rule and prior (None if absent or stale)."""
-    key = _key(rule, info, prior)
+    key = fit_key(rule, info, prior)
     for s in (info.extra or {}).get("decisions", {}).get("fits", []):
         if isinstance(s, dict) and s.get("key") == key:
             return _from_stored(s, info)
@@ -396,8 +395,6 @@ def stored_decision(info: Any, rule: str, prior: dict[str, float] | None) -> Dec
 def store_decisions(run_dir: str | Path, decisions: list[tuple[Decision, str]],
                     counts: dict[str, int] | None = None) -> Any:
     """Record fitted operating points (and the training counts) in run.json extra["decisions"]."""
-    from skincli.runs import load_run_info, update_run_info
-
     info = load_run_info(run_dir)
     extra = dict(info.extra or {})
     block = dict(extra.get("decisions") or {})
@@ -409,20 +406,6 @@ def store_decisions(run_dir: str | Path, decisions: list[tuple[Decision, str]],
         block["train_counts"] = counts
     extra["decisions"] = block
     return update_run_info(run_dir, extra=extra)
-
-
-def validation_probs(predictor: Any, batch_size: int = 32, progress: Any = None
-                     ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Calibrated probabilities and labels of the run's validation images (None if unreadable)."""
-    from skincli.evaluate import load_eval_set, score
-
-    try:
-        val = load_eval_set(predictor.run_dir, predictor.classes, subset="val")
-        scored = score(predictor, val, batch_size=batch_size, progress=progress,
-                       stage="validation (decision rules)")
-    except SkinError:
-        return None
-    return scored.probs(predictor.temperature, False), scored.y
 
 
 def target_prior(run_dir: str | Path, info: Any, prevalence: str | Path | None
@@ -443,85 +426,6 @@ def target_prior(run_dir: str | Path, info: Any, prevalence: str | Path | None
     prior, warnings = check_prior({c: max(v, 0.5) for c, v in counts.items()}, classes,
                                   "training counts")
     return prior, f"training split ({n} images)", [], counts
-
-
-def resolve_decision(predictor: Any, rule: str | None = None,
-                     prevalence: str | Path | None = None, batch_size: int = 32) -> Decision:
-    """The Decision for a loaded run: from run.json when fitted before, else fitted on the
-    run's validation images now and stored in run.json. Warnings are in `Decision.warnings`."""
-    name = check_rule(rule)
-    info = predictor.info
-    if prevalence is not None and name != "prevalence":
-        raise SkinError(f"--prevalence applies to --decision prevalence, not {name}",
-                        hint="Add --decision prevalence")
-    if name == "balanced":
-        return balanced(info)
-    prior = source = counts = None
-    warnings: list[str] = []
-    if name == "prevalence":
-        prior, source, warnings, counts = target_prior(predictor.run_dir, info, prevalence)
-    found = stored_decision(info, name, prior)
-    if found is not None:
-        found.prior_source = source or found.prior_source
-        found.warnings = warnings
-        return found
-    val = validation_probs(predictor, batch_size)
-    d = fit_decision(name, info, None if val is None else val[0],
-                     None if val is None else val[1], prior=prior, prior_source=source,
-                     counts=counts)
-    d.warnings = warnings + d.warnings
-    if val is not None:  # only a properly fitted point is worth keeping
-        try:
-            predictor.info = store_decisions(predictor.run_dir, [(d, _key(name, info, prior))],
-                                             counts)
-        except (OSError, SkinError) as exc:  # a read-only run folder still serves
-            d.warnings.append(f"fitted operating point not stored in run.json ({exc})")
-    return d
-
-
-def fit_all(predictor: Any, batch_size: int = 32, progress: Any = None
-            ) -> tuple[list[Decision], list[str], np.ndarray | None]:
-    """Every rule for `skin evaluate`: balanced, prevalence with the training prior (when the
-    run has training counts) and macro-f1, from run.json when fitted before, else fitted on the
-    validation images and stored. Returns (decisions, notes, training prior or None)."""
-    info = predictor.info
-    classes = list(info.classes)
-    notes: list[str] = []
-    out = [balanced(info)]
-    try:
-        prior, source, _, counts = target_prior(predictor.run_dir, info, None)
-    except SkinError:
-        prior, source, counts = None, None, None
-        notes.append("prevalence rule not evaluated: the run has no training class counts "
-                     "(no split.csv in the run folder)")
-    wanted: list[tuple[str, dict[str, float] | None]] = (
-        [("prevalence", prior)] if prior is not None else []) + [("macro-f1", None)]
-    found = {r: stored_decision(info, r, p) for r, p in wanted}
-    val = None
-    if any(d is None for d in found.values()):
-        val = validation_probs(predictor, batch_size, progress)
-    todo: list[tuple[Decision, str]] = []
-    for r, p in wanted:
-        d = found[r]
-        if d is None:
-            if val is None and r == "macro-f1":
-                notes.append("macro-f1 rule not evaluated: the run's validation images could "
-                             "not be read to fit its offsets")
-                continue
-            d = fit_decision(r, info, None if val is None else val[0],
-                             None if val is None else val[1], prior=p, prior_source=source,
-                             counts=counts)
-            notes.extend(d.warnings)
-            if val is not None:
-                todo.append((d, _key(r, info, p)))
-        out.append(d)
-    if todo:
-        try:
-            predictor.info = store_decisions(predictor.run_dir, todo, counts)
-        except (OSError, SkinError) as exc:
-            notes.append(f"fitted operating points not stored in run.json ({exc})")
-    train = None if prior is None else np.array([prior[c] for c in classes])
-    return out, notes, train
 
 
 def decision_summary(info: Any, decision: Decision | None = None) -> dict[str, Any]:
@@ -559,107 +463,4 @@ def describe_rule(d: Decision) -> str:
 
 # --- the trade-off, for `skin evaluate` ------------------------------------------------------
 
-def rule_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str], n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro F1 and per-class recall with bootstrap 95% CIs."""
-    from skincli.metrics import (
-        accuracy_from_cm,
-        balanced_accuracy_from_cm,
-        batched_confusion,
-        bootstrap_ci,
-        confusion_matrix,
-        macro_f1_from_cm,
-    )
 
-    y = np.asarray(y, np.int64)
-    c = len(classes)
-    pred = np.asarray(probs).argmax(axis=1)
-    cm = confusion_matrix(y, pred, c)
-    support = cm.sum(axis=1)
-    recall = [float(cm[i, i] / support[i]) if support[i] else None for i in range(c)]
-    recall_ci: list[list[float] | None] = [None] * c
-    if n_boot > 0 and y.size:
-        # The same resampling as metrics.bootstrap_ci (same seed), for per-class recall.
-        rng = np.random.default_rng(seed)
-        vals = []
-        for start in range(0, n_boot, 200):
-            b = min(200, n_boot - start)
-            cms = batched_confusion(y, pred, rng.integers(0, y.size, size=(b, y.size)), c)
-            rows = cms.sum(axis=2)
-            diag = np.diagonal(cms, axis1=1, axis2=2)
-            vals.append(np.divide(diag, rows, out=np.full(diag.shape, np.nan), where=rows > 0))
-        allv = np.concatenate(vals)
-        for i in range(c):
-            col = allv[:, i][np.isfinite(allv[:, i])]
-            if support[i] and col.size:
-                recall_ci[i] = [float(q) for q in np.quantile(col, [0.025, 0.975])]
-    return {
-        "accuracy": float(accuracy_from_cm(cm)),
-        "balanced_accuracy": float(balanced_accuracy_from_cm(cm)),
-        "macro_f1": float(macro_f1_from_cm(cm)),
-        "ci95": bootstrap_ci(y, pred, c, n_boot=n_boot, seed=seed),
-        "per_class_recall": {cl: {"recall": r, "ci95": ci, "n": int(s)}
-                             for cl, r, ci, s in zip(classes, recall, recall_ci, support)},
-    }
-
-
-def frontier(y: np.ndarray, probs: np.ndarray, base: np.ndarray, end: np.ndarray,
-             points: int = 11) -> list[dict[str, float]]:
-    """Accuracy and balanced accuracy as the prior moves from `base` (the model's own, i.e. the
-    balanced rule) to `end` (the training prior) on the log scale."""
-    from skincli.metrics import accuracy_from_cm, balanced_accuracy_from_cm, confusion_matrix
-
-    y = np.asarray(y, np.int64)
-    out = []
-    for t in np.linspace(0.0, 1.0, max(2, points)):
-        prior = interpolate_prior(base, end, float(t))
-        q = np.asarray(probs, np.float64) * prior_weights(prior, base)
-        cm = confusion_matrix(y, q.argmax(axis=1), len(base))
-        out.append({"t": round(float(t), 4), "accuracy": float(accuracy_from_cm(cm)),
-                    "balanced_accuracy": float(balanced_accuracy_from_cm(cm))})
-    return out
-
-
-def compare_rules(y: np.ndarray, probs: np.ndarray, decisions: list[Decision],
-                  classes: list[str], n_boot: int = 1000, seed: int = 0,
-                  base: np.ndarray | None = None, train_prior: np.ndarray | None = None
-                  ) -> dict[str, Any]:
-    """Each rule's metrics on the same images, and the balanced-to-training-prior frontier."""
-    rules = []
-    for d in decisions:
-        adjusted = d.apply(probs)
-        m = rule_metrics(y, adjusted, classes, n_boot=n_boot, seed=seed)
-        conf = adjusted.max(axis=1)
-        thr = d.uncertain_threshold
-        m["uncertain_share"] = float((conf < thr).mean()) if thr is not None and len(y) else None
-        rules.append({"rule": d.rule, "description": describe_rule(d), **m,
-                      "uncertain_threshold": thr})
-    result: dict[str, Any] = {"rules": rules, "n": int(len(y)), "n_boot": int(n_boot)}
-    if base is not None and train_prior is not None:
-        result["frontier"] = frontier(y, probs, base, train_prior)
-    return result
-
-
-def plot_frontier(result: dict[str, Any], path: Path, title: str) -> None:
-    """decision_frontier.png: accuracy vs balanced accuracy along the prior path."""
-    from skincli.evaluate import _pyplot, _save
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.2, 5.4))
-    pts = result.get("frontier") or []
-    if pts:
-        xs = [p["balanced_accuracy"] for p in pts]
-        ys = [p["accuracy"] for p in pts]
-        ax.plot(xs, ys, "-o", color="tab:blue", ms=4, lw=1.2,
-                label="prior: balanced → training (log scale)")
-        for p in (pts[0], pts[len(pts) // 2], pts[-1]):
-            ax.annotate(f"t={p['t']:.1f}", (p["balanced_accuracy"], p["accuracy"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
-    markers = {"balanced": "s", "prevalence": "^", "macro-f1": "D"}
-    for r in result["rules"]:
-        ax.plot(r["balanced_accuracy"], r["accuracy"], markers.get(r["rule"], "o"), ms=8,
-                label=f"{r['rule']} ({r['accuracy']:.3f} / {r['balanced_accuracy']:.3f})")
-    ax.set(xlabel="balanced accuracy", ylabel="accuracy", title=f"Decision frontier: {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    _save(fig, path)

@@ -30,6 +30,8 @@ from PIL import Image
 
 from skincli import DISCLAIMER, ood
 from skincli.calibration import softmax
+from skincli.clinical.triage import assess, record_of
+from skincli.decision import Decision
 from skincli.engines import load_engine, load_keras_model
 from skincli.engines.tf import TFEngine
 from skincli.image_quality import is_flagged
@@ -118,9 +120,9 @@ class Predictor:
         self.engine = engine
         self._ref_cache: tuple[int, dict[str, Any] | None] = (0, None)
         self._head_cache: tuple[int, Any] = (0, None)
-        # The decision rule in force (skincli.decision.Decision); None = balanced: the
-        # calibrated probabilities are the answer, with run.json's uncertain threshold.
-        self.decision: Any = None
+        # The decision rule in force; None = balanced: the calibrated probabilities are the
+        # answer, with run.json's uncertain threshold.
+        self.decision: Decision | None = None
 
     @classmethod
     def from_run(cls, run: str | Path | None = None,
@@ -168,8 +170,8 @@ class Predictor:
                 "uncertain_threshold": self.uncertain_threshold,
                 "decision": self.decision_name}
 
-    def set_decision(self, decision: Any) -> None:
-        """Answer with a decision rule (skincli.decision.resolve_decision); None = balanced."""
+    def set_decision(self, decision: Decision | None) -> None:
+        """Answer with a decision rule (skincli.evaluate.resolve_decision); None = balanced."""
         self.decision = decision
 
     @property
@@ -272,8 +274,6 @@ class Predictor:
 
     def verdicts(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
         """Turn calibrated probability rows into Prediction objects under the decision rule."""
-        from skincli.clinical.triage import assess, record_of
-
         threshold = self.uncertain_threshold
         triage_record = record_of(self.info)
         results = []

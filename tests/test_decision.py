@@ -21,10 +21,10 @@ from skincli.decision import (
     fit_offsets,
     model_prior,
     read_prior,
-    resolve_decision,
     write_prior,
 )
 from skincli.errors import SkinError
+from skincli.evaluate import resolve_decision
 from skincli.metrics import balanced_accuracy, macro_f1
 from skincli.runs import RunInfo, load_run_info
 
@@ -183,7 +183,7 @@ def env(tmp_path: Path, split_files: dict, monkeypatch: pytest.MonkeyPatch) -> P
 
 def test_resolve_uses_training_counts_and_stores_the_fit(env: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import skincli.decision as decision
+    import skincli.evaluate.refit as refit
     from skincli.predictor import Predictor
 
     pred = Predictor.from_run("withsplit", env / "runs")
@@ -197,7 +197,7 @@ def test_resolve_uses_training_counts_and_stores_the_fit(env: Path,
     def no_val(*a: object, **k: object) -> None:
         raise AssertionError("refitted although run.json holds the operating point")
 
-    monkeypatch.setattr(decision, "validation_probs", no_val)
+    monkeypatch.setattr(refit.Validation, "scored", no_val)
     again = resolve_decision(Predictor.from_run("withsplit", env / "runs"), "prevalence")
     assert again.uncertain_threshold == d.uncertain_threshold
     assert again.weights == pytest.approx(d.weights)

@@ -51,7 +51,7 @@ def command(
 ) -> None:
     """Write a run's model card."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from skincli.clinical import card, triage
+    from skincli.clinical import card
     from skincli.clinical.triage import record_of
     from skincli.fsutil import check_writable
     from skincli.runs import load_run_info, resolve_run
@@ -60,10 +60,10 @@ def command(
     info = load_run_info(run_dir)
     check_writable(run_dir / card.CARD_MD, "RUN")
     if record_of(info) is None:  # trained before triage existed: fit it now, once
-        from skincli.evaluate import load_predictor
+        from skincli.evaluate import ensure_triage, load_predictor
 
         predictor = load_predictor(run_dir, runs_dir)
-        rec = triage.ensure(predictor)
+        rec = ensure_triage(predictor)
         info = predictor.info
         if rec and rec.get("threshold") is not None:
             ui.console.print(f"Triage threshold {rec['threshold']:.3f} fitted on the validation "

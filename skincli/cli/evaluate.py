@@ -246,11 +246,10 @@ def command(
     if out is not None:
         check_writable(out)  # before the images are read, not after
     if triage_sensitivity is not None or triage_malignant is not None:
-        from skincli.clinical.triage import fit_run
-        from skincli.evaluate import load_predictor
+        from skincli.evaluate import load_predictor, refit_triage
 
         for name in runs or [None]:
-            fit_run(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant)
+            refit_triage(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant)
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=ui.err_console, transient=True,

@@ -316,9 +316,9 @@ def command(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from skincli.decision import check_rule, resolve_decision
+    from skincli.decision import check_rule
     from skincli.engines.base import resolve_engine_name
-    from skincli.evaluate import load_predictor
+    from skincli.evaluate import load_predictor, resolve_decision
     from skincli.fsutil import check_writable, write_json, write_text
 
     rule = check_rule(decision)  # a typo is one line before anything slow

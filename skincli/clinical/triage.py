@@ -14,6 +14,9 @@ optimistic by construction.
 
 A prediction is never waved through on its top class alone: a melanoma predicted as "nevus
 82%" with a malignancy score above the threshold is "refer".
+
+This module holds the rule and its run.json record; fitting it on a run's validation images is
+`skincli.evaluate.refit`, its test operating point in `skin evaluate` `skincli.evaluate.rules`.
 """
 
 from __future__ import annotations
@@ -173,64 +176,3 @@ def fit_for_training(probs: np.ndarray, labels: np.ndarray, classes: Sequence[st
                source=f"validation split ({len(labels)} images), skin train")
 
 
-def fit_run(predictor: Any, target: float | None = None,
-            malignant: str | Sequence[str] | None = None, batch_size: int = 32,
-            progress: Any = None) -> dict[str, Any]:
-    """Fit (or refit) on the run's own validation split and store it in run.json."""
-    from skincli.evaluate import load_eval_set, score
-    from skincli.runs import update_run_info
-
-    old = record_of(predictor.info) or {}
-    target = float(target if target is not None else old.get("target_sensitivity")
-                   or (predictor.info.config or {}).get("triage_sensitivity")
-                   or DEFAULT_SENSITIVITY)
-    if malignant is None:
-        malignant = old.get("malignant") or (predictor.info.config or {}).get(
-            "triage_malignant") or None
-    val_set = load_eval_set(predictor.run_dir, predictor.classes, subset="val")
-    scored = score(predictor, val_set, batch_size=batch_size, progress=progress,
-                   stage="validation")
-    probs = scored.probs(predictor.temperature, False)
-    record = fit(probs, scored.y, predictor.classes, target, malignant,
-                 count_premalignant=bool(old.get("count_premalignant", False)),
-                 source=f"validation split ({len(scored.y)} images), fitted on first need")
-    extra = dict(predictor.info.extra or {})
-    extra["triage"] = record
-    predictor.info = update_run_info(predictor.run_dir, extra=extra)
-    return record
-
-
-def ensure(predictor: Any, batch_size: int = 32, progress: Any = None) -> dict[str, Any] | None:
-    """The run's triage record, fitted now from its split if it was trained before triage."""
-    rec = record_of(predictor.info)
-    if rec is not None:
-        return rec
-    try:
-        return fit_run(predictor, batch_size=batch_size, progress=progress)
-    except SkinError as exc:  # e.g. no split: no triage, say why
-        return {"threshold": None, "reason": str(exc)}
-
-
-def evaluate_hook(predictor: Any, eval_set: Any, y: np.ndarray, probs: np.ndarray,
-                  store: bool = False) -> dict[str, Any]:
-    """`skin evaluate`'s triage section: the stored threshold on the evaluated images.
-
-    With `store` (the run's own test split) the test operating point goes into run.json.
-    """
-    rec = ensure(predictor)
-    if not rec or rec.get("threshold") is None:
-        return {"available": False, "reason": (rec or {}).get("reason", "not fitted")}
-    classes = predictor.classes
-    names = list(rec["malignant"]) + (list(rec.get("premalignant", []))
-                                      if rec.get("count_premalignant") else [])
-    s = scores(probs, classes, names)
-    positive = np.isin(np.asarray(y), [classes.index(c) for c in names])
-    point = operating_point(s, positive, float(rec["threshold"]))
-    out = {"available": True, "subset": eval_set.subset, "record": rec, **point}
-    if store:
-        from skincli.runs import update_run_info
-
-        extra = dict(predictor.info.extra or {})
-        extra["triage"] = {**rec, "test": point}
-        predictor.info = update_run_info(predictor.run_dir, extra=extra)
-    return out

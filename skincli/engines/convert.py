@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from skincli.calibration import softmax
+from skincli.data.evalset import load_eval_set, read_labelled
 from skincli.engines.base import EngineUnavailable
 from skincli.fsutil import atomic_path, write_json
 from skincli.models.colour import load_keras_model
@@ -166,14 +167,10 @@ def run_images(run_dir: Path, info: RunInfo, subset: str = "val",
                limit: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
     """Up to `limit` model-input images of the run's split part, else synthetic ones."""
     try:
-        from skincli.evaluate import load_eval_set
-        from skincli.imageio import read_images
-
         eval_set = load_eval_set(run_dir, info.classes, subset=subset)
-        arrays = [a for a in read_images(eval_set.filepaths[:limit], int(info.input_size))
-                  if isinstance(a, np.ndarray)]
-        if len(arrays) >= 4:
-            return np.stack(arrays).astype(np.float32), f"{len(arrays)} {subset} images"
+        images, _ = read_labelled(eval_set, info.classes, int(info.input_size), limit=limit)
+        if len(images) >= 4:
+            return images, f"{len(images)} {subset} images"
     except Exception:  # no split, moved images...: synthetic images still catch a bad model
         pass
     n = min(limit, 16)

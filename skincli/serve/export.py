@@ -97,7 +97,8 @@ def export_saved_model(run: str | Path | None = None, out: str | Path = "exporte
             model = load_keras_model(run_dir / MODEL_FILE)
         except Exception as exc:
             raise model_load_error(run_dir, exc) from exc
-        from skincli.decision import decision_summary, resolve_decision
+        from skincli.decision import decision_summary
+        from skincli.evaluate import resolve_decision
         from skincli.predictor import Predictor
 
         predictor = Predictor(run_dir, info, model)
@@ -253,26 +254,16 @@ def export_tflite(run: str | Path | None = None, out: str | Path = "exported",
 
 def _labelled_images(run_dir: Path, info: Any) -> tuple[Any, Any, str]:
     """The run's test images (else validation images) as a batch, labels, and a description."""
-    import numpy as np
+    from skincli.data.evalset import load_eval_set, read_labelled
 
-    from skincli.evaluate import load_eval_set
-    from skincli.imageio import read_images
-
-    index = {c: i for i, c in enumerate(info.classes)}
     for subset in ("test", "val"):
         try:
             eval_set = load_eval_set(run_dir, info.classes, subset=subset)
         except SkinError:
             continue
-        arrays, labels = [], []
-        for item, label in zip(read_images(eval_set.filepaths, int(info.input_size)),
-                               eval_set.labels):
-            if isinstance(item, np.ndarray) and label in index:
-                arrays.append(item)
-                labels.append(index[label])
-        if arrays:
-            return (np.stack(arrays).astype(np.float32), np.asarray(labels),
-                    f"{len(arrays)} {subset} images of the run's split")
+        images, labels = read_labelled(eval_set, info.classes, int(info.input_size))
+        if len(images):
+            return images, labels, f"{len(images)} {subset} images of the run's split"
     raise SkinError(f"Run {run_dir} has no readable test or validation images to measure the "
                     "export against", hint="Export from the machine that holds the run's images")
 

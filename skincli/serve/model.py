@@ -180,7 +180,7 @@ def load_model(settings: Settings, run: str | None = None) -> LoadedModel:
     predictor = Predictor.from_run(run_dir, settings.runs_dir, max_pixels=settings.max_pixels,
                                    threads=threads, on_warning=log.warning)
     if settings.decision != "balanced":
-        from skincli.decision import resolve_decision
+        from skincli.evaluate import resolve_decision
 
         decision = resolve_decision(predictor, settings.decision, settings.prevalence)
         for message in decision.warnings:
