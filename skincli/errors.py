@@ -23,6 +23,14 @@ class SkinError(Exception):
         return " ".join(text.split())
 
 
+class ImageError(SkinError):
+    """An image that cannot be used, with the reason (corrupt, too large, not an image)."""
+
+    def __init__(self, message: str, *, code: str = "invalid_image", hint: str | None = None):
+        self.code = code
+        super().__init__(message, hint=hint)
+
+
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest choices, or an empty string."""
     close = difflib.get_close_matches(value, list(choices), n=n, cutoff=0.5)

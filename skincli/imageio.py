@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from skincli.errors import SkinError
+from skincli.clinical import dicom  # DICOM ('DICM' at byte 128, or *.dcm): own decoder
+from skincli.errors import ImageError
 
 # Refuse anything above this many pixels before decoding it (a 180x180 dermoscopy image is
 # 32 400 pixels; clinical originals are up to ~6000x4000 = 24 MP).
@@ -40,14 +41,6 @@ ACCEPTED_TEXT = "JPEG, PNG, BMP, TIFF or WebP"
 _DRAFT_FORMATS = {"JPEG", "MPO"}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class ImageError(SkinError):
-    """An image that cannot be used, with the reason (corrupt, too large, not an image)."""
-
-    def __init__(self, message: str, *, code: str = "invalid_image", hint: str | None = None):
-        self.code = code
-        super().__init__(message, hint=hint)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -152,8 +145,6 @@ def open_image(source: str | os.PathLike[str] | bytes,
             raw = Path(source).read_bytes()
             if not raw:
                 raise ImageError(f"{name}: empty file (0 bytes)", code="empty")
-        from skincli.clinical import dicom  # DICOM ('DICM' at byte 128, or *.dcm): own decoder
-
         if dicom.is_dicom(raw, name):
             return dicom.decode(raw, name, max_pixels)
         with warnings.catch_warnings():

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from skincli.errors import ImageError
+
 MAGIC_OFFSET, MAGIC = 128, b"DICM"
 # pydicom's warnings about malformed elements can quote their values (a patient's name):
 # keep them out of the logs.
@@ -76,9 +78,7 @@ def is_dicom(raw: bytes, name: str | None = None) -> bool:
     return bool(name) and str(name).lower().endswith(DICOM_SUFFIXES)
 
 
-def _error(message: str, code: str, hint: str | None = None) -> Exception:
-    from skincli.imageio import ImageError  # imageio imports this module lazily
-
+def _error(message: str, code: str, hint: str | None = None) -> ImageError:
     return ImageError(message, code=code, hint=hint)
 
 
