@@ -32,32 +32,11 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from benchrun import make_bench_run, make_payload  # noqa: E402  (this folder)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ISIC_TEST = REPO.parent / "shared" / "data" / "isic9" / "Test"
-
-
-def make_bench_run(workdir: Path, arch: str = "efficientnet_lite0") -> Path:
-    """A run folder for timing: registry model, untrained head, model.tflite as training
-    writes it (parity checked on synthetic images)."""
-    from skincli.engines.convert import RECORD_KEY, synthetic_images, write_run_tflite
-    from skincli.models.registry import build_model, get_arch
-    from skincli.runs import MODEL_FILE, RunInfo, save_run_info
-
-    spec = get_arch(arch)
-    built = build_model(arch, 9, weights="imagenet" if spec.weights_available() else "none")
-    run_dir = workdir / "runs" / f"bench-{arch}"
-    run_dir.mkdir(parents=True)
-    built.model.save(run_dir / MODEL_FILE)
-    record = write_run_tflite(run_dir, built.model, synthetic_images(16, built.input_size),
-                              images_note="16 synthetic images", warn=print)
-    save_run_info(run_dir, RunInfo(
-        name=f"bench-{arch}", arch=arch, classes=[f"class{i}" for i in range(9)],
-        input_size=built.input_size, preprocessing=built.preprocessing,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        extra={RECORD_KEY: record}))
-    return run_dir
 
 
 def image_files(folder: Path, n: int) -> list[Path]:
@@ -66,8 +45,6 @@ def image_files(folder: Path, n: int) -> list[Path]:
     if files:
         step = max(1, len(files) // n)
         return files[::step][:n]
-    from serve_latency import make_payload
-
     out = Path(tempfile.mkdtemp(prefix="predict-bench-"))
     paths = []
     for i in range(n):
@@ -168,8 +145,6 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.n, args.batch, args.rounds, args.cold_repeats) < 1:
         raise SystemExit("--n, --batch, --rounds and --cold-repeats must be positive")
-    sys.path.insert(0, str(HERE))
-
     from skincli import ui
     from skincli.predictor import Predictor
     from skincli.runs import resolve_run

@@ -22,7 +22,6 @@ and the load generator share this machine's cores, as they would on a single hos
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os
@@ -39,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # FastAPI at module level: it resolves the baseline endpoint's annotations from here.
 import numpy as np  # noqa: E402
+from benchrun import make_bench_run, make_payload  # noqa: E402  (this folder)
 from fastapi import FastAPI, File, UploadFile  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -84,21 +84,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_payload(size: int, seed: int = 0) -> bytes:
-    """A skin-coloured JPEG with a darker blob, `size` x `size` pixels."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = np.random.default_rng(seed)
-    base = np.clip(np.array([190, 140, 120]) + rng.normal(0, 12, (size, size, 3)), 0, 255)
-    img = Image.fromarray(base.astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((size * 0.3, size * 0.25, size * 0.7, size * 0.75), fill=(95, 60, 50))
-    img = img.filter(ImageFilter.GaussianBlur(2))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def pick_run(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
     """The run to serve: --run, else a trained efficientnet run in runs/, else a bench run."""
     from skincli.runs import finished_runs, load_run_info, resolve_run
@@ -109,9 +94,6 @@ def pick_run(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
         for run in reversed(finished_runs(REPO / "runs")):
             if load_run_info(run).arch in ("efficientnet", "efficientnet_lite0"):
                 return run, "trained run found in runs/"
-    sys.path.insert(0, str(HERE))
-    from predict_throughput import make_bench_run
-
     arch = "efficientnet_lite0" if args.arch == "efficientnet" else args.arch
     return (make_bench_run(workdir, arch),
             "untrained head on the ImageNet backbone (timing does not depend on weights)")

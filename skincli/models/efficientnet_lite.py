@@ -88,7 +88,7 @@ def round_repeats(repeats: int, depth: float) -> int:
     return int(math.ceil(depth * repeats))
 
 
-def _check_variant(variant: str) -> str:
+def check_variant(variant: str) -> str:
     v = variant.lower().replace("efficientnet_", "").replace("efficientnet-", "")
     if v not in LITE_VARIANTS:
         raise SkinError(f"Unknown EfficientNet-Lite variant {variant!r}",
@@ -98,7 +98,7 @@ def _check_variant(variant: str) -> str:
 
 def block_specs(variant: str) -> list[BlockSpec]:
     """The scaled MBConv block list for a Lite variant (first and last stage repeats fixed)."""
-    width, depth, _, _ = LITE_VARIANTS[_check_variant(variant)]
+    width, depth, _, _ = LITE_VARIANTS[check_variant(variant)]
     blocks: list[BlockSpec] = []
     last = len(_BASE_STAGES) - 1
     for s, (kernel, repeats, fin, fout, expand, stride) in enumerate(_BASE_STAGES):
@@ -130,7 +130,7 @@ def efficientnet_lite(variant: str = "lite0", *, input_size: int | None = None,
     import keras
     from keras import layers
 
-    v = _check_variant(variant)
+    v = check_variant(variant)
     _, _, native, top_dropout = LITE_VARIANTS[v]
     size = int(input_size or native)
     if size < 32:

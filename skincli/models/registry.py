@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,12 @@ from typing import Any
 from skincli.errors import SkinError, did_you_mean
 from skincli.models.colour import DEFAULT_POWER, load_keras_model, shades_of_gray_layer
 from skincli.models.colour import METHODS as COLOUR_METHODS
+from skincli.models.efficientnet_lite import NORM_OFFSET, NORM_SCALE, efficientnet_lite
+from skincli.models.pretrained import (
+    lite_package_available,
+    load_lite_imagenet,
+    strict_load_weights,
+)
 
 FAMILY_LITE = "efficientnet_lite"
 FAMILY_KERAS = "keras_applications"
@@ -50,8 +55,6 @@ class ArchSpec:
         if self.family == FAMILY_TINY:
             return True
         if self.family == FAMILY_LITE:
-            from skincli.models.pretrained import lite_package_available
-
             return lite_package_available(self.builder)
         return (_keras_models_dir() / self._keras_file(input_size)).is_file()
 
@@ -155,8 +158,6 @@ def _preprocess_layers(mode: str) -> tuple[list[Any], dict[str, Any]]:
     """Standard Keras layers that map RGB 0..255 to what the backbone expects, and a record."""
     from keras import layers
 
-    from skincli.models.efficientnet_lite import NORM_OFFSET, NORM_SCALE
-
     base = {"resize": "bilinear", "input": "RGB float32 0..255"}
     if mode == "lite":
         return ([layers.Rescaling(NORM_SCALE, offset=NORM_OFFSET, name="preprocess")],
@@ -245,30 +246,15 @@ def fold_bgr_into_first_conv(backbone: Any, builder: str) -> None:
 
 
 def _lite_backbone(spec: ArchSpec, size: int, imagenet: bool) -> Any:
-    from skincli.models.efficientnet_lite import efficientnet_lite
-
     backbone = efficientnet_lite(spec.builder, input_size=size, include_top=False,
                                  normalise=False, pooling=True, name="backbone")
     if imagenet:
-        from skincli.models.pretrained import load_lite_imagenet
-
         load_lite_imagenet(backbone, spec.builder)
     return backbone
 
 
 def _weight_shapes(model: Any) -> list[tuple[int, ...]]:
     return [tuple(w.shape) for w in model.weights]
-
-
-def _strict_load_weights(target: Any, path: Path) -> None:
-    """`load_weights`, but Keras' "skipping ... retain their initialized weights" is an error."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        target.load_weights(str(path))
-    skipped = [w for w in caught if "skipping" in str(w.message).lower()
-               or "could not be loaded" in str(w.message).lower()]
-    if skipped:
-        raise ValueError(str(skipped[0].message))
 
 
 def _nested_weight_files(path: Path, tmp: Path) -> list[Path]:
@@ -336,7 +322,7 @@ def _load_weights_file(built: BuiltModel, path: Path) -> str:
             for target, label, candidate in attempts:
                 before = [w.numpy().copy() for w in target.weights]
                 try:
-                    _strict_load_weights(target, candidate)
+                    strict_load_weights(target, candidate)
                 except Exception:
                     for var, value in zip(target.weights, before):
                         var.assign(value)  # undo any partial load before the next attempt
