@@ -450,7 +450,7 @@ def test_predictions_are_logged_without_images(runs: Path, tmp_path: Path) -> No
 
 def test_broken_store_never_breaks_requests_and_rows_are_spooled(runs: Path,
                                                                    tmp_path: Path) -> None:
-    from skincli.serve.predlog import replay_journal
+    from skincli.monitor.predlog import replay_journal
 
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")

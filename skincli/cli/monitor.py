@@ -51,8 +51,8 @@ def _store_url(ctx: typer.Context, store: str | None) -> str:
 
 
 def _open_existing(url: str, runs_dir: Path | None = None) -> Any:
+    from skincli.monitor.predlog import journal_path, replay_journal
     from skincli.monitor.store import SqliteStore, open_store
-    from skincli.serve.predlog import journal_path, replay_journal
 
     if runs_dir is not None:
         # Rows `skin serve` spooled while the store was locked or down belong in the report.

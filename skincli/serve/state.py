@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from skincli.errors import SkinError
 from skincli.imageio import DecodeBudget
+from skincli.monitor.predlog import PredictionLogger, journal_path
 from skincli.serve.auth import KeyChecker, load_keys
 from skincli.serve.batching import Arrival, Expired, MicroBatcher, Overloaded
 from skincli.serve.errors import ApiError
 from skincli.serve.metrics import Metrics
 from skincli.serve.model import LoadedModel, ModelHolder, Row, load_model
-from skincli.serve.predlog import PredictionLogger, journal_path
 from skincli.serve.settings import Settings
 
 log = logging.getLogger("skincli.serve")

@@ -25,11 +25,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from skincli.serve.metrics import Metrics
+from skincli.monitor.imagestats import image_stats, summarize_embedding
 
 log = logging.getLogger("skincli.serve")
 
@@ -39,6 +39,21 @@ _REOPEN_S = 10.0
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0)  # waits between the store write attempts of one batch
 _REPLAY_CHUNK = 500
 JOURNAL_NAME = "predictions.journal.jsonl"
+
+
+class _Counter(Protocol):
+    def inc(self, amount: float = 1.0) -> None: ...
+
+
+class LogCounters(Protocol):
+    """The counters the logger keeps (the server exposes them as Prometheus metrics)."""
+
+    logged: _Counter
+    log_dropped: _Counter
+    log_errors: _Counter
+    log_spooled: _Counter
+    log_replayed: _Counter
+    log_lost: _Counter
 
 
 def journal_path(runs_dir: str | os.PathLike[str]) -> Path:
@@ -151,7 +166,7 @@ def replay_journal(url: str | None, path: Path) -> int:
     journal = Journal(path)
     if not journal.pending():
         return 0
-    from skincli.monitor.store import open_store
+    from skincli.monitor.store import open_store  # pandas: only when there is work
 
     store = open_store(url)
     try:
@@ -163,7 +178,7 @@ def replay_journal(url: str | None, path: Path) -> int:
 class PredictionLogger:
     """Queue rows for the prediction store; write them from background threads."""
 
-    def __init__(self, url: str | None, metrics: Metrics, queue_size: int = 1000,
+    def __init__(self, url: str | None, metrics: LogCounters, queue_size: int = 1000,
                  enabled: bool = True, journal: Path | None = None, flush_s: float = 10.0,
                  journal_bytes: int = 256 * 1024 * 1024) -> None:
         self.url = url
@@ -282,8 +297,6 @@ class PredictionLogger:
         """Add image statistics and the embedding summary (best effort)."""
         row = dict(item.row)
         try:
-            from skincli.monitor.store import image_stats, summarize_embedding
-
             if item.image is not None:
                 row["image_stats"] = image_stats(item.image)
             row["embedding"] = (summarize_embedding(item.embedding)
@@ -363,6 +376,7 @@ class PredictionLogger:
         if time.monotonic() < self._next_open:
             return None
         try:
+            # Imported on first use: the store needs pandas, which the server start does not.
             from skincli.monitor.store import open_store
 
             self._store = open_store(self.url)
