@@ -23,8 +23,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from skincli.calibration import softmax
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_path
+from skincli.models.graph import find_backbone, outer_node
+from skincli.predictor import Predictor
 
 
 @dataclass
@@ -59,8 +62,6 @@ class GradCamExplainer:
 
     def __init__(self, model: Any) -> None:
         import keras
-
-        from skincli.models.graph import find_backbone, outer_node
 
         self.model = model
         self.pre: Any = None
@@ -127,13 +128,12 @@ def resize_heatmap(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.asarray(img.resize((width, height), Image.BILINEAR)), 0.0, 1.0)
 
 
-def explain(predictor: Any, images: np.ndarray, class_index: int | Sequence[int] | None = None,
+def explain(predictor: Predictor, images: np.ndarray,
+            class_index: int | Sequence[int] | None = None,
             explainer: GradCamExplainer | None = None) -> list[GradCam]:
     """Grad-CAM for preprocessed images (N, S, S, 3) at input resolution, one per image."""
     explainer = explainer or GradCamExplainer(predictor.model)
     cams, logits = explainer(images, class_index)
-    from skincli.calibration import softmax
-
     probs = softmax(logits, predictor.temperature)
     wanted = (None if class_index is None
               else np.broadcast_to(np.asarray(class_index, np.int64), (len(cams),)))

@@ -25,6 +25,9 @@ from typing import Any
 
 from skincli import DISCLAIMER
 from skincli.clinical.snomed import codings, concept
+from skincli.clinical.triage import record_of
+from skincli.decision import decision_summary
+from skincli.predictor import Predictor
 
 FHIR_JSON = "application/fhir+json"
 AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -190,13 +193,10 @@ def bundle(prediction: dict[str, Any], model: dict[str, Any], *,
             "entry": [{"fullUrl": url, "resource": res} for url, res in entries]}
 
 
-def model_info(predictor: Any) -> dict[str, Any]:
+def model_info(predictor: Predictor) -> dict[str, Any]:
     """What the Device says, from a loaded Predictor's run.json."""
-    from skincli.clinical.triage import record_of
-    from skincli.decision import decision_summary
-
     info = predictor.info
     return {"name": info.name, "version": info.version, "arch": info.arch,
             "classes": list(info.classes), "test_metrics": info.test_metrics or {},
             "val_metrics": info.val_metrics or {}, "triage": record_of(info),
-            "decision": decision_summary(info, getattr(predictor, "decision", None))}
+            "decision": decision_summary(info, predictor.decision)}

@@ -9,6 +9,7 @@ from typing import Any
 
 from skincli.clinical import audit, dicom, fhir
 from skincli.imageio import ImageError
+from skincli.predictor import Prediction, Predictor
 
 
 def _sha256(path: str | None) -> str:
@@ -18,8 +19,8 @@ def _sha256(path: str | None) -> str:
         return ""
 
 
-def audit_cli(predictor: Any, results: list[Any], log_path: str | Path | None,
-              runs_dir: str | Path = "runs") -> int:
+def audit_cli(predictor: Predictor, results: list[Prediction | ImageError],
+              log_path: str | Path | None, runs_dir: str | Path = "runs") -> int:
     """Append one audit record per predicted file (raises AuditUnavailable on failure)."""
     run_id = uuid.uuid4().hex[:12]
     entries = [audit.entry(request_id=f"cli-{run_id}-{i}", caller="cli", source="cli",
@@ -30,7 +31,7 @@ def audit_cli(predictor: Any, results: list[Any], log_path: str | Path | None,
     return len(log.append(entries))
 
 
-def fhir_document(predictor: Any, results: list[Any]) -> dict[str, Any]:
+def fhir_document(predictor: Predictor, results: list[Prediction | ImageError]) -> dict[str, Any]:
     """One image: its Bundle. Several: one collection Bundle holding every image's resources."""
     model = fhir.model_info(predictor)
     bundles = []
