@@ -447,3 +447,15 @@ class Predictor:
             if progress is not None:
                 progress(min(start + batch_size, total), total)
         return results
+
+
+def load_predictor(run: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
+                   engine: str | None = None,
+                   on_warning: Callable[[str], None] | None = None) -> Predictor:
+    """Load a run's Predictor (a damaged model file is a one-line SkinError from from_run).
+
+    engine: "litert" or "tf" (default $SKIN_ENGINE, else litert); a LiteRT fallback to
+    TensorFlow is one line to `on_warning`.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return Predictor.from_run(run, runs_dir, engine=engine, on_warning=on_warning)

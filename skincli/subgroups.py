@@ -13,6 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from skincli.metrics import (
+    batched_confusion,
+    confusion_matrix,
+    macro_f1_from_cm,
+    per_class_from_cm,
+)
+
 ATTRIBUTES = ("sex", "age_band", "site")
 # Fewer images than this make a subgroup's interval too wide to say anything.
 MIN_IMAGES = 10
@@ -44,13 +51,6 @@ def subgroup_metrics(y: np.ndarray, pred: np.ndarray, classes: Sequence[str],
     `groups` maps an attribute to one value per image ("" = unknown, left out). Returns
     {"overall_macro_f1", "attributes": {attr: [row, ...]}, "flagged": [...], "min_images"}.
     """
-    from skincli.metrics import (
-        batched_confusion,
-        confusion_matrix,
-        macro_f1_from_cm,
-        per_class_from_cm,
-    )
-
     y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
     k = len(classes)

@@ -90,6 +90,35 @@ def test_calibrate_stores_temperature_threshold_and_reference(runs: Path, tmp_pa
     assert info.test_metrics["temperature"] == pytest.approx(info.temperature)
 
 
+def test_calibrate_reads_the_validation_images_once(runs: Path, tmp_path: Path,
+                                                   split_files: dict,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibration, the triage threshold and the decision rules are all refitted on the
+    validation split, from one pass over its images."""
+    import skincli.data.evalset as evalset
+
+    reads: list[str] = []
+    real = evalset.read_images
+
+    def counting(paths: list, *args: object, **kwargs: object) -> list:
+        reads.extend(str(p) for p in paths)
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(evalset, "read_images", counting)
+    before = load_run_info(runs / "alpha").extra
+    assert "triage" not in before and "decisions" not in before  # all three need fitting
+    result = _evaluate("alpha", "--runs-dir", str(runs), "--calibrate", "--out",
+                       str(tmp_path / "rep"))
+    assert result.exit_code == 0, result.output
+    extra = load_run_info(runs / "alpha").extra
+    assert extra["calibration"]["n_val"] == 36
+    assert extra["triage"]["n_val"] == 36
+    assert {f["rule"] for f in extra["decisions"]["fits"]} == {"prevalence", "macro-f1"}
+    val = {str(p) for files in split_files["val"].values() for p in files}
+    assert len(val) == 36
+    assert sorted(r for r in reads if r in val) == sorted(val)  # every one, once
+
+
 def test_calibration_does_not_change_accuracy(runs: Path, tmp_path: Path) -> None:
     before = _evaluate("alpha", "--runs-dir", str(runs), "--out", str(tmp_path / "a"))
     after = _evaluate("alpha", "--runs-dir", str(runs), "--calibrate", "--out",

@@ -318,8 +318,8 @@ def command(
 
     from skincli.decision import check_rule
     from skincli.engines.base import resolve_engine_name
-    from skincli.evaluate import load_predictor, resolve_decision
     from skincli.fsutil import check_writable, write_json, write_text
+    from skincli.predictor import load_predictor
 
     rule = check_rule(decision)  # a typo is one line before anything slow
     if prevalence is not None and rule != "prevalence":
@@ -351,6 +351,8 @@ def command(
         check_writable(explain_dir / "x.png", "--explain-dir")
     predictor = load_predictor(run, runs_dir, engine=engine, on_warning=ui.warn)
     if rule != "balanced":
+        from skincli.evaluate import resolve_decision  # fitting needs the evaluation stack
+
         with ui.err_console.status(f"Preparing the {rule} decision rule..."):
             chosen = resolve_decision(predictor, rule, prevalence, batch_size=batch_size)
         for message in chosen.warnings:

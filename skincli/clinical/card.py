@@ -18,7 +18,9 @@ from typing import Any
 from skincli import DISCLAIMER
 from skincli.clinical.snomed import concept
 from skincli.clinical.triage import record_of
+from skincli.decision import decision_summary
 from skincli.errors import SkinError
+from skincli.fsutil import write_json, write_text
 from skincli.runs import MODEL_FILE, RunInfo, load_run_info
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
@@ -160,8 +162,6 @@ def _inputs(extra: dict[str, Any]) -> str:
 
 def _decision(info: RunInfo) -> dict[str, Any] | None:
     """The decision rule the model answers with by default (balanced) and what is stored."""
-    from skincli.decision import decision_summary
-
     try:
         return decision_summary(info)
     except (SkinError, KeyError, TypeError, ValueError):  # a card is still worth writing
@@ -324,8 +324,6 @@ def markdown(card: dict[str, Any]) -> str:
 
 def write(run_dir: str | Path, info: RunInfo | None = None) -> tuple[Path, Path]:
     """Write MODEL_CARD.md and model_card.json into the run folder (atomically)."""
-    from skincli.fsutil import write_json, write_text
-
     run_dir = Path(run_dir)
     card = build(run_dir, info)
     md = write_text(run_dir / CARD_MD, markdown(card))

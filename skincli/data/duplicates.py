@@ -69,7 +69,6 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(bytes_, axis=-1).sum(axis=-1)
 
 
-_popcount = popcount  # older name, used by skincli.monitor
 
 
 def near_duplicate_pairs(manifest: pd.DataFrame, params: NearDupParams | None = None,

@@ -34,11 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from skincli._quiet import silenced_stderr_fd
 from skincli.calibration import softmax
 from skincli.data.evalset import load_eval_set, read_labelled
 from skincli.engines.base import EngineUnavailable
+from skincli.engines.litert import LiteRTEngine
+from skincli.engines.tf import TFEngine
 from skincli.fsutil import atomic_path, write_json
 from skincli.models.colour import load_keras_model
+from skincli.models.graph import embedding_model
 from skincli.runs import MODEL_FILE, RunInfo
 
 TFLITE_FILE = "model.tflite"
@@ -76,9 +80,6 @@ def convert_model(model: Any, quantize: str | None = None,
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-
-    from skincli._quiet import silenced_stderr_fd
-    from skincli.models.graph import embedding_model
 
     both = embedding_model(model)
     if both is None:
@@ -137,9 +138,6 @@ def compare_outputs(ref_logits: np.ndarray, ref_emb: np.ndarray | None,
 def parity(model: Any, tflite_path: Path, images: np.ndarray, n_classes: int,
            input_size: int, temperature: float = 1.0) -> dict[str, Any]:
     """Run the Keras model (TF engine) and the .tflite (LiteRT) on the same images; compare."""
-    from skincli.engines.litert import LiteRTEngine
-    from skincli.engines.tf import TFEngine
-
     ref_logits, ref_emb = TFEngine(model, input_size).forward(images)
     try:
         lite = LiteRTEngine(tflite_path, n_classes, input_size, num_threads=1)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from skincli.models.graph import embedding_model
+
 
 class TFEngine:
     """Run a Keras model (input float32 (N, S, S, 3) 0..255, output logits) with TensorFlow."""
@@ -33,8 +35,6 @@ class TFEngine:
             with self._lock:
                 if self._embed_fn is None:
                     import tensorflow as tf
-
-                    from skincli.models.graph import embedding_model
 
                     both = embedding_model(self.model)
                     self._embed_fn = False if both is None else tf.function(

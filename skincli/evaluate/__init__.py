@@ -20,7 +20,6 @@ from skincli.evaluate.evaluation import (
     evaluate,
     evaluate_predictor,
     is_own_test_split,
-    load_predictor,
     store_test_metrics,
 )
 from skincli.evaluate.refit import (
@@ -32,6 +31,7 @@ from skincli.evaluate.refit import (
 )
 from skincli.evaluate.report import default_out, public, write_report
 from skincli.evaluate.scoring import Scored, score
+from skincli.predictor import load_predictor
 
 __all__ = ["MAX_BOOTSTRAP", "Scored", "Validation", "calibrate_run", "default_out",
            "ensure_triage", "evaluate", "evaluate_predictor", "is_own_test_split",

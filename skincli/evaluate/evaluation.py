@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from skincli.evaluate.refit import Validation, calibrate_run
 from skincli.evaluate.rules import evaluate_decisions, triage_section
 from skincli.evaluate.scoring import Progress, Scored, score
 from skincli.metrics import classification_summary, expected_calibration_error
-from skincli.predictor import Predictor
+from skincli.predictor import Predictor, load_predictor
 from skincli.runs import DEFAULT_RUNS_DIR, update_run_info
 from skincli.subgroups import subgroup_metrics
 
@@ -135,18 +134,6 @@ def store_test_metrics(predictor: Predictor, result: dict[str, Any]) -> None:
                     "data": result["data"]["description"],
                     "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     predictor.info = update_run_info(predictor.run_dir, test_metrics=compact)
-
-
-def load_predictor(run: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
-                   engine: str | None = None,
-                   on_warning: Callable[[str], None] | None = None) -> Predictor:
-    """Load a run's Predictor (a damaged model file is a one-line SkinError from from_run).
-
-    engine: "litert" or "tf" (default $SKIN_ENGINE, else litert); a LiteRT fallback to
-    TensorFlow is one line to `on_warning`.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return Predictor.from_run(run, runs_dir, engine=engine, on_warning=on_warning)
 
 
 def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,

@@ -21,12 +21,6 @@ from typing import Any
 from skincli.errors import SkinError, did_you_mean
 from skincli.models.colour import DEFAULT_POWER, load_keras_model, shades_of_gray_layer
 from skincli.models.colour import METHODS as COLOUR_METHODS
-from skincli.models.efficientnet_lite import NORM_OFFSET, NORM_SCALE, efficientnet_lite
-from skincli.models.pretrained import (
-    lite_package_available,
-    load_lite_imagenet,
-    strict_load_weights,
-)
 
 FAMILY_LITE = "efficientnet_lite"
 FAMILY_KERAS = "keras_applications"
@@ -55,6 +49,9 @@ class ArchSpec:
         if self.family == FAMILY_TINY:
             return True
         if self.family == FAMILY_LITE:
+            # The Lite modules are imported where used: listing archs stays cheap.
+            from skincli.models.pretrained import lite_package_available
+
             return lite_package_available(self.builder)
         return (_keras_models_dir() / self._keras_file(input_size)).is_file()
 
@@ -160,6 +157,8 @@ def _preprocess_layers(mode: str) -> tuple[list[Any], dict[str, Any]]:
 
     base = {"resize": "bilinear", "input": "RGB float32 0..255"}
     if mode == "lite":
+        from skincli.models.efficientnet_lite import NORM_OFFSET, NORM_SCALE
+
         return ([layers.Rescaling(NORM_SCALE, offset=NORM_OFFSET, name="preprocess")],
                 {**base, "normalisation": "(x-127)/128 inside the model"})
     if mode == "unit":
@@ -246,6 +245,9 @@ def fold_bgr_into_first_conv(backbone: Any, builder: str) -> None:
 
 
 def _lite_backbone(spec: ArchSpec, size: int, imagenet: bool) -> Any:
+    from skincli.models.efficientnet_lite import efficientnet_lite
+    from skincli.models.pretrained import load_lite_imagenet
+
     backbone = efficientnet_lite(spec.builder, input_size=size, include_top=False,
                                  normalise=False, pooling=True, name="backbone")
     if imagenet:
@@ -315,6 +317,8 @@ def _load_weights_file(built: BuiltModel, path: Path) -> str:
                         hint="Use weights saved from the same --arch")
     if name.endswith(".weights.h5"):
         attempts = [(model, "model", path), (backbone, "backbone", path)]
+        from skincli.models.pretrained import strict_load_weights
+
         with tempfile.TemporaryDirectory() as tmp:
             # A whole model's file keeps each nested model under layers/<name>; each one is also
             # tried as a backbone-only file (e.g. reusing a trained backbone with a new head).

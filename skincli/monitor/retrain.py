@@ -100,14 +100,14 @@ def _inspect_all(paths: list[str]) -> pd.DataFrame:
 
 def _near(new_ph: np.ndarray, old_ph: np.ndarray, max_bits: int) -> np.ndarray:
     """For each new hash: is any old hash within max_bits bits? (chunked to bound memory)"""
-    from skincli.data.duplicates import _popcount
+    from skincli.data.duplicates import popcount
 
     out = np.zeros(len(new_ph), dtype=bool)
     if not len(new_ph) or not len(old_ph):
         return out
     for start in range(0, len(new_ph), 512):
         x = np.bitwise_xor(new_ph[start:start + 512, None], old_ph[None, :])
-        out[start:start + 512] = (_popcount(x) <= max_bits).any(axis=1)
+        out[start:start + 512] = (popcount(x) <= max_bits).any(axis=1)
     return out
 
 
