@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -19,6 +19,9 @@ from skincli import DISCLAIMER, ui
 from skincli.cli.common import handle_errors
 from skincli.errors import SkinError
 from skincli.imageio import ImageError, is_image_file
+
+if TYPE_CHECKING:  # imported when the command runs: `skin --help` stays fast
+    from skincli.predictor import Predictor
 
 HELP = ("Classify images or folders of images with a trained run (default: the current/latest): "
         "top-k calibrated probabilities, an uncertain verdict, out-of-distribution warnings; "
@@ -51,7 +54,7 @@ def error_dict(exc: ImageError) -> dict[str, str]:
     return {"file": file, "code": exc.code, "error": text}
 
 
-def build_document(predictor: Any, results: list[Any], tta: bool,
+def build_document(predictor: Predictor, results: list[Any], tta: bool,
                    explanations: dict[int, str]) -> dict[str, Any]:
     """The JSON document: model, disclaimer, predictions, errors, summary."""
     preds, errors = [], []
@@ -111,7 +114,7 @@ def _unique_png(folder: Path, stem: str, used: set[str]) -> Path:
     return folder / name
 
 
-def write_explanations(predictor: Any, results: list[Any], folder: Path,
+def write_explanations(predictor: Predictor, results: list[Any], folder: Path,
                        batch_size: int) -> dict[int, str]:
     """Grad-CAM overlays of each prediction's class, one PNG per predicted image."""
     from PIL import Image
@@ -143,7 +146,7 @@ def write_explanations(predictor: Any, results: list[Any], folder: Path,
     return out
 
 
-def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -> int:
+def log_predictions(predictor: Predictor, results: list[Any], store_url: str | None) -> int:
     """Append the predictions to the monitoring store (if that module is installed)."""
     try:
         from skincli.monitor.store import open_store

@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from skincli.runs import resolve_run
 from skincli.serve.settings import Settings
+
+if TYPE_CHECKING:  # loaded in load_model: importing the server stays light
+    from skincli.predictor import Predictor
 
 log = logging.getLogger("skincli.serve")
 
@@ -46,7 +49,7 @@ class Prepared:
 class LoadedModel:
     """A Predictor plus what the API says about it. Immutable once serving."""
 
-    predictor: Any
+    predictor: Predictor
     run_dir: Path
     loaded_at: str
     load_seconds: float
@@ -137,7 +140,7 @@ class LoadedModel:
         return summary
 
 
-def _metadata_inputs(predictor: Any) -> dict[str, Any] | None:
+def _metadata_inputs(predictor: Predictor) -> dict[str, Any] | None:
     """The fields and values of the run's metadata term (None for an image-only model)."""
     head = getattr(predictor, "metadata_head", None)
     if head is None:
@@ -147,7 +150,7 @@ def _metadata_inputs(predictor: Any) -> dict[str, Any] | None:
             "sex": values["sex"], "site": values["site"]}
 
 
-def _engine_facts(predictor: Any) -> dict[str, Any] | None:
+def _engine_facts(predictor: Predictor) -> dict[str, Any] | None:
     """What the engine says about itself (name, runtime, threads), without file paths."""
     engine = getattr(predictor, "engine", None)
     describe = getattr(engine, "describe", None)
