@@ -36,7 +36,6 @@ import numpy as np
 
 from skincli._quiet import silenced_stderr_fd
 from skincli.calibration import softmax
-from skincli.data.evalset import load_eval_set, read_labelled
 from skincli.engines.base import EngineUnavailable
 from skincli.engines.litert import LiteRTEngine
 from skincli.engines.tf import TFEngine
@@ -164,6 +163,9 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 def run_images(run_dir: Path, info: RunInfo, subset: str = "val",
                limit: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
     """Up to `limit` model-input images of the run's split part, else synthetic ones."""
+    # Imported here: reading a split needs pandas, which loading a converted run does not.
+    from skincli.data.evalset import load_eval_set, read_labelled
+
     try:
         eval_set = load_eval_set(run_dir, info.classes, subset=subset)
         images, _ = read_labelled(eval_set, info.classes, int(info.input_size), limit=limit)
