@@ -134,6 +134,7 @@ class Endpoint:
     timeout_s: float = 30.0
     retry: Retry = field(default_factory=Retry)
     auth: Any = None  # an Auth, or None
+    kind: str = "dicomweb"  # or "fhir"
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/") + "/"
@@ -326,4 +327,7 @@ def _summary(resp: httpx.Response) -> str:
         texts = [str(i.get("diagnostics") or (i.get("details") or {}).get("text")
                      or i.get("code")) for i in body.get("issue", [])[:3]]
         return ": " + "; ".join(" ".join(t.split())[:200] for t in texts)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):  # OAuth2 errors
+        text = f"{body['error']} {body.get('error_description') or ''}"
+        return ": " + " ".join(text.split())[:200]
     return ""
