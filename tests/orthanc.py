@@ -146,8 +146,8 @@ class Orthanc:
         return httpx.get(self.url + path, auth=(self.user, self.password), timeout=30, **kw)
 
 
-@pytest.fixture(scope="module")
-def orthanc() -> Iterator[Orthanc]:
+@pytest.fixture(scope="module", name="orthanc")
+def orthanc_fixture() -> Iterator[Orthanc]:
     """One Orthanc for the module (started once: it takes a second or two)."""
     need("Orthanc", "cc")
     root = Path(tempfile.mkdtemp(prefix="skin-orthanc-"))

@@ -256,8 +256,8 @@ def _metadata_records(path: Path, paths: list[Path]) -> list[dict[str, str]]:
 
 @handle_errors
 def command(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Image files and/or folders (searched recursively).", show_default=False)],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Image files and/or folders (searched recursively).", show_default=False)] = None,
     run: Annotated[str | None, typer.Option(
         "--run", help="Run folder or name under --runs-dir (default: current/latest).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 3,
@@ -311,9 +311,31 @@ def command(
         "--metadata", help="Per-image age, sex and site from a metadata CSV (ISIC archive "
         "export, HAM10000_metadata.csv or ISIC challenge metadata), joined by file name; for a "
         "model trained with --use-metadata.", dir_okay=False)] = None,
+    dicomweb: Annotated[str | None, typer.Option(
+        "--dicomweb", help="Read the images from this configured DICOMweb source instead of "
+        "files (with --study; see docs/clinical.md).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="With --dicomweb: the Study "
+                                              "Instance UID.")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="With --dicomweb: only this "
+                                               "series.")] = None,
+    instance: Annotated[str | None, typer.Option("--instance", help="With --dicomweb: only "
+                                                 "this SOP instance.")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="With --dicomweb: the job's "
+                                               "id (a repeat prints the stored result).")] = None,
+    clinical_config: Annotated[Path | None, typer.Option(
+        "--clinical-config", help="With --dicomweb: the sources/destinations YAML (default: "
+        "$SKIN_CLINICAL_CONFIG).", dir_okay=False)] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if dicomweb is not None:
+        from skincli.cli.dicomweb import predict_dicomweb
+
+        return predict_dicomweb(source=dicomweb, study=study, series=series, instance=instance,
+                                job_id=job_id, config_path=clinical_config, run=run,
+                                runs_dir=runs_dir, engine=engine, audit_log=audit_log,
+                                as_json=as_json)
+    inputs = inputs or []
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from skincli.decision import check_rule, resolve_decision

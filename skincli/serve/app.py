@@ -35,7 +35,7 @@ from skincli.errors import SkinError, did_you_mean
 from skincli.image_quality import blank_reason, is_flagged, warning_for
 from skincli.imageio import ImageError
 from skincli.runs import RUN_FILE
-from skincli.serve import clinical, schemas
+from skincli.serve import clinical, jobs, schemas
 from skincli.serve.auth import HEADER
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
 from skincli.serve.explaining import heatmap_for, render
@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     swagger = swagger_ui_dir()
     _routes(app, state, docs=swagger is not None)
     app.include_router(clinical.router)
+    app.include_router(jobs.router)  # POST /v1/jobs: studies by reference (clinical config)
     _enum_classes_in_schema(app, state)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,0 +1,109 @@
+"""`POST /v1/jobs`, `GET /v1/jobs/{id}`: classify a study by reference (skincli.clinical.jobs).
+
+The body names a configured source and UIDs, never a URL:
+    {"source": "pacs", "study_uid": "1.2...", "series_uid": null, "sop_instance_uid": null,
+     "id": "optional-client-job-id"}
+The answer is the job's record (state done or failed, the predictions by UID, where the SR
+and the FHIR report went, or a one-line error). 201 for a job run now; a repeat of an id is
+answered 200 with the stored record and `"replayed": true` (nothing is run again); the same id
+with other UIDs is 409 `job_conflict`. The clinical configuration comes from
+$SKIN_CLINICAL_CONFIG; without it the routes answer 404 `jobs_not_configured`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio.from_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from skincli.clinical import audit, config, jobs
+from skincli.errors import SkinError
+from skincli.serve.auth import presented_key
+from skincli.serve.errors import ApiError
+
+log = logging.getLogger("skincli.serve")
+router = APIRouter(tags=["jobs"])
+
+
+class JobIn(BaseModel):
+    """A job by reference: a configured source and the UIDs to read."""
+
+    source: str = Field(max_length=64, description="A source name from the configuration")
+    study_uid: str = Field(max_length=64)
+    series_uid: str | None = Field(default=None, max_length=64)
+    sop_instance_uid: str | None = Field(default=None, max_length=64)
+    id: str | None = Field(default=None, max_length=64, description="Client job id "
+                           "(idempotency key); generated when absent")
+    model_config = {"extra": "forbid"}
+
+
+_CONFIG: dict[str, Any] = {}
+
+
+def _config() -> config.ClinicalConfig:
+    """The clinical configuration, read once ($SKIN_CLINICAL_CONFIG)."""
+    import os
+
+    path = os.environ.get(config.CONFIG_ENV)
+    if not path:
+        raise ApiError("jobs_not_configured", "Jobs by reference are not configured on this "
+                       "server (set SKIN_CLINICAL_CONFIG)", status=404)
+    if _CONFIG.get("path") != path:
+        try:
+            _CONFIG.update(path=path, cfg=config.load(path))
+        except SkinError as exc:
+            raise ApiError("jobs_not_configured", f"The clinical configuration is invalid: "
+                           f"{exc}", status=503) from None
+    return _CONFIG["cfg"]
+
+
+def _keyed(request: Request) -> Any:
+    state = request.app.state.skin
+    state.keys.require(request)
+    return state
+
+
+@router.post("/v1/jobs", status_code=201, summary="Classify a study by reference")
+async def create_job(request: Request, body: JobIn) -> JSONResponse:
+    state = _keyed(request)
+    cfg = _config()
+    model = state.model()
+    req = jobs.JobRequest(source=body.source, study_uid=body.study_uid,
+                          series_uid=body.series_uid, sop_instance_uid=body.sop_instance_uid,
+                          id=body.id)
+    settings = state.settings
+    log_path = settings.audit_log or audit.default_path(settings.runs_dir)
+    caller = audit.key_id(presented_key(request))
+
+    def predict(images: list[Any]) -> list[Any]:
+        # On the inference thread, in queue order with the other requests.
+        deadline = time.perf_counter() + settings.timeout_s
+        return anyio.from_thread.run(state.call, lambda: model.predictor.predict(images),
+                                     deadline)
+
+    try:
+        record, replayed = await run_in_threadpool(
+            jobs.run, cfg, model.predictor, req, audit_log=audit.AuditLog(log_path),
+            caller=caller, predict=predict)
+    except jobs.JobConflict as exc:
+        raise ApiError("job_conflict", str(exc), status=409) from None
+    except SkinError as exc:
+        raise ApiError("invalid_request", str(exc)) from None
+    if record.get("state") == "failed":
+        log.warning("job %s failed: %s", record["id"], record.get("error"))
+    return JSONResponse({**record, "replayed": replayed}, status_code=200 if replayed else 201)
+
+
+@router.get("/v1/jobs/{job_id}", summary="A job's record")
+async def get_job(request: Request, job_id: str) -> JSONResponse:
+    _keyed(request)
+    record = jobs.JobStore(_config().jobs_dir).get(job_id)
+    if record is None:
+        raise ApiError("not_found", f"No job {job_id[:64]!r}", status=404)
+    return JSONResponse(record)
