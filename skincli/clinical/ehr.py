@@ -92,6 +92,6 @@ def post(out: Outbound, bundle: dict[str, Any], job_id: str) -> dict[str, Any]:
                                                          "Accept": FHIR_JSON})
     locations = [str((e.get("response") or {}).get("location", ""))
                  for e in resp.json().get("entry", []) or []]
-    report = next((loc.split("/_history")[0] for loc in locations
-                   if loc.startswith("DiagnosticReport/") or "/DiagnosticReport/" in loc), None)
+    report = next(("DiagnosticReport/" + loc.split("DiagnosticReport/", 1)[1].split("/")[0]
+                   for loc in locations if "DiagnosticReport/" in loc), None)
     return {"report": report, "created": True, "entries": len(locations)}

@@ -221,7 +221,9 @@ class Outbound:
         """The endpoint's base joined with a relative path (never another host)."""
         if re.match(r"^[a-z][a-z0-9+.-]*:", path, re.I) or path.startswith(("//", "\\")):
             raise _blocked(self.endpoint.name, "a path that names its own host or scheme")
-        url = urljoin(self.endpoint.url, path.lstrip("/")) if path else self.endpoint.url
+        # No path: the configured URL itself (a token endpoint, a FHIR base), no slash added.
+        url = urljoin(self.endpoint.url, path.lstrip("/")) if path else \
+            self.endpoint.url.rstrip("/")
         self._same_origin(url)
         return url
 
