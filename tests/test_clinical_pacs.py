@@ -209,6 +209,7 @@ def test_the_api_runs_jobs_by_reference(orthanc: Orthanc, runs: Path, tmp_path: 
     with serving(runs, api_key="k-test-123", audit_log=str(tmp_path / "audit.jsonl")) as c:
         body = {"source": "pacs", "study_uid": study, "id": "api-1"}
         assert c.post("/v1/jobs", json=body).status_code == 401
+        assert c.post("/v1/jobs", json={"bogus": 1}).status_code == 401  # auth first
         h = {"X-API-Key": "k-test-123"}
         r = c.post("/v1/jobs", json=body, headers=h)
         assert r.status_code == 201, r.text
