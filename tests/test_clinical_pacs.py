@@ -237,3 +237,57 @@ def test_dicomweb_adapter_keeps_to_the_source(orthanc: Orthanc) -> None:
             dw.client._session.get("http://169.254.169.254/latest")
     finally:
         dw.close()
+
+
+def test_c_store_push_runs_a_job_and_the_sr_reaches_the_pacs(
+        orthanc: Orthanc, runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dcmsend (DCMTK) pushes a dermoscopic image; the SR lands in its study on Orthanc."""
+    need("dcmsend")
+    from serve_proc import free_port
+
+    from skincli.clinical import jobs
+    from skincli.clinical.dimse import StoreReceiver
+    from skincli.evaluate import load_predictor
+
+    port = free_port()
+    path = _config(tmp_path, orthanc, monkeypatch,
+                   receive={"ae_title": "SKINTEST", "port": port, "results_to": "pacs"})
+    cfg = config.load(path)
+    predictor = load_predictor("alpha", runs, engine="tf")
+    log = audit.AuditLog(tmp_path / "audit.jsonl")
+    done: list[dict] = []
+
+    def on_instance(raw: bytes) -> None:
+        done.append(jobs.run_received(cfg, predictor, raw, audit_log=log)[0])
+
+    study = "1.2.826.0.1.3680043.8.498.99"
+    _study(orthanc, study, seed=9)  # the PACS has the study (the SR joins it)
+    dcm = tmp_path / "push.dcm"
+    dcm.write_bytes(orthanc.get(f"/instances/{_orthanc_id(orthanc, study + '.1.1')}/file"
+                                ).content)
+    receiver = StoreReceiver(on_instance, ae_title="SKINTEST", port=port)
+    receiver.start()
+    try:
+        def send(file: Path, aet: str = "SKINTEST") -> subprocess.CompletedProcess:
+            return subprocess.run(["dcmsend", "127.0.0.1", str(port), str(file), "-aec", aet],
+                                  capture_output=True, text=True, timeout=60)
+
+        assert send(dcm).returncode == 0
+        assert len(done) == 1 and done[0]["state"] == "done", done
+        srs = [i for i in _instances(orthanc, study) if i["00080016"]["Value"][0] == SR_CLASS]
+        assert [s["0020000E"]["Value"][0] for s in srs] == [done[0]["sr"]["series_instance_uid"]]
+        assert send(dcm).returncode == 0  # the same instance again: answered, not redone
+        assert done[1] == done[0]
+        assert len([i for i in _instances(orthanc, study)
+                    if i["00080016"]["Value"][0] == SR_CLASS]) == 1
+        # Other SOP classes and other called AE titles are refused at association time.
+        pdf = tmp_path / "doc.dcm"
+        make_dicom(pdf, pdf=b"%PDF-1.4 x")
+        out = send(pdf)
+        assert "No Acceptable Presentation Contexts" in out.stdout + out.stderr
+        out = send(dcm, aet="SOMEONE")
+        assert "rejected" in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
+        assert receiver.received == 2
+    finally:
+        receiver.stop()
+    assert audit.verify(tmp_path / "audit.jsonl").records == 1

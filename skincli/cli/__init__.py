@@ -13,7 +13,19 @@ import yaml
 from rich.markup import escape as rich_escape
 
 from skincli import __version__, ui
-from skincli.cli import audit, card, demo, eda, evaluate, monitor, predict, serve, split, train
+from skincli.cli import (
+    audit,
+    card,
+    demo,
+    eda,
+    evaluate,
+    monitor,
+    predict,
+    receive,
+    serve,
+    split,
+    train,
+)
 from skincli.errors import SkinError
 
 app = typer.Typer(
@@ -38,6 +50,7 @@ for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
 app.add_typer(monitor.app, name="monitor")
 app.command("card", help=card.HELP)(card.command)
 app.add_typer(audit.app, name="audit")
+app.command("receive", help=receive.HELP)(receive.command)
 
 
 def _version(value: bool) -> None:

@@ -12,6 +12,7 @@ One YAML file (`--clinical-config` / $SKIN_CLINICAL_CONFIG), see docs/clinical.m
         type: fhir
         url: http://127.0.0.1:8080/fhir
         auth: {type: smart, token_url: ..., client_id: ..., private_key: ..., kid: ...}
+    receive: {ae_title: SKINCLI, host: 127.0.0.1, port: 11112, results_to: pacs}
     results:
       sr: true               # store a DICOM SR into the source study by STOW-RS
       fhir: ehr              # POST the FHIR transaction Bundle here
@@ -34,7 +35,8 @@ from skincli.clinical.outbound import BasicAuth, BearerAuth, Endpoint, Retry
 from skincli.errors import SkinError, did_you_mean
 
 CONFIG_ENV = "SKIN_CLINICAL_CONFIG"
-_TOP = {"sources", "destinations", "results", "jobs_dir", "device"}
+_TOP = {"sources", "destinations", "results", "jobs_dir", "device", "receive"}
+_RECEIVE = {"ae_title", "host", "port", "results_to"}
 _ENDPOINT = {"url", "type", "auth", "allow_loopback", "allow_private", "timeout_s", "retry"}
 _RETRY = {"attempts", "base_s", "cap_s", "deadline_s"}
 _AUTH = {"none": set(), "basic": {"username", "password_env"}, "bearer": {"token_env"},
@@ -55,6 +57,12 @@ class ClinicalConfig:
     jobs_dir: Path = Path("runs/jobs")
     device: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    # DIMSE C-STORE receiver (`skin receive`): where it listens, where the SR of a pushed
+    # image is stored (a source name; None = nowhere).
+    receive_ae_title: str = "SKINCLI"
+    receive_host: str = "127.0.0.1"
+    receive_port: int = 11112
+    receive_results_to: str | None = None
 
     def source(self, name: str) -> Endpoint:
         """A configured DICOMweb source by name (one line with did-you-mean otherwise)."""
@@ -158,6 +166,14 @@ def parse(raw: Any, base: Path = Path(".")) -> ClinicalConfig:
         if cfg.fhir not in cfg.destinations or cfg.destinations[cfg.fhir].kind != "fhir":
             raise SkinError(f"results.fhir names {cfg.fhir!r}, which is not a fhir destination"
                             + did_you_mean(cfg.fhir, cfg.destinations))
+    receive = _mapping("receive", raw.get("receive"))
+    _keys("receive", receive, _RECEIVE)
+    cfg.receive_ae_title = str(receive.get("ae_title", cfg.receive_ae_title))[:16]
+    cfg.receive_host = str(receive.get("host", cfg.receive_host))
+    cfg.receive_port = int(receive.get("port", cfg.receive_port))
+    if receive.get("results_to"):
+        cfg.receive_results_to = str(receive["results_to"])
+        cfg.source(cfg.receive_results_to)  # an unknown name: one line, did-you-mean
     device = _mapping("device", raw.get("device"))
     _keys("device", device, _DEVICE)
     cfg.device = {k: str(v) for k, v in device.items()}

@@ -26,7 +26,7 @@ from typing import Any
 
 from skincli.clinical import audit, dicom, ehr, fhir, sr
 from skincli.clinical.config import ClinicalConfig
-from skincli.clinical.dicomweb import DicomWeb
+from skincli.clinical.dicomweb import IMAGE_CLASSES, DicomWeb, InstanceRef
 from skincli.clinical.outbound import Outbound
 from skincli.errors import SkinError
 from skincli.fsutil import write_json
@@ -125,14 +125,21 @@ def run(cfg: ClinicalConfig, predictor: Any, req: JobRequest, *, audit_log: audi
     """Run a job (or return the stored one); (record, replayed). SkinError only for a bad
     request or a conflicting id; every later failure is recorded as state `failed`."""
     req.check()
-    job_id = req.id or uuid.uuid4().hex
+    return _execute(cfg, predictor, req, req.id or uuid.uuid4().hex, audit_log, caller,
+                    predict)
+
+
+def _execute(cfg: ClinicalConfig, predictor: Any, req: JobRequest, job_id: str,
+             audit_log: audit.AuditLog, caller: str,
+             predict: Callable[[list[Any]], list[Any]] | None,
+             received: bytes | None = None) -> tuple[dict[str, Any], bool]:
     store = JobStore(cfg.jobs_dir)
     record, new = store.claim(req, job_id)
     if not new:
         return record, True
     try:
         _steps(cfg, predictor, req, record, store, audit_log, caller,
-               predict or predictor.predict)
+               predict or predictor.predict, received)
         record.update(state="done", step="done")
     except SkinError as exc:
         record.update(state="failed", error=str(exc))
@@ -146,17 +153,24 @@ def run(cfg: ClinicalConfig, predictor: Any, req: JobRequest, *, audit_log: audi
 
 def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[str, Any],
            store: JobStore, audit_log: audit.AuditLog, caller: str,
-           predict: Callable[[list[Any]], list[Any]]) -> None:
+           predict: Callable[[list[Any]], list[Any]], received: bytes | None = None) -> None:
     def step(name: str) -> None:
         record["step"] = name
         store.save(record)
 
-    source = cfg.source(req.source)
-    dw = DicomWeb(source)
+    source = cfg.source(req.source) if req.source else None
+    dw = DicomWeb(source) if source is not None else None
     try:
-        step("fetching")
-        refs = dw.images(req.study_uid, req.series_uid, req.sop_instance_uid)
-        raws = [dw.retrieve(req.study_uid, ref) for ref in refs]
+        if received is None:
+            assert dw is not None
+            step("fetching")
+            refs = dw.images(req.study_uid, req.series_uid, req.sop_instance_uid)
+            raws = [dw.retrieve(req.study_uid, ref) for ref in refs]
+        else:  # pushed to us by C-STORE
+            got = dicom.read_ref(received)
+            refs = [InstanceRef(got.series_uid or "", got.sop_instance_uid or "",
+                                got.sop_class_uid or "")]
+            raws = [received]
         images = [dicom.decode(raw, name=f"instance {i + 1}") for i, raw in enumerate(raws)]
         step("predicting")
         preds = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in predict(images)]
@@ -176,7 +190,7 @@ def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[st
              "prediction": {k: pd[k] for k in ("label", "probability", "probabilities",
                                                 "uncertain", "warnings", "triage") if k in pd}}
             for ref, sha, pd in zip(refs, shas, preds)]
-        if cfg.store_sr:
+        if cfg.store_sr and dw is not None:
             step("storing SR")
             import pydicom
 
@@ -197,13 +211,34 @@ def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[st
                     collection = fhir.bundle(pd, model, dicom=dicom.read_ref(raw).to_dict(),
                                              request_id=jid, image_sha256=sha)
                     bundle = ehr.transaction(collection, jid, study_uid=req.study_uid,
-                                             wado_url=source.url.rstrip("/"))
+                                             wado_url=source.url.rstrip("/") if source
+                                             else None)
                     stored.append(ehr.post(out, bundle, jid))
                 record["fhir"] = {"destination": cfg.fhir, "reports": stored}
             finally:
                 out.close()
     finally:
-        dw.close()
+        if dw is not None:
+            dw.close()
+
+
+def run_received(cfg: ClinicalConfig, predictor: Any, raw: bytes, *,
+                 audit_log: audit.AuditLog, caller: str = "dimse",
+                 predict: Callable[[list[Any]], list[Any]] | None = None
+                 ) -> tuple[dict[str, Any], bool]:
+    """A job for one instance pushed by C-STORE (its results go to `receive.results_to`).
+
+    The job id derives from the SOP Instance UID: the same instance sent twice is one job.
+    """
+    ref = dicom.read_ref(raw)
+    if ref.sop_class_uid not in IMAGE_CLASSES or not ref.study_uid or not ref.sop_instance_uid:
+        raise SkinError("The instance is not a dermoscopic or VL photographic image with "
+                        "study and SOP instance UIDs", hint="Send dermoscopic photographs")
+    job_id = "cstore-" + hashlib.sha256(ref.sop_instance_uid.encode()).hexdigest()[:24]
+    req = JobRequest(source=cfg.receive_results_to or "", study_uid=ref.study_uid,
+                     series_uid=ref.series_uid, sop_instance_uid=ref.sop_instance_uid,
+                     id=job_id)
+    return _execute(cfg, predictor, req, job_id, audit_log, caller, predict, received=raw)
 
 
 def _bytes_io(raw: bytes) -> Any:
