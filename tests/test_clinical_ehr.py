@@ -206,3 +206,24 @@ def test_a_refused_bundle_is_summarised_in_one_line(fhir_server: FhirServer) -> 
         out.close()
     assert err.value.status in (400, 422) and "\n" not in str(err.value)
     assert "HTTP" in str(err.value) and "Not retried" in str(err.value)
+
+
+def test_an_ehr_that_refuses_fails_the_job_in_one_line(
+        orthanc: Orthanc, fhir_server: FhirServer, runs: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    orthanc.upload(make_dicom(None, noise_rgb(64, 64, seed=4)))
+    cfg = _config(tmp_path, orthanc, fhir_server, monkeypatch)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["destinations"]["ehr"]["auth"]["client_id"] = "not-registered"
+    cfg.write_text(yaml.safe_dump(doc))
+    before = _counts(fhir_server)
+    r = runner.invoke(app, ["predict", "--dicomweb", "pacs", "--study", STUDY_UID,
+                            "--job-id", "ehr-refused", "--clinical-config", str(cfg),
+                            "--run", "alpha", "--runs-dir", str(runs), "--engine", "tf",
+                            "--audit-log", str(tmp_path / "audit.jsonl")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "invalid_client" in _flat(r.output) and "Unknown client_id" in _flat(r.output)
+    record = json.loads((tmp_path / "jobs" / "ehr-refused.json").read_text())
+    assert record["state"] == "failed" and record["step"] == "sending FHIR"
+    assert "invalid_client" in record["error"]
+    assert _counts(fhir_server) == before

@@ -127,6 +127,11 @@ def test_a_job_by_reference_stores_an_sr_in_the_same_study(
     assert len([i for i in _instances(orthanc, STUDY_UID)
                 if i["00080016"]["Value"][0] == SR_CLASS]) == 1
     assert audit.verify(log).records == 1  # one job, one audit record
+    r = _predict(cfg, runs, "pacs", "--study", STUDY_UID, "--job-id", "job-1",
+                 "--audit-log", str(log))
+    shown = _flat(r.output)
+    assert r.exit_code == 0 and "Job job-1 ran before" in shown, r.output
+    assert f"{SOP_UID}: {label}" in shown and f"SR stored in study {STUDY_UID}" in shown
     # No patient identifier in the job store, the audit log or any log line.
     stored = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*.json"))
     text = stored + log.read_text() + caplog.text + r.output
