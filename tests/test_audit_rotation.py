@@ -91,6 +91,23 @@ def test_size_rotation_and_plain_segments(tmp_path: Path, key: Path) -> None:
     assert audit.verify(path, key).ok
 
 
+
+def test_rotation_from_the_environment(tmp_path: Path, key: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """How the server and the CLI get rotation: SKIN_AUDIT_ROTATE_BYTES and SKIN_AUDIT_KEY."""
+    monkeypatch.setenv("SKIN_AUDIT_ROTATE_BYTES", "1200")
+    monkeypatch.setenv("SKIN_AUDIT_KEY", str(key))
+    path = tmp_path / "log" / "audit.jsonl"
+    log = audit.AuditLog(path)
+    for i in range(10):
+        log.append([_entry(i)])
+    assert len(auditsign.segments(path)) >= 2
+    assert audit.verify(path).ok  # the key from the environment too
+    monkeypatch.setenv("SKIN_AUDIT_ROTATE_BYTES", "lots")
+    with pytest.raises(SkinError, match="number of bytes"):
+        audit.AuditLog(path)
+
+
 def _bad(path: Path, key: Path) -> audit.Verification:
     res = audit.verify(path, key)
     assert not res.ok, res

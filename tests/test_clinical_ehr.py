@@ -227,3 +227,24 @@ def test_an_ehr_that_refuses_fails_the_job_in_one_line(
     assert record["state"] == "failed" and record["step"] == "sending FHIR"
     assert "invalid_client" in record["error"]
     assert _counts(fhir_server) == before
+
+
+def test_es384_assertions_verify(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path = tmp_path / "ec.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    jwt = smart.client_assertion(smart.load_key(path, "ES384"), "ES384", "k", "c",
+                                 "https://ehr.example/token")
+    head, body, sig = jwt.split(".")
+    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    assert len(raw) == 96
+    der = encode_dss_signature(int.from_bytes(raw[:48], "big"), int.from_bytes(raw[48:], "big"))
+    key.public_key().verify(der, f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA384()))
+    with pytest.raises(Exception, match="does not fit alg RS384"):
+        smart.load_key(path, "RS384")

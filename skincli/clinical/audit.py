@@ -114,8 +114,13 @@ class AuditLog:
         self.timeout_s = float(timeout_s)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         env_max = os.environ.get(ROTATE_ENV)
-        self.max_bytes = max_bytes if max_bytes is not None else (
-            int(env_max) if env_max else None)
+        if max_bytes is None and env_max:
+            try:
+                max_bytes = int(env_max)
+            except ValueError:
+                raise SkinError(f"${ROTATE_ENV} must be a number of bytes, not {env_max!r}",
+                                hint="e.g. 50000000 for about 50 MB per segment") from None
+        self.max_bytes = max_bytes
         self.compress = compress
         self.key_path = auditsign.key_path(signing_key)
         self._key: Any = None
