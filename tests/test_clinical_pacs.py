@@ -204,8 +204,11 @@ def test_configuration_errors_are_one_line(tmp_path: Path,
 
 
 def test_the_api_runs_jobs_by_reference(orthanc: Orthanc, runs: Path, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     from test_serve_support import serving
+
+    caplog.set_level(logging.DEBUG)
 
     study = "1.2.826.0.1.3680043.8.498.88"
     _study(orthanc, study, seed=8)
@@ -229,6 +232,11 @@ def test_the_api_runs_jobs_by_reference(orthanc: Orthanc, runs: Path, tmp_path: 
         assert c.get("/v1/jobs/api-1", headers=h).json()["state"] == "done"
         assert c.get("/v1/jobs/nope", headers=h).status_code == 404
     assert audit.verify(tmp_path / "audit.jsonl").records == 1
+    text = caplog.text + (tmp_path / "audit.jsonl").read_text() + "".join(
+        p.read_text() for p in (tmp_path / "jobs").glob("*.json"))
+    for value in PHI.values():
+        assert value not in text
+    assert orthanc.password not in text and "k-test-123" not in text
 
 
 def test_dicomweb_adapter_keeps_to_the_source(orthanc: Orthanc) -> None:
