@@ -1,4 +1,4 @@
-"""A throw-away Orthanc PACS (Debian `orthanc` + `orthanc-dicomweb`) for tests.
+"""A throw-away Orthanc PACS (Debian `orthanc` + `orthanc-dicomweb`, `orthanc-python`) for tests.
 
 Orthanc has its own configuration, storage and index in a temporary folder, HTTP Basic auth
 (`skin` / a random password), the DICOMweb plugin, and free ports for HTTP and DICOM.
@@ -56,7 +56,7 @@ def need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
     if missing:
         why = f"not installed: {', '.join(missing)} (apt-get install orthanc " \
-              "orthanc-dicomweb dcmtk dicom3tools)"
+              "orthanc-dicomweb orthanc-python dcmtk dicom3tools gcc)"
         if os.environ.get("SKIN_REQUIRE_CLINICAL") == "1":
             pytest.fail(why)
         pytest.skip(why)
@@ -70,11 +70,31 @@ def _plugin() -> Path | None:
     return None
 
 
-class Orthanc:
-    """One Orthanc on loopback: `url`, `dicomweb`, `dicom_port`, `user`, `password`."""
+# With `bearer`: the orthanc-python plugin refuses every HTTP request without this token (the
+# token reaches the script through the environment, never a file or the command line).
+BEARER_FILTER = """
+import hmac, os
+import orthanc
 
-    def __init__(self, root: Path) -> None:
+EXPECTED = "Bearer " + os.environ["SKIN_TEST_ORTHANC_TOKEN"]
+
+
+def allowed(uri, **request):
+    got = request.get("headers", {}).get("authorization", "")
+    return hmac.compare_digest(got.encode(), EXPECTED.encode())
+
+
+orthanc.RegisterIncomingHttpRequestFilter(allowed)
+"""
+
+
+class Orthanc:
+    """One Orthanc on loopback: `url`, `dicomweb`, `dicom_port`, `user`, `password` (HTTP Basic),
+    or with `bearer` a token every request must carry instead."""
+
+    def __init__(self, root: Path, bearer: str | None = None) -> None:
         self.root = root
+        self.bearer = bearer
         self.http_port, self.dicom_port = free_port(), free_port()
         self.user, self.password = "skin", "pw-" + secrets.token_hex(8)
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -86,6 +106,18 @@ class Orthanc:
         plugin = _plugin()
         if plugin is None:
             need("libOrthancDicomWeb.so")
+        plugins = [str(plugin)]
+        extra: dict = {}
+        env = dict(os.environ)
+        if self.bearer is not None:
+            python = plugin.with_name("libOrthancPython.so")
+            if not python.exists():
+                need(str(python))
+            script = self.root / "bearer.py"
+            script.write_text(BEARER_FILTER)
+            plugins.append(str(python))
+            extra = {"PythonScript": str(script), "AuthenticationEnabled": False}
+            env["SKIN_TEST_ORTHANC_TOKEN"] = self.bearer
         shim = self.root / "bind_loopback.so"
         src = self.root / "bind_loopback.c"
         src.write_text(SHIM)
@@ -97,16 +129,16 @@ class Orthanc:
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": self.aet,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
             "RegisteredUsers": {self.user: self.password},
-            "Plugins": [str(plugin)],
+            "Plugins": plugins,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
                          "Host": f"127.0.0.1:{self.http_port}"},
             "HttpThreadsCount": 4, "ConcurrentJobs": 1, "SaveJobs": False,
             "DicomModalities": {}, "DicomCheckCalledAet": True,
-            "UnknownSopClassAccepted": False, "HttpDescribeErrors": True,
+            "UnknownSopClassAccepted": False, "HttpDescribeErrors": True, **extra,
         }
         cfg = self.root / "orthanc.json"
         cfg.write_text(json.dumps(config))
-        env = {**os.environ, "LD_PRELOAD": str(shim)}
+        env["LD_PRELOAD"] = str(shim)
         log = open(self.root / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=log, stderr=log, env=env,
                                      cwd=self.root)
@@ -116,7 +148,7 @@ class Orthanc:
                 raise RuntimeError("Orthanc exited: "
                                    + (self.root / "orthanc.log").read_text()[-2000:])
             try:
-                r = httpx.get(self.url + "/system", auth=(self.user, self.password), timeout=2)
+                r = self.get("/system")
                 if r.status_code == 200:
                     return
             except httpx.TransportError:
@@ -137,13 +169,19 @@ class Orthanc:
 
     def upload(self, raw: bytes) -> dict:
         """Store one DICOM file through Orthanc's REST API (as a modality would)."""
-        r = httpx.post(self.url + "/instances", content=raw,
-                       auth=(self.user, self.password), timeout=30)
+        r = httpx.post(self.url + "/instances", content=raw, timeout=30, **self._auth())
         r.raise_for_status()
         return r.json()
 
-    def get(self, path: str, **kw: object) -> httpx.Response:
-        return httpx.get(self.url + path, auth=(self.user, self.password), timeout=30, **kw)
+    def _auth(self) -> dict:
+        if self.bearer is not None:
+            return {"headers": {"Authorization": f"Bearer {self.bearer}"}}
+        return {"auth": (self.user, self.password)}
+
+    def get(self, path: str, headers: dict | None = None) -> httpx.Response:
+        kw = self._auth()
+        kw["headers"] = {**kw.get("headers", {}), **(headers or {})}
+        return httpx.get(self.url + path, timeout=30, **kw)
 
 
 @pytest.fixture(scope="module", name="orthanc")

@@ -304,3 +304,49 @@ def test_c_store_push_runs_a_job_and_the_sr_reaches_the_pacs(
     finally:
         receiver.stop()
     assert audit.verify(tmp_path / "audit.jsonl").records == 1
+
+
+@pytest.fixture(scope="module")
+def bearer_pacs() -> Any:
+    """An Orthanc that answers only requests carrying its bearer token (orthanc-python)."""
+    import secrets
+    import shutil
+    import tempfile
+
+    need("Orthanc", "cc")
+    root = Path(tempfile.mkdtemp(prefix="skin-orthanc-bearer-"))
+    server = Orthanc(root, bearer="tok-" + secrets.token_hex(12))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_source_with_a_bearer_token(bearer_pacs: Orthanc, runs: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    assert httpx.get(bearer_pacs.url + "/system", timeout=10).status_code in (401, 403)
+    study = "1.2.826.0.1.3680043.8.498.55"
+    _study(bearer_pacs, study, seed=5)
+    monkeypatch.setenv("SKIN_TEST_PACS_TOKEN", bearer_pacs.bearer)
+    doc = {"sources": {"pacs": {"url": bearer_pacs.dicomweb, "allow_loopback": True,
+                                "auth": {"type": "bearer", "token_env": "SKIN_TEST_PACS_TOKEN"},
+                                "retry": {"attempts": 1}}},
+           "results": {"sr": True}, "jobs_dir": "jobs"}
+    cfg = tmp_path / "bearer.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    r = _predict(cfg, runs, "pacs", "--study", study, "--job-id", "b-1", "--json",
+                 "--audit-log", str(tmp_path / "audit.jsonl"))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["state"] == "done"
+    assert len([i for i in _instances(bearer_pacs, study)
+                if i["00080016"]["Value"][0] == SR_CLASS]) == 1
+    monkeypatch.setenv("SKIN_TEST_PACS_TOKEN", "tok-wrong-canary")
+    r = _predict(cfg, runs, "pacs", "--study", study, "--job-id", "b-2")
+    assert r.exit_code == 1 and "refused with HTTP" in _flat(r.output)
+    text = r.output + (tmp_path / "jobs" / "b-2.json").read_text() + \
+        (tmp_path / "jobs" / "b-1.json").read_text()
+    assert "tok-wrong-canary" not in text and bearer_pacs.bearer not in text
