@@ -350,3 +350,27 @@ def test_a_source_with_a_bearer_token(bearer_pacs: Orthanc, runs: Path, tmp_path
     text = r.output + (tmp_path / "jobs" / "b-2.json").read_text() + \
         (tmp_path / "jobs" / "b-1.json").read_text()
     assert "tok-wrong-canary" not in text and bearer_pacs.bearer not in text
+
+
+def test_a_heat_map_beside_the_sr_says_not_for_diagnosis(
+        orthanc: Orthanc, runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need("dciodvfy")
+    study = "1.2.826.0.1.3680043.8.498.66"
+    _study(orthanc, study, seed=6)
+    cfg = _config(tmp_path, orthanc, monkeypatch, results={"sr": True, "heatmap": True})
+    r = _predict(cfg, runs, "pacs", "--study", study, "--json",
+                 "--audit-log", str(tmp_path / "audit.jsonl"))
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.output)
+    sc = [i for i in _instances(orthanc, study)
+          if i["00080016"]["Value"][0] == "1.2.840.10008.5.1.4.1.1.7"]
+    assert len(sc) == 1 and record["heatmap"]["instances"] == 1
+    ds = pydicom.dcmread(io.BytesIO(orthanc.get(
+        f"/instances/{_orthanc_id(orthanc, sc[0]['00080018']['Value'][0])}/file").content))
+    assert "NOT FOR DIAGNOSIS" in ds.SeriesDescription and "NOT FOR DIAGNOSIS" in ds.ImageComments
+    assert ds.StudyInstanceUID == study and ds.Rows == 64 and ds.SamplesPerPixel == 3
+    path = tmp_path / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [x for x in (check.stdout + check.stderr).splitlines() if x.startswith("Error")]
+    assert errors == [], errors

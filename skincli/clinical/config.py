@@ -41,7 +41,7 @@ _ENDPOINT = {"url", "type", "auth", "allow_loopback", "allow_private", "timeout_
 _RETRY = {"attempts", "base_s", "cap_s", "deadline_s"}
 _AUTH = {"none": set(), "basic": {"username", "password_env"}, "bearer": {"token_env"},
          "smart": {"token_url", "client_id", "private_key", "kid", "scope", "alg"}}
-_RESULTS = {"sr", "fhir"}
+_RESULTS = {"sr", "heatmap", "fhir"}
 _DEVICE = {"manufacturer", "model_name", "device_uid", "institution"}
 _TYPES = ("dicomweb", "fhir")
 
@@ -53,6 +53,7 @@ class ClinicalConfig:
     sources: dict[str, Endpoint] = field(default_factory=dict)
     destinations: dict[str, Endpoint] = field(default_factory=dict)
     store_sr: bool = False
+    heatmap: bool = False  # with the SR, a Secondary Capture heat map (not for diagnosis)
     fhir: str | None = None
     jobs_dir: Path = Path("runs/jobs")
     device: dict[str, str] = field(default_factory=dict)
@@ -161,6 +162,10 @@ def parse(raw: Any, base: Path = Path(".")) -> ClinicalConfig:
     results = _mapping("results", raw.get("results"))
     _keys("results", results, _RESULTS)
     cfg.store_sr = bool(results.get("sr", False))
+    cfg.heatmap = bool(results.get("heatmap", False))
+    if cfg.heatmap and not cfg.store_sr:
+        raise SkinError("results.heatmap needs results.sr: true",
+                        hint="The heat map is stored beside the SR")
     if results.get("fhir"):
         cfg.fhir = str(results["fhir"])
         if cfg.fhir not in cfg.destinations or cfg.destinations[cfg.fhir].kind != "fhir":

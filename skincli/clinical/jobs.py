@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from skincli.clinical import audit, dicom, ehr, fhir, sr
+from skincli.clinical import audit, dicom, ehr, fhir, heatmap, sr
 from skincli.clinical.config import ClinicalConfig
 from skincli.clinical.dicomweb import IMAGE_CLASSES, DicomWeb, InstanceRef
 from skincli.clinical.outbound import Outbound
@@ -120,18 +120,21 @@ def _job_uid(job_id: str, what: str) -> str:
 
 
 def run(cfg: ClinicalConfig, predictor: Any, req: JobRequest, *, audit_log: audit.AuditLog,
-        caller: str = "cli", predict: Callable[[list[Any]], list[Any]] | None = None
+        caller: str = "cli", infer: Callable[[Callable[[], Any]], Any] | None = None
         ) -> tuple[dict[str, Any], bool]:
     """Run a job (or return the stored one); (record, replayed). SkinError only for a bad
-    request or a conflicting id; every later failure is recorded as state `failed`."""
+    request or a conflicting id; every later failure is recorded as state `failed`.
+
+    `infer(fn)` runs a model call (the server runs it on its inference thread); default: now.
+    """
     req.check()
     return _execute(cfg, predictor, req, req.id or uuid.uuid4().hex, audit_log, caller,
-                    predict)
+                    infer)
 
 
 def _execute(cfg: ClinicalConfig, predictor: Any, req: JobRequest, job_id: str,
              audit_log: audit.AuditLog, caller: str,
-             predict: Callable[[list[Any]], list[Any]] | None,
+             infer: Callable[[Callable[[], Any]], Any] | None,
              received: bytes | None = None) -> tuple[dict[str, Any], bool]:
     store = JobStore(cfg.jobs_dir)
     record, new = store.claim(req, job_id)
@@ -139,7 +142,7 @@ def _execute(cfg: ClinicalConfig, predictor: Any, req: JobRequest, job_id: str,
         return record, True
     try:
         _steps(cfg, predictor, req, record, store, audit_log, caller,
-               predict or predictor.predict, received)
+               infer or (lambda fn: fn()), received)
         record.update(state="done", step="done")
     except SkinError as exc:
         record.update(state="failed", error=str(exc))
@@ -153,7 +156,7 @@ def _execute(cfg: ClinicalConfig, predictor: Any, req: JobRequest, job_id: str,
 
 def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[str, Any],
            store: JobStore, audit_log: audit.AuditLog, caller: str,
-           predict: Callable[[list[Any]], list[Any]], received: bytes | None = None) -> None:
+           infer: Callable[[Callable[[], Any]], Any], received: bytes | None = None) -> None:
     def step(name: str) -> None:
         record["step"] = name
         store.save(record)
@@ -173,7 +176,7 @@ def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[st
             raws = [received]
         images = [dicom.decode(raw, name=f"instance {i + 1}") for i, raw in enumerate(raws)]
         step("predicting")
-        preds = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in predict(images)]
+        preds = [p.to_dict() for p in infer(lambda: predictor.predict(images))]
         shas = [hashlib.sha256(raw).hexdigest() for raw in raws]
         job_ids = [record["id"]] if len(preds) == 1 else \
             [f"{record['id']}.{i + 1}" for i in range(len(preds))]
@@ -199,9 +202,22 @@ def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[st
             sop_uid = _job_uid(record["id"], "sr-instance")
             doc = sr.build(datasets, preds, model, cfg.device, series_uid=series_uid,
                            sop_instance_uid=sop_uid)
-            dw.store([doc], req.study_uid)
+            stored = [doc]
+            if cfg.heatmap:
+                step("drawing heat maps")
+                sc_series = _job_uid(record["id"], "sc-series")
+                stored += [heatmap.build(ds, pixels, pd["label"], series_uid=sc_series,
+                                         sop_instance_uid=_job_uid(record["id"], f"sc-{i}"),
+                                         device=cfg.device, instance_number=i + 1)
+                           for i, (ds, pixels, pd) in enumerate(zip(
+                               datasets, heatmap.overlays(predictor, images, infer), preds))]
+                step("storing SR")
+            dw.store(stored, req.study_uid)
             record["sr"] = {"source": req.source, "study_instance_uid": req.study_uid,
                             "series_instance_uid": series_uid, "sop_instance_uid": sop_uid}
+            if cfg.heatmap:
+                record["heatmap"] = {"series_instance_uid": sc_series,
+                                     "instances": len(stored) - 1}
         if cfg.fhir:
             step("sending FHIR")
             out = Outbound(cfg.destinations[cfg.fhir])
@@ -224,7 +240,7 @@ def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[st
 
 def run_received(cfg: ClinicalConfig, predictor: Any, raw: bytes, *,
                  audit_log: audit.AuditLog, caller: str = "dimse",
-                 predict: Callable[[list[Any]], list[Any]] | None = None
+                 infer: Callable[[Callable[[], Any]], Any] | None = None
                  ) -> tuple[dict[str, Any], bool]:
     """A job for one instance pushed by C-STORE (its results go to `receive.results_to`).
 
@@ -238,7 +254,7 @@ def run_received(cfg: ClinicalConfig, predictor: Any, raw: bytes, *,
     req = JobRequest(source=cfg.receive_results_to or "", study_uid=ref.study_uid,
                      series_uid=ref.series_uid, sop_instance_uid=ref.sop_instance_uid,
                      id=job_id)
-    return _execute(cfg, predictor, req, job_id, audit_log, caller, predict, received=raw)
+    return _execute(cfg, predictor, req, job_id, audit_log, caller, infer, received=raw)
 
 
 def _bytes_io(raw: bytes) -> Any:

@@ -38,7 +38,7 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID
           "StudyTime", "ReferringPhysicianName", "AccessionNumber")
 
 
-def _header(ds: Any) -> Any:
+def evidence_header(ds: Any) -> Any:
     """The attributes of `ds` an SR needs as evidence (no pixel data copied)."""
     from pydicom.dataset import Dataset
 
@@ -88,7 +88,7 @@ def build(sources: Sequence[Any], predictions: Sequence[dict[str, Any]], model: 
     version = str(model.get("version") or "unknown")
     algorithm = AlgorithmIdentification(name=str(model.get("name") or "skincli"),
                                         version=version)
-    sources = [_header(ds) for ds in sources]
+    sources = [evidence_header(ds) for ds in sources]
     skin_lesion, diagnosis = CodedConcept(*_SKIN_LESION), CodedConcept(*_DIAGNOSIS)
     groups = []
     for i, (ds, pred) in enumerate(zip(sources, predictions), start=1):

@@ -108,16 +108,15 @@ async def create_job(request: Request, body: JobIn) -> JSONResponse:
     log_path = settings.audit_log or audit.default_path(settings.runs_dir)
     caller = audit.key_id(presented_key(request))
 
-    def predict(images: list[Any]) -> list[Any]:
+    def infer(fn: Any) -> Any:
         # On the inference thread, in queue order with the other requests.
         deadline = time.perf_counter() + settings.timeout_s
-        return anyio.from_thread.run(state.call, lambda: model.predictor.predict(images),
-                                     deadline)
+        return anyio.from_thread.run(state.call, fn, deadline)
 
     try:
         record, replayed = await run_in_threadpool(
             jobs.run, cfg, model.predictor, req, audit_log=audit.AuditLog(log_path),
-            caller=caller, predict=predict)
+            caller=caller, infer=infer)
     except jobs.JobConflict as exc:
         raise ApiError("job_conflict", str(exc), status=409) from None
     except SkinError as exc:
