@@ -128,6 +128,14 @@ def test_an_edited_line_in_a_compressed_segment_is_named(tmp_path: Path, key: Pa
     assert "content does not match its hash" in res.reason
 
 
+def test_a_damaged_compressed_segment_is_named(tmp_path: Path, key: Path) -> None:
+    path = _rotated(tmp_path, key)
+    seg = auditsign.segments(path)[1][0]
+    seg.write_bytes(seg.read_bytes()[:-12])  # the gzip trailer cut off
+    res = _bad(path, key)
+    assert res.file == str(seg) and "cannot be read" in res.reason
+
+
 def test_a_deleted_middle_segment_is_named(tmp_path: Path, key: Path) -> None:
     path = _rotated(tmp_path, key)
     auditsign.segments(path)[1][0].unlink()
