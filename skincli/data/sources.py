@@ -303,7 +303,8 @@ def load_sources(plan: SourcesPlan, *, labels: str | None = None, group: str | N
         if spec.metadata is not None:
             key = (str(spec.metadata.expanduser().resolve()), tuple(sorted(mapping.items())))
             joins.setdefault(key, []).extend(range(start, len(entries)))
-        warnings = [f"class '{lab}' of source {name} ({counts[lab]} images) maps to no class: "
+        warnings = [f"class '{lab}' of source {name} ({counts[lab]} image"
+                    f"{'s' if counts[lab] != 1 else ''}) maps to no class: "
                     + ("dropped (--drop-unmapped)" if drop_unmapped else
                        "kept under its own name (map it with class_map, or --drop-unmapped)")
                     for lab in unmapped]
