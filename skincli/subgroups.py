@@ -2,8 +2,9 @@
 data source.
 
 The subgroup values come from image metadata (skincli.data.metadata) and, for pooled data,
-the source each image came from (skincli.data.sources), carried in the split file. Each figure has a bootstrap 95% interval; a subgroup whose macro-F1 interval lies wholly
-below the overall macro F1 is flagged. Macro F1 is averaged over the classes present in the
+the source each image came from (skincli.data.sources), carried in the split file. Each
+figure has a bootstrap 95% interval; a subgroup whose macro-F1 interval lies wholly below the
+overall macro F1 is flagged. Macro F1 is averaged over the classes present in the
 subgroup's labels (a subgroup with no dermatofibroma cannot be scored on it).
 """
 
