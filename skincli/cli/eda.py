@@ -52,7 +52,7 @@ DropUnmappedOpt = Annotated[bool, typer.Option(
 def data_plan(data: list[Path] | None, metadata: list[Path] | None, sources: Path | None,
               csv_options: dict[str, Any]) -> SourcesPlan | None:
     """The pooled sources, or None for one DATA (the single-source path, unchanged)."""
-    from skincli.data.sources import plan_sources
+    from skincli.data.sources import check_specs, plan_sources
 
     data, metadata = list(data or []), list(metadata or [])
     if sources is None and len(data) <= 1:
@@ -68,7 +68,9 @@ def data_plan(data: list[Path] | None, metadata: list[Path] | None, sources: Pat
         raise SkinError(f"{' and '.join(given)} apply to one DATA, not to pooled sources",
                         hint="Give each CSV source its options in a --sources file (images:, "
                         "label_col:, ...)")
-    return plan_sources(data, metadata, sources)
+    plan = plan_sources(data, metadata, sources)
+    check_specs(plan.specs)  # a missing path or a repeated name fails before anything else
+    return plan
 
 
 @contextmanager

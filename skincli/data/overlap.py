@@ -57,9 +57,10 @@ def source_overlap(ok: pd.DataFrame, params: NearDupParams | None = None,
         if a in index and b in index:
             uf.union(index[a], index[b])
     comp = uf.components()
+    # Lesion ids (from metadata or a lesion_id column) name one lesion in every source; other
+    # group ids are the source's own.
     rows = ok.assign(_image=[comp[index[s]] for s in ok["sha256"]],
-                     _lesion=ok["lesion_id"].where(ok["lesion_id"] != "", ok["group"])
-                     if "lesion_id" in ok else ok["group"])
+                     _lesion=ok["lesion_id"] if "lesion_id" in ok else "")
     per_source = []
     for name in names:
         r = rows[rows["source"] == name]

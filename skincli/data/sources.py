@@ -288,6 +288,7 @@ def load_sources(plan: SourcesPlan, *, labels: str | None = None, group: str | N
         resolved = {lab: resolve_label(lab, mapping, known) for lab in ds.classes}
         unmapped = sorted(lab for lab, to in resolved.items() if not to)
         counts = {lab: 0 for lab in ds.classes}
+        lesion_column = ds.columns.get("group", "").strip().lower() == "lesion_id"
         start = len(entries)
         for e in ds.entries:
             counts[e.label] += 1
@@ -297,7 +298,8 @@ def load_sources(plan: SourcesPlan, *, labels: str | None = None, group: str | N
                 skipped.append({"path": rel, "source": name, "reason": f"class '{e.label}' of "
                                 f"source {name} maps to no class (--drop-unmapped)"})
                 continue
-            entries.append(replace(e, path=rel, label=to or e.label, source=name))
+            entries.append(replace(e, path=rel, label=to or e.label, source=name,
+                                   **_pooled_group(e, lesion_column, name)))
         skipped += [{**s, "path": _reroot(s["path"], ds.root, common), "source": name}
                     for s in ds.skipped]
         if spec.metadata is not None:
@@ -332,6 +334,17 @@ def load_sources(plan: SourcesPlan, *, labels: str | None = None, group: str | N
         info["classes"] = sorted({e.label for e in entries if e.source == info["name"]})
     _check_pooled(pooled, min_classes)
     return pooled
+
+
+def _pooled_group(e: Entry, lesion_column: bool, source: str) -> dict[str, str]:
+    """A CSV's group id in the pooled set: a lesion id (HAM10000's lesion_id column) is one
+    lesion in every source, spelled as the metadata join spells it; any other group id
+    (a clinic's patient 17) means something only within its own source."""
+    if not e.group:
+        return {}
+    if lesion_column:
+        return {"group": f"lesion:{e.group}", "lesion_id": e.group}
+    return {"group": f"{source}:{e.group}"}
 
 
 def _reroot(path: str, root: Path, common: Path) -> str:

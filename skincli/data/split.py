@@ -121,7 +121,8 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     df = df.reset_index(drop=True)
     uf = UnionFind(len(df))
     for col in ("sha256", "group"):
-        for idx in df[df[col] != ""].groupby(col).indices.values():
+        # Index labels (df has a fresh 0..n-1 index), not positions within the filtered rows.
+        for idx in df[df[col] != ""].groupby(col).groups.values():
             for other in idx[1:]:
                 uf.union(int(idx[0]), int(other))
     near = pd.DataFrame()
