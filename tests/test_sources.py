@@ -287,3 +287,11 @@ def test_evaluate_reports_metrics_per_source(tmp_path: Path,
     for r in rows.values():
         lo, hi = r["ci95"]
         assert lo <= r["macro_f1"] <= hi and r["per_class_recall"]
+    # The model card names each source and what it gave each split.
+    from skincli.clinical.card import build, markdown
+
+    shutil.copyfile(split, run / "split.csv")
+    shutil.copyfile(split.with_suffix(".json"), run / "split.json")
+    card = markdown(build(run))
+    assert "- Source clinic: " in card and "- Source public: " in card
+    assert "mapped onto one set of classes" in card
