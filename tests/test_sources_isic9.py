@@ -1,6 +1,7 @@
 """isic9/Train and isic9/Test pooled as two sources (../shared/data), when they are there."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ from typer.testing import CliRunner
 from skincli.cli import app
 from skincli.data.split import load_split
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the checkout; SKIN_SHARED_DATA points elsewhere (e.g. from a worktree).
+DATA = Path(os.environ.get("SKIN_SHARED_DATA")
+            or Path(__file__).resolve().parents[2] / "shared" / "data")
 ISIC9, METADATA = DATA / "isic9", DATA / "isic9_metadata.csv"
 
 pytestmark = [
