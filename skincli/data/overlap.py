@@ -95,3 +95,19 @@ def source_overlap(ok: pd.DataFrame, params: NearDupParams | None = None,
             "lesions_label_disagreements": sum(not x["labels_agree"] for x in lesions),
             "images": images, "lesions": lesions})
     return {"names": names, "per_source": per_source, "pairs": out_pairs}
+
+
+def cross_source_disagreements(df: pd.DataFrame, near: pd.DataFrame) -> list[str]:
+    """Near-duplicate copies in two sources under different labels (kept in one split; the
+    conflict policy acts on identical files only, a near-duplicate may be a look-alike)."""
+    first = df.drop_duplicates("sha256").set_index("sha256")
+    seen = {sha: (src, lab) for sha, src, lab in
+            zip(first.index, first["source"], first["label"], strict=True)}
+    n = 0
+    for a, b in zip(near["sha_a"], near["sha_b"], strict=True):
+        if a in seen and b in seen:  # a copy dropped as leaking into test is not counted
+            n += int(seen[a][0] != seen[b][0] and seen[a][1] != seen[b][1])
+    if not n:
+        return []
+    return [f"{n} near-duplicate pair(s) across sources carry different labels (kept in one "
+            "split); review them with `skin eda` (cross-source section)"]

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from skincli.data.dataset import Dataset, Entry, load_dataset
 from skincli.errors import SkinError, did_you_mean
 
@@ -388,4 +390,49 @@ def merge_joins(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
                 confusion.setdefault(folder, {}).setdefault(dx, 0)
                 confusion[folder][dx] += n
     out["folder_vs_metadata"] = confusion
+    return out
+
+# --- the split of pooled sources (skincli.data.split) ------------------------------------------
+
+def check_test_source(name: str, df: pd.DataFrame, keep_given_test: bool) -> None:
+    """--test-source names one of several pooled sources, and is not combined with
+    --keep-given-test."""
+    if keep_given_test:
+        raise SkinError("--test-source and --keep-given-test both choose the test split",
+                        hint="Use one of them")
+    names = sorted(set(df["source"]) - {""})
+    if len(names) < 2:
+        raise SkinError(f"--test-source {name} needs two or more sources",
+                        hint="Pass several DATA folders (or --sources FILE)")
+    if name not in names:
+        raise SkinError(f"--test-source {name} names no source.{did_you_mean(name, names)}",
+                        hint=f"Sources: {', '.join(names)}")
+
+
+def check_training_classes(counts: pd.DataFrame, test_source: str) -> None:
+    """Holding a source out must leave every one of its classes something to learn from."""
+    empty = [c for c in counts.index if int(counts.loc[c, "train"]) == 0]
+    if empty:
+        c = empty[0]
+        raise SkinError(f"--test-source {test_source} leaves class '{c}' with no training image"
+                        f" ({int(counts.loc[c, 'test'])} in {test_source}, none elsewhere)"
+                        + (f"; also {', '.join(empty[1:])}" if len(empty) > 1 else ""),
+                        hint="Hold out another source, or add images of the class elsewhere")
+
+
+def source_summary(sources: list[dict[str, Any]], frame: pd.DataFrame,
+                   splits: Sequence[str]) -> dict[str, Any]:
+    """Per pooled source: where it is, how it was read, and its images per split."""
+    if not sources:
+        return {}
+    table = pd.crosstab(frame["source"], frame["split"]).reindex(columns=list(splits),
+                                                                 fill_value=0)
+    out = {}
+    for s in sources:
+        name = s["name"]
+        row = {sp: int(table.loc[name, sp]) if name in table.index else 0 for sp in splits}
+        out[name] = {"path": s.get("path", ""), "layout": s.get("layout", ""),
+                     "metadata": s.get("metadata", ""), "listed": s.get("images", 0),
+                     "class_mapping": s.get("class_mapping", {}),
+                     "unmapped": s.get("unmapped", []), **row, "total": sum(row.values())}
     return out

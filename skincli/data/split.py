@@ -22,7 +22,9 @@ import pandas as pd
 
 from skincli import __version__
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
-from skincli.errors import SkinError, did_you_mean
+from skincli.data.overlap import cross_source_disagreements
+from skincli.data.sources import check_test_source, check_training_classes, source_summary
+from skincli.errors import SkinError
 from skincli.fsutil import check_writable, write_text
 
 DEFAULT_SPLIT_PATH = Path("splits/split.csv")
@@ -87,7 +89,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
         if col not in df:
             df[col] = ""
     if test_source:
-        _check_test_source(test_source, df, keep_given_test)
+        check_test_source(test_source, df, keep_given_test)
     # Rows that are the test split by the user's word (given Test, or the held-out source).
     df["_test"] = (df["source"] == test_source) if test_source else \
         (df["given_split"] == "test") if keep_given_test else False
@@ -146,7 +148,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     result = SplitResult(frame=_finish(df), meta={})
     counts = result.counts()
     if test_source:
-        _check_training_classes(counts, test_source)
+        check_training_classes(counts, test_source)
     before = manifest.loc[manifest["readable"], "label"].value_counts()
     losses = pd.Series([d["label"] for d in dropped if d["kind"] == "label_conflict"],
                        dtype=object).value_counts()
@@ -156,7 +158,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     sources = list(manifest.attrs.get("sources") or [])
     result.warnings = [w for s in sources for w in s.get("warnings", [])] + result.warnings
     if len(sources) > 1 and not near.empty:
-        result.warnings += _cross_source_disagreements(df, near)
+        result.warnings += cross_source_disagreements(df, near)
     grouped = df[df["group"] != ""].groupby("group").size()
     result.meta = {
         "skincli_version": __version__,
@@ -179,7 +181,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
         "images_in_those_groups": int(grouped[grouped > 1].sum()),
         "metadata": _join_summary(join),
         "test_source": test_source or "",
-        "sources": _source_summary(sources, result.frame),
+        "sources": source_summary(sources, result.frame, SPLITS),
         "counts": {c: {s: int(counts.loc[c, s]) for s in SPLITS} for c in counts.index},
         "totals": {s: int(counts[s].sum()) for s in SPLITS},
         "dropped_counts": pd.Series([d["kind"] for d in dropped], dtype=object)
@@ -271,65 +273,6 @@ def provenance(meta: dict[str, Any]) -> dict[str, Any]:
                           for name, s in meta["sources"].items()}
         out["test_source"] = meta.get("test_source", "")
     return out
-
-
-def _check_test_source(name: str, df: pd.DataFrame, keep_given_test: bool) -> None:
-    """--test-source names one of several pooled sources, and is not combined with
-    --keep-given-test."""
-    if keep_given_test:
-        raise SkinError("--test-source and --keep-given-test both choose the test split",
-                        hint="Use one of them")
-    names = sorted(set(df["source"]) - {""})
-    if len(names) < 2:
-        raise SkinError(f"--test-source {name} needs two or more sources",
-                        hint="Pass several DATA folders (or --sources FILE)")
-    if name not in names:
-        raise SkinError(f"--test-source {name} names no source.{did_you_mean(name, names)}",
-                        hint=f"Sources: {', '.join(names)}")
-
-
-def _check_training_classes(counts: pd.DataFrame, test_source: str) -> None:
-    """Holding a source out must leave every one of its classes something to learn from."""
-    empty = [c for c in counts.index if int(counts.loc[c, "train"]) == 0]
-    if empty:
-        c = empty[0]
-        raise SkinError(f"--test-source {test_source} leaves class '{c}' with no training image"
-                        f" ({int(counts.loc[c, 'test'])} in {test_source}, none elsewhere)"
-                        + (f"; also {', '.join(empty[1:])}" if len(empty) > 1 else ""),
-                        hint="Hold out another source, or add images of the class elsewhere")
-
-
-def _source_summary(sources: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str, Any]:
-    """Per pooled source: where it is, how it was read, and its images per split."""
-    if not sources:
-        return {}
-    table = pd.crosstab(frame["source"], frame["split"]).reindex(columns=list(SPLITS),
-                                                                 fill_value=0)
-    out = {}
-    for s in sources:
-        name = s["name"]
-        row = {sp: int(table.loc[name, sp]) if name in table.index else 0 for sp in SPLITS}
-        out[name] = {"path": s.get("path", ""), "layout": s.get("layout", ""),
-                     "metadata": s.get("metadata", ""), "listed": s.get("images", 0),
-                     "class_mapping": s.get("class_mapping", {}),
-                     "unmapped": s.get("unmapped", []), **row, "total": sum(row.values())}
-    return out
-
-
-def _cross_source_disagreements(df: pd.DataFrame, near: pd.DataFrame) -> list[str]:
-    """Near-duplicate copies in two sources under different labels (kept in one split; the
-    conflict policy acts on identical files only, a near-duplicate may be a look-alike)."""
-    first = df.drop_duplicates("sha256").set_index("sha256")
-    seen = {sha: (src, lab) for sha, src, lab in
-            zip(first.index, first["source"], first["label"], strict=True)}
-    n = 0
-    for a, b in zip(near["sha_a"], near["sha_b"], strict=True):
-        if a in seen and b in seen:  # a copy dropped as leaking into test is not counted
-            n += int(seen[a][0] != seen[b][0] and seen[a][1] != seen[b][1])
-    if not n:
-        return []
-    return [f"{n} near-duplicate pair(s) across sources carry different labels (kept in one "
-            "split); review them with `skin eda` (cross-source section)"]
 
 
 def _join_summary(join: dict[str, Any] | None) -> dict[str, Any] | None:
