@@ -295,3 +295,23 @@ def test_evaluate_reports_metrics_per_source(tmp_path: Path,
     card = markdown(build(run))
     assert "- Source clinic: " in card and "- Source public: " in card
     assert "mapped onto one set of classes" in card
+
+
+def test_predictions_logged_with_their_source(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("skincli.monitor.store")
+    from helpers_run import make_run
+
+    from skincli.monitor.store import open_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKIN_STORE", str(tmp_path / "store.db"))
+    make_run(tmp_path, classes=["melanoma", "nevus"], name="m1")
+    for i in range(2):
+        make_image(tmp_path / "images" / f"x{i}.jpg", seed=i)
+    result = runner.invoke(app, ["predict", "--runs-dir", "runs", "images", "--json",
+                                 "--source", "clinic-b"])
+    assert result.exit_code == 0, result.output
+    with open_store(str(tmp_path / "store.db")) as store:
+        rows = store.predictions()
+    assert list(rows["source"]) == ["clinic-b", "clinic-b"]
