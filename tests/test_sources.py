@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from skincli.cli import app
 from skincli.data.manifest import build_manifest
 from skincli.data.sources import SourceSpec, SourcesPlan, load_sources, plan_sources
-from skincli.data.split import load_split, make_split
+from skincli.data.split import load_split, make_split, provenance
 from skincli.errors import SkinError
 from skincli.subgroups import groups_from_frame
 
@@ -164,6 +164,10 @@ def test_split_keeps_every_copy_and_lesion_in_one_split(pool: dict[str, Path],
     meta = json.loads(out.with_suffix(".json").read_text())
     assert sum(s["total"] for s in meta["sources"].values()) == len(df)
     assert meta["sources"]["ham10000"]["class_mapping"] == {"mel": "melanoma", "nv": "nevus"}
+    # What a training run records of the split (run.json's data).
+    prov = provenance(meta)
+    assert prov["sources"]["clinic"]["images"] == meta["sources"]["clinic"]["total"] > 0
+    assert prov["layout"] == "sources" and prov["test_source"] == ""
 
 
 def test_disagreeing_label_follows_the_conflicts_policy(pool: dict[str, Path],
