@@ -312,7 +312,8 @@ def load_sources(plan: SourcesPlan, *, labels: str | None = None, group: str | N
                     + ("dropped (--drop-unmapped)" if drop_unmapped else
                        "kept under its own name (map it with class_map, or --drop-unmapped)")
                     for lab in unmapped]
-        infos.append({"name": name, "path": str(spec.path), "root": str(ds.root),
+        infos.append({"name": name, "path": os.path.abspath(spec.path.expanduser()),
+                      "root": str(ds.root),
                       "layout": ds.layout, "layout_description": ds.describe(),
                       "images": len(ds.entries), "skipped": len(ds.skipped),
                       "metadata": str(spec.metadata or ""),
