@@ -149,6 +149,19 @@ def test_wrong_keys_share_their_address_bucket(runs: Path, tmp_path: Path) -> No
         assert client.get("/v1/model", headers={"X-API-Key": "key-a"}).status_code == 200
 
 
+def test_browser_apps_on_another_origin_can_read_the_headers(runs: Path) -> None:
+    origin = "https://app.example.org"
+    with serving(runs, rate_limit="1/minute", cors_origins=[origin]) as client:
+        client.get("/v1/model", headers={"Origin": origin})
+        refused = client.get("/v1/model", headers={"Origin": origin})
+        assert refused.status_code == 429
+        assert refused.headers["access-control-allow-origin"] == origin
+        exposed = {h.strip().lower()
+                   for h in refused.headers["access-control-expose-headers"].split(",")}
+        assert {"retry-after", "ratelimit-limit", "ratelimit-remaining",
+                "ratelimit-reset"} <= exposed
+
+
 def test_without_keys_the_limit_is_per_address(runs: Path) -> None:
     with serving(runs, rate_limit="1/minute") as client:
         assert client.get("/v1/model").status_code == 200

@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["X-API-Key", "Authorization", "Content-Type",
                                           "X-Request-ID"],
                            expose_headers=["X-Request-ID", "X-Model-Name", "X-Model-Version",
-                                           "X-Latency-Ms"], max_age=600)
+                                           "X-Latency-Ms", *ratelimit.HEADERS], max_age=600)
     app.add_middleware(clinical.ClinicalMiddleware, state=state)  # audit + FHIR answers
     app.add_middleware(RequestContext, state=state)  # added last = outermost
     swagger = swagger_ui_dir()

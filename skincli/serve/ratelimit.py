@@ -200,6 +200,9 @@ def document_429(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+# Response headers a browser app on another origin may read (CORS expose-headers).
+HEADERS = ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
 _HEADER_DOCS = {
     "Retry-After": "Seconds until the next request from this client is allowed",
     "RateLimit-Limit": "Requests allowed per period (the burst)",
@@ -209,15 +212,18 @@ _HEADER_DOCS = {
 
 
 def install(app: Any, state: Any) -> None:
-    """Add the middleware just inside the request-context middleware (so a 429 carries the
-    request id and is counted like any answer) and declare the 429 in the schema. Call it last
-    in the app factory: it wraps whatever `app.openapi` is by then."""
+    """Add the middleware inside the request-context middleware (so a 429 carries the request id
+    and is counted like any answer) and inside CORS (so a browser app on another origin can
+    read the 429), and declare the 429 in the schema. Call it last in the app factory: it wraps
+    whatever `app.openapi` is by then."""
     from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
 
     from skincli.serve.middleware import RequestContext
 
     stack = app.user_middleware  # outermost first
-    outer = next((i for i, m in enumerate(stack) if m.cls is RequestContext), -1)
+    outer = max((i for i, m in enumerate(stack) if m.cls in (RequestContext, CORSMiddleware)),
+                default=-1)
     stack.insert(outer + 1, Middleware(RateLimit, state=state, routes=app.router.routes))
     inner = app.openapi
     app.openapi = lambda: document_429(inner())
