@@ -153,7 +153,7 @@ def test_typescript_client_reads_typed_fields_and_errors(served: Served, lesion:
     assert seen["label"] in CLASSES and isinstance(seen["refer"], bool)
     assert (seen["e401"], seen["e413"], seen["e429"]) == ("unauthorized", "payload_too_large",
                                                           "rate_limited")
-    assert seen["retry_after"] >= 1
+    assert seen["retry_after"] >= 1 and seen["batch"] == 2
 
 
 # --- the staleness check -------------------------------------------------------------------------

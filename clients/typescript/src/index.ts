@@ -29,7 +29,7 @@ export interface SkinClientOptions extends ClientOptions {
 }
 
 export interface ImageOptions {
-  /** The file name the server records (default "image"). */
+  /** The file name the server records for a Blob that is not a File (default "image"). */
   filename?: string;
   query?: PredictQuery;
   signal?: AbortSignal;
@@ -47,7 +47,11 @@ export interface SkinClient extends Client<paths> {
 
 function form(field: string, images: Blob[], filename: string): FormData {
   const body = new FormData();
-  for (const image of images) body.append(field, image, filename);
+  for (const image of images) {
+    // A File keeps its own name; a plain Blob gets the given one.
+    const name = image instanceof File && image.name ? image.name : filename;
+    body.append(field, image, name);
+  }
   return body;
 }
 

@@ -24,7 +24,7 @@ const classes: string[] = model.data.classes;
 const rate = String(model.data.serving.rate_limit ?? "");
 const allowance = Number(rate.split("/")[0]);
 const maxUploadMb = Number(model.data.serving.max_upload_mb);
-assert.ok(allowance >= 3, `the server needs --rate-limit of at least 3 (has ${rate})`);
+assert.ok(allowance >= 4, `the server needs --rate-limit of at least 4 (has ${rate})`);
 let used = 1;
 
 // A prediction: typed label and triage.
@@ -49,6 +49,20 @@ assert.equal(tooBig.response.status, 413);
 const bigError: ApiError | undefined = tooBig.error;
 assert.equal(bigError?.error, "payload_too_large");
 seen.e413 = bigError?.error;
+
+// A batch: one answer per image, in order, each typed as a prediction or an error.
+const batch = await skin.predictBatch([image, new File([image], "second.png")], {
+  filename: "first.png",
+});
+used += 1;
+assert.ok(batch.data, `predict/batch failed: ${JSON.stringify(batch.error)}`);
+const names = batch.data.results.map((r) => r.filename);
+assert.deepEqual(names, ["first.png", "second.png"]);
+for (const item of batch.data.results) {
+  const itemLabel: string | undefined = item.prediction?.label;
+  assert.ok(itemLabel !== undefined && classes.includes(itemLabel), JSON.stringify(item));
+}
+seen.batch = batch.data.results.length;
 
 // 401: a wrong key (counted against this address, not against the real key).
 const stranger = createSkinClient({ baseUrl: url, apiKey: "not-a-key" });
