@@ -151,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if swagger is not None:
         app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
-    ratelimit.install(app, state)  # last: inside RequestContext, wraps the final openapi()
+    ratelimit.install(app, state)  # last: inside RequestContext and CORS; wraps openapi()
     return app
 
 
