@@ -106,6 +106,15 @@ class Checkpoint:
         self.best_weights = model.get_weights()
         model.load_weights(self.dir / "last.weights.h5")
 
+    def has_best(self) -> bool:
+        """True once an epoch has been selected (Ctrl-C then has a model to save)."""
+        return (self.dir / "best.weights.h5").exists()
+
+    def load_best(self, model: Any) -> None:
+        """Ctrl-C: the selected weights into `model`, which then holds them."""
+        model.load_weights(self.dir / "best.weights.h5")
+        self.best_weights = None
+
     def restore_optimizer(self, model: Any) -> None:
         """Resume mid-phase: the optimizer state saved with the last epoch's weights."""
         path = self.dir / "optimizer.npz"

@@ -6,6 +6,7 @@ this module turns a split and a TrainConfig into the arguments those streams tak
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def phase_dataset(cfg: TrainConfig, split: SplitData, encoder: Any, size: int, s
         colour_shift=1.0 if cfg.colour_constancy != "none" else 0.0)
 
 
-def check_readable_classes(split: SplitData, unreadable: set[str] | dict[str, str]) -> None:
+def check_readable_classes(split: SplitData, unreadable: Collection[str]) -> None:
     """Fail when every training image of a class turned out to be unreadable."""
     if not unreadable:
         return

@@ -35,6 +35,7 @@ from skincli.train.data import SplitData
 from skincli.train.model import RunModel, clean_copy, metadata_head
 from skincli.train.runtime import disk_guard, package_versions
 
+# progress(event, info): the trainer's progress function (see skincli.train.trainer).
 Progress = Callable[[str, dict[str, Any]], None]
 
 

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from skincli.train.data import (
     phase_dataset,
     validation_dataset,
 )
-from skincli.train.finalise import finish, write_static_files
+from skincli.train.finalise import Progress, finish, write_static_files
 from skincli.train.model import (
     RunModel,
     build_run_model,
@@ -62,8 +61,6 @@ from skincli.train.runtime import (
     make_strategy,
     seed_everything,
 )
-
-Progress = Callable[[str, dict[str, Any]], None]
 
 
 def _no_progress(event: str, info: dict[str, Any]) -> None:
@@ -187,8 +184,7 @@ class Session:
 
     def save_interrupted(self) -> Path:
         """Ctrl-C: turn the best epoch so far into a usable run (or clean up if there is none)."""
-        best = self.ckpt.dir / "best.weights.h5"
-        if not best.exists():
+        if not self.ckpt.has_best():
             shutil.rmtree(self.ckpt.run_dir, ignore_errors=True)
             raise KeyboardInterrupt
         from skincli.train.pipeline import SkippedImages
@@ -196,8 +192,7 @@ class Session:
         state = self.ckpt.state
         run_model = build_run_model(self.cfg, len(self.split.classes), self.encoder, "none",
                                     state.input_size)
-        run_model.model.load_weights(best)
-        self.ckpt.best_weights = None
+        self.ckpt.load_best(run_model.model)
         skipped = SkippedImages(dict(state.skipped))
         val_ds = validation_dataset(self.cfg, self.split, self.encoder, state.input_size,
                                     skipped, cache=False)
