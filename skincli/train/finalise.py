@@ -70,11 +70,7 @@ def finish(cfg: TrainConfig, split: SplitData, run_model: RunModel, ckpt: Checkp
     clean = clean_copy(cfg, run_model, len(split.classes), state.input_size)
     info = RunInfo(name=final_dir.name, arch=cfg.arch, classes=list(split.classes),
                    input_size=state.input_size, preprocessing=dict(state.preprocessing))
-    head = metadata_head(run_model)
-    head_record = ({"metadata_head": {
-        **head.to_dict(split.classes),
-        "coverage": {"train": head.encoder.coverage(split.train_meta or []),
-                     "n_train": len(split.train_paths)}}} if head is not None else {})
+    head_record = _metadata_head_record(run_model, split)
     info.extra = dict(head_record)  # the validation pass below applies the term
     val = validation_outputs(Predictor(tmp_dir, info, clean.model), val_ds)
     metrics = classification_metrics(val.labels, softmax(val.logits), split.classes)
@@ -130,6 +126,17 @@ def finish(cfg: TrainConfig, split: SplitData, run_model: RunModel, ckpt: Checkp
                         f"{tmp_dir}", hint="Rename one of them")
     os.replace(tmp_dir, final_dir)
     return final_dir
+
+
+def _metadata_head_record(run_model: RunModel, split: SplitData) -> dict[str, Any]:
+    """run.json's {"metadata_head": ...} of a --use-metadata run ({} otherwise)."""
+    head = metadata_head(run_model)
+    if head is None:
+        return {}
+    return {"metadata_head": {
+        **head.to_dict(split.classes),
+        "coverage": {"train": head.encoder.coverage(split.train_meta or []),
+                     "n_train": len(split.train_paths)}}}
 
 
 @dataclass
