@@ -68,9 +68,9 @@ class StopAt:
 
 
 def test_end_to_end_run_folder_is_complete_and_serves_the_same_numbers(split: Path) -> None:
+    from skincli.metrics import classification_metrics
     from skincli.predictor import Predictor
     from skincli.train import train
-    from skincli.metrics import classification_metrics
 
     events: list[str] = []
     run = train(_cfg(split, epochs=2, fine_tune_epochs=4),
