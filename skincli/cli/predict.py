@@ -143,8 +143,12 @@ def write_explanations(predictor: Any, results: list[Any], folder: Path,
     return out
 
 
-def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -> int:
-    """Append the predictions to the monitoring store (if that module is installed)."""
+def log_predictions(predictor: Any, results: list[Any], store_url: str | None,
+                    source: str | None = None) -> int:
+    """Append the predictions to the monitoring store (if that module is installed).
+
+    `source` names where the images came from (a clinic, a data source); default "cli".
+    """
     try:
         from skincli.monitor.store import open_store
     except ImportError:
@@ -171,7 +175,7 @@ def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -
                      # calibrated, before the decision rule: what label-shift estimation needs
                      "predicted": r.label, "probabilities": r.calibrated or r.probabilities,
                      "top_probability": r.probability, "uncertain": r.uncertain,
-                     "latency_ms": r.meta.get("latency_ms"), "source": "cli",
+                     "latency_ms": r.meta.get("latency_ms"), "source": source or "cli",
                      "image_stats": r.meta.get("image_stats"), "embedding": emb})
     if rows:
         store = open_store(store_url)
@@ -283,6 +287,10 @@ def command(
     store: Annotated[str | None, typer.Option(
         "--store", help="Monitoring store URL (default: $SKIN_STORE or "
         "sqlite:///runs/predictions.db).")] = None,
+    source: Annotated[str | None, typer.Option(
+        "--source", metavar="NAME", help="Where these images come from (a clinic or data "
+        "source, as named in `skin split`): logged with each prediction (default: cli).")]
+    = None,
     fhir_out: Annotated[Path | None, typer.Option(
         "--fhir", help="Also write the results as an HL7 FHIR R4 Bundle (JSON) to this file.",
         dir_okay=False)] = None,
@@ -412,7 +420,7 @@ def command(
         write_json(fhir_out, fhir_document(predictor, results))
     if not no_log and n_ok:
         try:
-            log_predictions(predictor, results, store)
+            log_predictions(predictor, results, store, source)
         except Exception as exc:  # monitoring must never break a prediction
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             ui.warn(f"predictions were not logged to the monitoring store ({first}); "

@@ -161,6 +161,9 @@ def command(
     prevalence: Annotated[Path | None, typer.Option(
         help="With --decision prevalence: the clinic's class prior (YAML or CSV), e.g. from "
         "`skin monitor --suggest-prevalence`.", dir_okay=False)] = None,
+    rate_limit: Annotated[str | None, typer.Option(
+        help="Requests to /v1/* per API key (per client address without keys) and worker, "
+        "e.g. 60/minute; beyond it 429 + Retry-After (default: no limit).")] = None,
     engine: Annotated[str | None, typer.Option(
         help="Inference engine: litert or tf (default: $SKIN_ENGINE, else litert; runs that "
         "do not convert use tf).")] = None,
@@ -184,7 +187,8 @@ def command(
         decode_mpx=decode_mpx, max_connections=max_connections, max_requests=max_requests,
         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
         keep_alive_s=keep_alive_s, log_flush_s=log_flush_s,
-        decision=decision, prevalence=str(prevalence) if prevalence else None)
+        decision=decision, prevalence=str(prevalence) if prevalence else None,
+        rate_limit=rate_limit)
     # Fail here, in one line, rather than inside a worker process.
     run_dir = resolve_run(settings.run, settings.runs_dir)
     info = load_run_info(run_dir)
@@ -221,7 +225,7 @@ def command(
         f"API keys {'on' if keys else 'off'}, CORS "
         f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
         f"prediction log {'off' if settings.no_log else 'on'}, decision rule "
-        f"{settings.decision}.", highlight=False)
+        f"{settings.decision}, rate limit {settings.rate_limit or 'off'}.", highlight=False)
     # The protocol class adds the request head/body deadlines and the connection cap that
     # Uvicorn lacks (see skincli/serve/protocol.py); the request cap is the app's (JSON 503).
     uvicorn.run(target, factory=settings.workers > 1, host=settings.host,

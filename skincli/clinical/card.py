@@ -129,6 +129,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
             "dropped_counts": meta.get("dropped_counts") or {},
             "skipped_at_training": int(extra.get("skipped_images", 0) or 0),
             "split_seed": meta.get("seed"), "split_ratios": meta.get("ratios"),
+            "sources": meta.get("sources") or {}, "test_source": meta.get("test_source") or "",
         },
         "evaluation": {
             "test": test or None, "validation": val or None,
@@ -180,7 +181,8 @@ def _label_provenance(meta: dict[str, Any]) -> str:
                    if emptied else "")
                 + f"; images grouped by {m.get('group') or 'lesion'}")
     layout = {"folders": "class folder names", "kaggle": "class folder names (Train/Test)",
-              "csv": "a CSV's label column", "flat": "class folder names"}.get(
+              "csv": "a CSV's label column", "flat": "class folder names",
+              "sources": "each source's class names, mapped onto one set of classes"}.get(
         str(meta.get("layout")), "unknown (no split sidecar in the run)")
     if m:
         layout += f" (metadata {Path(str(m.get('path', ''))).name} used for groups only)"
@@ -220,6 +222,11 @@ def markdown(card: dict[str, Any]) -> str:
             f"- Source: `{data['source']}` (layout: {data['layout']})",
             f"- Labels from: {data['label_provenance']}",
             f"- Split: seed {data['split_seed']}, ratios {data['split_ratios']}"]
+    for name, src in (data.get("sources") or {}).items():
+        held = " (held out: the whole test split)" if name == data.get("test_source") else ""
+        out.append(f"- Source {name}{held}: `{src.get('path', '')}`, {src.get('total', 0)} "
+                   f"images (train {src.get('train', 0)}, val {src.get('val', 0)}, test "
+                   f"{src.get('test', 0)})")
     dropped = data["dropped_counts"]
     out.append("- Dropped before splitting: " + (", ".join(
         f"{n} {k.replace('_', ' ')}" for k, n in dropped.items()) if dropped else "none recorded"))

@@ -174,7 +174,7 @@ def build_manifest(dataset: Dataset, workers: int | None = None, cache: bool = T
     df = _fix_types(df)
     df.attrs.update(root=str(dataset.root), layout=dataset.layout, cache_hits=len(unique) -
                     len(todo), files_read=len(todo), skipped=list(dataset.skipped),
-                    metadata=dataset.metadata)
+                    metadata=dataset.metadata, sources=list(dataset.sources))
     return df
 
 

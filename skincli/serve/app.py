@@ -35,7 +35,7 @@ from skincli.errors import SkinError, did_you_mean
 from skincli.image_quality import blank_reason, is_flagged, warning_for
 from skincli.imageio import ImageError
 from skincli.runs import RUN_FILE
-from skincli.serve import clinical, jobs, schemas
+from skincli.serve import clinical, jobs, ratelimit, schemas
 from skincli.serve.auth import HEADER
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
 from skincli.serve.explaining import heatmap_for, render
@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["X-API-Key", "Authorization", "Content-Type",
                                           "X-Request-ID"],
                            expose_headers=["X-Request-ID", "X-Model-Name", "X-Model-Version",
-                                           "X-Latency-Ms"], max_age=600)
+                                           "X-Latency-Ms", *ratelimit.HEADERS], max_age=600)
     app.add_middleware(clinical.ClinicalMiddleware, state=state)  # audit + FHIR answers
     app.add_middleware(RequestContext, state=state)  # added last = outermost
     swagger = swagger_ui_dir()
@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if swagger is not None:
         app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
+    ratelimit.install(app, state)  # last: inside RequestContext and CORS; wraps openapi()
     return app
 
 
