@@ -3,12 +3,16 @@
 from .batch_item import BatchItem
 from .batch_response import BatchResponse
 from .class_probability import ClassProbability
+from .create_job_v1_jobs_post_response_200 import CreateJobV1JobsPostResponse200
+from .create_job_v1_jobs_post_response_201 import CreateJobV1JobsPostResponse201
 from .error_out import ErrorOut
 from .explain_response import ExplainResponse
 from .explain_v1_explain_post_files_body import ExplainV1ExplainPostFilesBody
 from .explain_v1_explain_post_format import ExplainV1ExplainPostFormat
+from .get_job_v1_jobs_job_id_get_response_200 import GetJobV1JobsJobIdGetResponse200
 from .health_response import HealthResponse
 from .http_validation_error import HTTPValidationError
+from .job_in import JobIn
 from .model_ref import ModelRef
 from .model_response import ModelResponse
 from .model_response_calibration import ModelResponseCalibration
@@ -34,12 +38,16 @@ __all__ = (
     "BatchItem",
     "BatchResponse",
     "ClassProbability",
+    "CreateJobV1JobsPostResponse200",
+    "CreateJobV1JobsPostResponse201",
     "ErrorOut",
     "ExplainResponse",
     "ExplainV1ExplainPostFilesBody",
     "ExplainV1ExplainPostFormat",
+    "GetJobV1JobsJobIdGetResponse200",
     "HTTPValidationError",
     "HealthResponse",
+    "JobIn",
     "ModelRef",
     "ModelResponse",
     "ModelResponseCalibration",
