@@ -374,3 +374,54 @@ def test_a_heat_map_beside_the_sr_says_not_for_diagnosis(
     check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     errors = [x for x in (check.stdout + check.stderr).splitlines() if x.startswith("Error")]
     assert errors == [], errors
+
+
+def test_skin_receive_as_a_process(orthanc: Orthanc, runs: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`skin receive` listens, runs a job per pushed image, and stops cleanly on SIGTERM."""
+    need("dcmsend")
+    import os
+    import signal
+    import sys
+    import time
+
+    from serve_proc import free_port
+
+    port = free_port()
+    study = "1.2.826.0.1.3680043.8.498.44"
+    _study(orthanc, study, seed=4)
+    dcm = tmp_path / "push.dcm"
+    dcm.write_bytes(orthanc.get(f"/instances/{_orthanc_id(orthanc, study + '.1.1')}/file"
+                                ).content)
+    cfg = _config(tmp_path, orthanc, monkeypatch,
+                  receive={"ae_title": "SKINPROC", "port": port, "results_to": "pacs"})
+    err = open(tmp_path / "receive.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skincli", "receive", "--clinical-config", str(cfg),
+         "--run", "alpha", "--runs-dir", str(runs), "--engine", "tf",
+         "--audit-log", str(tmp_path / "audit.jsonl")],
+        stdout=err, stderr=err, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        deadline = time.monotonic() + 120
+        while b"Listening" not in (tmp_path / "receive.log").read_bytes():
+            assert proc.poll() is None, (tmp_path / "receive.log").read_text()
+            assert time.monotonic() < deadline, "skin receive did not start"
+            time.sleep(0.2)
+        out = subprocess.run(["dcmsend", "127.0.0.1", str(port), str(dcm), "-aec",
+                              "SKINPROC"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        records = list((tmp_path / "jobs").glob("cstore-*.json"))
+        assert len(records) == 1 and json.loads(records[0].read_text())["state"] == "done"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            err.close()
+    assert proc.returncode == 0, (tmp_path / "receive.log").read_text()
+    log = (tmp_path / "receive.log").read_text()
+    assert "done" in log and orthanc.password not in log
+    for value in PHI.values():
+        assert value not in log
