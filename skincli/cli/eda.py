@@ -19,6 +19,7 @@ from skincli.cli.common import (
     handle_errors,
     metadata_args,
 )
+from skincli.fsutil import json_default
 
 HELP = ("Explore a data set: images per class and balance, sizes, colour, brightness, "
         "sharpness, unreadable files, duplicates, label conflicts, Train/Test leakage and "
@@ -90,7 +91,7 @@ def command(
                          params=params, progress=progress,
                          **metadata_args(metadata, labels, group, class_map))
     if json:
-        typer.echo(jsonlib.dumps(report, indent=2, default=str))
+        typer.echo(jsonlib.dumps(report, indent=2, default=json_default))
         return
     show_report(report)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -23,10 +22,6 @@ from skincli.imageio import ImageError, is_image_file
 HELP = ("Classify images or folders of images with a trained run (default: the current/latest): "
         "top-k calibrated probabilities, an uncertain verdict, out-of-distribution warnings; "
         "--json/--csv for machines, --explain for Grad-CAM heat maps.")
-
-# Overlays are drawn on the original image, scaled so its longer side is within these bounds.
-EXPLAIN_MIN_SIDE, EXPLAIN_MAX_SIDE = 256, 512
-
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders as their image files (recursively, sorted, hidden ones skipped)."""
@@ -114,10 +109,8 @@ def _unique_png(folder: Path, stem: str, used: set[str]) -> Path:
 def write_explanations(predictor: Any, results: list[Any], folder: Path,
                        batch_size: int) -> dict[int, str]:
     """Grad-CAM overlays of each prediction's class, one PNG per predicted image."""
-    from PIL import Image
-
-    from skincli.explain import GradCamExplainer, explain, save_overlay
-    from skincli.imageio import load_rgb
+    from skincli.explain import GradCamExplainer, decode_side, explain, save_overlay
+    from skincli.imageio import open_image
 
     explainer = GradCamExplainer(predictor.model)
     index = {c: i for i, c in enumerate(predictor.classes)}
@@ -130,29 +123,21 @@ def write_explanations(predictor: Any, results: list[Any], folder: Path,
         batch = np.stack(arrays).astype(np.float32)
         cams = explain(predictor, batch, [index[results[i].label] for i in chunk], explainer)
         for i, cam in zip(chunk, cams):
-            original = load_rgb(results[i].source, max_pixels=predictor.max_pixels)
-            h, w = original.shape[:2]
-            side = min(max(max(h, w), EXPLAIN_MIN_SIDE), EXPLAIN_MAX_SIDE)
-            scale = side / max(h, w)
-            if scale != 1.0:
-                original = np.asarray(Image.fromarray(original).resize(
-                    (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+            # Decoded as the server decodes an upload, so the picture is the API's.
+            original = open_image(results[i].source, max_pixels=predictor.max_pixels,
+                                  target=decode_side(predictor.input_size))
             path = _unique_png(folder, Path(results[i].source).stem, used)
-            save_overlay(path, original, cam)
+            save_overlay(path, np.asarray(original, dtype=np.uint8), cam)
             out[i] = str(path)
     return out
 
 
 def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -> int:
-    """Append the predictions to the monitoring store (if that module is installed)."""
-    try:
-        from skincli.monitor.store import open_store
-    except ImportError:
-        return 0
-    try:
-        from skincli.monitor.store import summarize_embedding
-    except ImportError:  # an older store without embedding summaries
-        summarize_embedding = None
+    """Append the predictions to the monitoring store."""
+    from skincli.fsutil import sha256_file
+    from skincli.monitor.rows import prediction_row
+    from skincli.monitor.store import open_store, summarize_embedding
+
     run_id = uuid.uuid4().hex[:12]
     now = time.time()
     rows = []
@@ -160,19 +145,16 @@ def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -
         if isinstance(r, ImageError):
             continue
         try:
-            sha = hashlib.sha256(Path(r.source).read_bytes()).hexdigest()
+            sha = sha256_file(r.source)
         except OSError:
             sha = ""
-        emb = None
-        if r.embedding is not None and summarize_embedding is not None:
-            emb = summarize_embedding(r.embedding)
-        rows.append({"time": now, "request_id": f"cli-{run_id}-{i}",
-                     "model_version": predictor.info.version, "image_sha256": sha,
-                     # calibrated, before the decision rule: what label-shift estimation needs
-                     "predicted": r.label, "probabilities": r.calibrated or r.probabilities,
-                     "top_probability": r.probability, "uncertain": r.uncertain,
-                     "latency_ms": r.meta.get("latency_ms"), "source": "cli",
-                     "image_stats": r.meta.get("image_stats"), "embedding": emb})
+        rows.append(prediction_row(
+            request_id=f"cli-{run_id}-{i}", model_version=predictor.info.version,
+            image_sha256=sha, predicted=r.label, probabilities=r.calibrated or r.probabilities,
+            top_probability=r.probability, uncertain=r.uncertain,
+            latency_ms=r.meta.get("latency_ms"), source="cli",
+            image_stats=r.meta.get("image_stats"), when=now,
+            embedding=None if r.embedding is None else summarize_embedding(r.embedding)))
     if rows:
         store = open_store(store_url)
         try:
@@ -183,10 +165,7 @@ def log_predictions(predictor: Any, results: list[Any], store_url: str | None) -
 
 
 def _stats_hook() -> Any:
-    try:
-        from skincli.monitor.store import image_stats
-    except ImportError:
-        return None
+    from skincli.monitor.store import image_stats
 
     def hook(arr: np.ndarray) -> dict[str, Any]:
         try:

@@ -32,13 +32,15 @@ from starlette.concurrency import run_in_threadpool
 
 from skincli import DISCLAIMER, __version__
 from skincli.errors import SkinError, did_you_mean
+from skincli.explain import render
 from skincli.image_quality import blank_reason, is_flagged, warning_for
 from skincli.imageio import ImageError
+from skincli.monitor.rows import prediction_row
 from skincli.runs import RUN_FILE
 from skincli.serve import clinical, schemas
 from skincli.serve.auth import HEADER
 from skincli.serve.errors import ERROR_CODES, ApiError, from_image_error, install_handlers
-from skincli.serve.explaining import heatmap_for, render
+from skincli.serve.explaining import heatmap_for
 from skincli.serve.metrics import CONTENT_TYPE
 from skincli.serve.middleware import RequestContext
 from skincli.serve.model import LoadedModel, Prepared, Row
@@ -277,17 +279,14 @@ def _routes(app: FastAPI, state: ServerState, *, docs: bool) -> None:
         if not state.predlog.enabled:
             return
         rid = request.scope["skin.request_id"]
-        state.predlog.submit({
-            # One key per answered image: a row retried or replayed from the journal is
-            # stored once (the store skips a key it has).
-            "time": time.time(), "request_id": rid, "row_key": f"{rid}:{index}",
-            "model_version": model.version, "image_sha256": prepared.sha256,
-            # the calibrated probabilities, before the decision rule (label-shift monitoring)
-            "predicted": pred["label"], "probabilities": dict(zip(model.classes,
-                                                                  row.probabilities.tolist())),
-            "top_probability": pred["probability"], "uncertain": pred["uncertain"],
-            "latency_ms": _elapsed_ms(request), "source": "api",
-        }, image=prepared.array.astype("uint8"), embedding=row.embedding)
+        # The image statistics and the embedding summary are added off the request path.
+        state.predlog.submit(prediction_row(
+            request_id=rid, row_key=f"{rid}:{index}", model_version=model.version,
+            image_sha256=prepared.sha256, predicted=pred["label"],
+            probabilities=dict(zip(model.classes, row.probabilities.tolist())),
+            top_probability=pred["probability"], uncertain=pred["uncertain"],
+            latency_ms=_elapsed_ms(request), source="api",
+        ), image=prepared.array.astype("uint8"), embedding=row.embedding)
 
     top_k_query = Query(None, ge=1, le=1000, description="How many classes to list "
                         f"(default {settings.top_k})")
