@@ -31,7 +31,7 @@ from skincli.errors import SkinError, did_you_mean
 from skincli.fsutil import sha256_file
 from skincli.imageio import ImageError
 from skincli.metrics import classification_summary, expected_calibration_error, paired_comparison
-from skincli.plots import pyplot
+from skincli.plots import pyplot, save_figure
 from skincli.runs import DEFAULT_RUNS_DIR, update_run_info
 
 SUBSETS = ("test", "val", "all")
@@ -622,14 +622,6 @@ def _subgroup_table(sub: dict[str, Any]) -> Any:
 
 # --- plots (matplotlib, headless) ---------------------------------------------------------------
 
-def _save(fig: Any, path: Path) -> None:
-    from skincli.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
-
-
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
     """Counts and row-normalised (recall) confusion matrices side by side."""
     plt = pyplot()
@@ -654,7 +646,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=axes, fraction=0.025)
     fig.suptitle(f"Confusion matrix: {title}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
@@ -674,7 +666,7 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Pat
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
            title=f"ROC (one-vs-rest): {title}")
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
@@ -694,7 +686,7 @@ def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall: {title}")
     ax.legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reliability(bins: list[dict[str, Any]], ece: float, temperature: float, path: Path,
@@ -726,4 +718,4 @@ def plot_reliability(bins: list[dict[str, Any]], ece: float, temperature: float,
                ylabel="accuracy", title=f"T = {t:.3g}: ECE {e:.3f}")
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Reliability: {title}" + (" (before / after calibration)" if before else ""))
-    _save(fig, path)
+    save_figure(fig, path)
