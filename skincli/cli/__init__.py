@@ -13,7 +13,19 @@ import yaml
 from rich.markup import escape as rich_escape
 
 from skincli import __version__, ui
-from skincli.cli import audit, card, demo, eda, evaluate, monitor, predict, serve, split, train
+from skincli.cli import (
+    audit,
+    card,
+    demo,
+    eda,
+    evaluate,
+    export,
+    monitor,
+    predict,
+    serve,
+    split,
+    train,
+)
 from skincli.errors import SkinError
 
 app = typer.Typer(
@@ -33,8 +45,7 @@ app.command("train", help=train.HELP)(train.command)
 app.command("evaluate", help=evaluate.HELP)(evaluate.command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("serve", help=serve.HELP)(serve.command)
-for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
-    app.command(extra_name, help=extra_help)(extra_cmd)
+app.command("export", help=export.HELP)(export.command)
 app.add_typer(monitor.app, name="monitor")
 app.command("card", help=card.HELP)(card.command)
 app.add_typer(audit.app, name="audit")
