@@ -233,6 +233,43 @@ def _metadata_records(path: Path, paths: list[Path]) -> list[dict[str, str]]:
     return out
 
 
+def _checked_inputs(inputs: list[Path], outputs: dict[str, Path | None],
+                    explain_dir: Path | None) -> list[Path]:
+    """The image paths to predict; fails before the model loads when there is nothing to do
+    or an output (option -> path) cannot be written."""
+    from skincli.fsutil import check_writable
+
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise SkinError("No images to predict",
+                        hint="Pass image files or folders holding .jpg/.jpeg/.png/.bmp files")
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):  # nothing to do: say so before loading the model
+        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise SkinError(f"{shown} does not exist" if len(missing) == 1 else
+                        f"None of the {len(missing)} inputs exist ({shown})",
+                        hint="Check the path(s); folders are searched for images recursively")
+    for option, target in outputs.items():
+        if target is not None:
+            check_writable(target, option)
+    if explain_dir is not None:
+        check_writable(explain_dir / "x.png", "--explain-dir")
+    return paths
+
+
+def _predict_with_bar(predictor: Any, paths: list[Path], show_bar: bool,
+                      metadata: list[dict[str, str]] | None, **options: Any) -> list[Any]:
+    """predictor.predict_paths with a progress bar on the terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+                  console=ui.err_console, transient=True, disable=not show_bar) as bar:
+        task = bar.add_task("predict", total=len(paths))
+        return list(predictor.predict_paths(
+            [str(p) for p in paths], progress=lambda done, total: bar.update(
+                task, completed=done), metadata=metadata, **options))
+
+
 @handle_errors
 def command(
     inputs: Annotated[list[Path], typer.Argument(
@@ -293,12 +330,10 @@ def command(
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from skincli.decision import check_rule, resolve_decision
     from skincli.engines.base import resolve_engine_name
     from skincli.evaluate import load_predictor
-    from skincli.fsutil import check_writable, write_json, write_text
+    from skincli.fsutil import write_json, write_text
 
     rule = check_rule(decision)  # a typo is one line before anything slow
     if prevalence is not None and rule != "prevalence":
@@ -313,21 +348,8 @@ def command(
         raise SkinError("--metadata gives each image its own age, sex and site; it does not "
                         "combine with --age/--sex/--site", hint="Use one or the other")
 
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise SkinError("No images to predict",
-                        hint="Pass image files or folders holding .jpg/.jpeg/.png/.bmp files")
-    missing = [p for p in paths if not p.exists()]
-    if len(missing) == len(paths):  # nothing to do: say so before loading the model
-        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise SkinError(f"{shown} does not exist" if len(missing) == 1 else
-                        f"None of the {len(missing)} inputs exist ({shown})",
-                        hint="Check the path(s); folders are searched for images recursively")
-    for target, option in ((json_out, "--json-out"), (csv_out, "--csv"), (fhir_out, "--fhir")):
-        if target is not None:
-            check_writable(target, option)
-    if explain_dir is not None:
-        check_writable(explain_dir / "x.png", "--explain-dir")
+    paths = _checked_inputs(inputs, {"--json-out": json_out, "--csv": csv_out,
+                                     "--fhir": fhir_out}, explain_dir)
     predictor = load_predictor(run, runs_dir, engine=engine, on_warning=ui.warn)
     if rule != "balanced":
         with ui.err_console.status(f"Preparing the {rule} decision rule..."):
@@ -335,19 +357,13 @@ def command(
         for message in chosen.warnings:
             ui.warn(message)
         predictor.set_decision(chosen)
-    hook = None if no_log else _stats_hook()
     # One record per image: from the file, or the --age/--sex/--site for every image.
     per_image = (_metadata_records(metadata_file, paths) if metadata_file is not None
                  else None if record is None else [record] * len(paths))
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal
-    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-                  console=ui.err_console, transient=True, disable=not show_bar) as bar:
-        task = bar.add_task("predict", total=len(paths))
-        results = predictor.predict_paths(
-            [str(p) for p in paths], batch_size=batch_size, tta=tta, top_k=top_k,
-            progress=lambda done, total: bar.update(task, completed=done), image_hook=hook,
-            metadata=per_image)
+    results = _predict_with_bar(predictor, paths, show_bar, per_image, batch_size=batch_size,
+                                tta=tta, top_k=top_k, image_hook=None if no_log else _stats_hook())
     n_ok = sum(not isinstance(r, ImageError) for r in results)
     explanations: dict[int, str] = {}
     if do_explain and n_ok:
@@ -378,7 +394,15 @@ def command(
         write_json(json_out, doc)
     if csv_out:
         write_text(csv_out, document_csv(doc))
-    if n_ok == 0 and len(results) == 1 and not (as_json or json_out or csv_out):
+    _show(doc, len(results), top_k, as_json, json_out, csv_out, fhir_out, explanations)
+
+
+def _show(doc: dict[str, Any], n_results: int, top_k: int, as_json: bool,
+          json_out: Path | None, csv_out: Path | None, fhir_out: Path | None,
+          explanations: dict[int, str]) -> None:
+    """The table (or the JSON document) and what was written; the errors last."""
+    n_ok = len(doc["predictions"])
+    if n_ok == 0 and n_results == 1 and not (as_json or json_out or csv_out):
         # One file, one reason: say it in the error line itself.
         raise SkinError(f"Cannot predict {doc['errors'][0]['error']}",
                         hint="Pass a JPEG, PNG or BMP image")
@@ -405,8 +429,8 @@ def command(
         ui.console.print(f"[bold]{DISCLAIMER}[/]", highlight=False)
     if doc["errors"]:
         if n_ok:
-            ui.warn(f"{len(doc['errors'])} of {len(results)} file(s) could not be read "
+            ui.warn(f"{len(doc['errors'])} of {n_results} file(s) could not be read "
                     "(listed above); the others were predicted")
         else:
-            raise SkinError(f"None of the {len(results)} file(s) could be read (reasons above)",
+            raise SkinError(f"None of the {n_results} file(s) could be read (reasons above)",
                             hint="Check they are JPEG/PNG/BMP images")

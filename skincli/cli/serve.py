@@ -5,13 +5,16 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from skincli import ui
 from skincli.cli.common import handle_errors
 from skincli.errors import SkinError
+
+if TYPE_CHECKING:
+    from skincli.serve.settings import Settings
 
 HELP = ("Serve a trained run over HTTP: POST /v1/predict, /v1/predict/batch, /v1/explain, "
         "GET /v1/model, /health, /ready, /metrics, and a web page at /. Every option can also "
@@ -90,6 +93,26 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _loaded_target(settings: Settings) -> Any:
+    """What Uvicorn runs, once the model is known to load: the app itself for one worker, the
+    factory's import string for several (each worker loads its own copy)."""
+    if settings.workers == 1:
+        from skincli.serve.app import create_app
+
+        # One process: load the model here so a run that cannot be loaded is one error line
+        # (inside Uvicorn's startup it would be a traceback), and serve this very app.
+        app = create_app(settings)
+        with ui.err_console.status("Loading the model..."):
+            app.state.skin.preload()
+        return app
+    from skincli.serve.model import load_model
+
+    # Check once here that the run can be loaded at all.
+    with ui.err_console.status("Checking that the model loads..."):
+        load_model(settings)
+    return "skincli.serve.app:create_app"
 
 
 @handle_errors
@@ -193,21 +216,7 @@ def command(
         import uvicorn
     except ImportError as exc:
         raise SkinError("uvicorn is not installed", hint="pip install uvicorn") from exc
-    if settings.workers == 1:
-        from skincli.serve.app import create_app
-
-        # One process: load the model here so a run that cannot be loaded is one error line
-        # (inside Uvicorn's startup it would be a traceback), and serve this very app.
-        target: Any = create_app(settings)
-        with ui.err_console.status("Loading the model..."):
-            target.state.skin.preload()
-    else:
-        from skincli.serve.model import load_model
-
-        # Each worker loads its own copy; check once here that the run can be loaded at all.
-        with ui.err_console.status("Checking that the model loads..."):
-            load_model(settings)
-        target = "skincli.serve.app:create_app"
+    target = _loaded_target(settings)
     os.environ.update(settings.to_env())  # the factory in each worker reads these
     ui.err_console.print(
         f"Serving [bold]{info.version}[/] ({info.arch}, {len(info.classes)} classes) on "
