@@ -187,6 +187,79 @@ def _images(n: int = 8) -> list[bytes]:
     return out
 
 
+Result = tuple[float, int, str, str, float]  # start (s after t0), status, request id, model, ms
+
+
+def _load(url: str, images: list[bytes], clients: int, t0: float, stop_at: float
+          ) -> tuple[list[threading.Thread], list[Result]]:
+    """Start `clients` threads, each sending one image at a time until `stop_at`."""
+    results: list[Result] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        i = 0
+        while time.monotonic() < stop_at:
+            rid = f"c{k}-{i}-{uuid.uuid4().hex[:8]}"
+            start = time.monotonic()
+            try:
+                status, rid, model = _ask(url, images[(k + i) % len(images)], rid)
+            except OSError as exc:
+                status, model = 0, type(exc).__name__
+            with lock:
+                results.append((start - t0, status, rid, model,
+                                (time.monotonic() - start) * 1000))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def _timeline(replicas: list[Replica], runs: Path, t0: float, seconds: float
+              ) -> list[tuple[float, str]]:
+    """Under load: restart replica A at 25% of the time, reload both to `new` at 60%."""
+    events: list[tuple[float, str]] = []
+    time.sleep(max(0.0, t0 + 0.25 * seconds - time.monotonic()))
+    events.append((time.monotonic() - t0, "SIGTERM replica A"))
+    code = replicas[0].stop()
+    events.append((time.monotonic() - t0, f"replica A exited ({code}); starting it again"))
+    replicas[0].start()
+    replicas[0].wait_ready()
+    events.append((time.monotonic() - t0, "replica A ready again"))
+    time.sleep(max(0.0, t0 + 0.6 * seconds - time.monotonic()))
+    (runs / "CURRENT").write_text("new\n")  # a restart from now on serves the new run
+    for r in replicas:
+        status = r.reload("new")
+        events.append((time.monotonic() - t0, f"replica {r.name} reloaded to new ({status})"))
+    return events
+
+
+def _summary(results: list[Result], probes: list[tuple[int, str, str]], rows: Any,
+             elapsed: float) -> dict[str, Any]:
+    """Failures, throughput, latency, and every answered request id against the store."""
+    answered = [rid for _, s, rid, _, _ in results if s == 200]
+    answered += [rid for s, rid, _ in probes if s == 200]
+    counts = Counter(rows["request_id"])
+    statuses = Counter([s for _, s, _, _, _ in results] + [s for s, _, _ in probes])
+    lat = sorted(ms for _, s, _, _, ms in results if s == 200)
+    return {
+        "seconds": round(elapsed, 1),
+        "requests": len(results) + len(probes), "probes": len(probes),
+        "statuses": dict(statuses),
+        "failed": len(results) + len(probes) - statuses.get(200, 0),
+        "rps": round(statuses.get(200, 0) / elapsed, 1),
+        "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+        "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+        "answered": len(answered), "rows": len(rows),
+        "logged_once": sum(1 for rid in answered if counts.get(rid) == 1),
+        "missing": sum(1 for rid in answered if rid not in counts),
+        "duplicated": sum(1 for rid in answered if counts.get(rid, 0) > 1),
+        "extra_rows": len(set(counts) - set(answered)),
+        "models_after_reload": dict(Counter(m for s, _, m in probes if s == 200)),
+    }
+
+
 def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
         workdir: Path | None = None) -> dict[str, Any]:
     """The whole scenario; returns what was measured (see the module docstring)."""
@@ -224,43 +297,9 @@ def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
 
         images = _images()
         url = f"http://127.0.0.1:{nginx.port}/v1/predict"
-        results: list[tuple[float, int, str, str, float]] = []  # t, status, rid, model, ms
-        lock = threading.Lock()
         t0 = time.monotonic()
-        stop_at = t0 + seconds
-
-        def client(k: int) -> None:
-            i = 0
-            while time.monotonic() < stop_at:
-                rid = f"c{k}-{i}-{uuid.uuid4().hex[:8]}"
-                start = time.monotonic()
-                try:
-                    status, rid, model = _ask(url, images[(k + i) % len(images)], rid)
-                except OSError as exc:
-                    status, model = 0, type(exc).__name__
-                with lock:
-                    results.append((start - t0, status, rid, model,
-                                    (time.monotonic() - start) * 1000))
-                i += 1
-
-        threads = [threading.Thread(target=client, args=(k,), daemon=True)
-                   for k in range(clients)]
-        for t in threads:
-            t.start()
-        events: list[tuple[float, str]] = []
-        time.sleep(max(0.0, t0 + 0.25 * seconds - time.monotonic()))
-        events.append((time.monotonic() - t0, "SIGTERM replica A"))
-        code = replicas[0].stop()
-        events.append((time.monotonic() - t0, f"replica A exited ({code}); starting it again"))
-        replicas[0].start()
-        replicas[0].wait_ready()
-        events.append((time.monotonic() - t0, "replica A ready again"))
-        time.sleep(max(0.0, t0 + 0.6 * seconds - time.monotonic()))
-        (runs / "CURRENT").write_text("new\n")  # a restart from now on serves the new run
-        for r in replicas:
-            status = r.reload("new")
-            events.append((time.monotonic() - t0, f"replica {r.name} reloaded to new "
-                           f"({status})"))
+        threads, results = _load(url, images, clients, t0, t0 + seconds)
+        events = _timeline(replicas, runs, t0, seconds)
         for t in threads:
             t.join(seconds + 60)
         elapsed = time.monotonic() - t0
@@ -270,34 +309,14 @@ def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
         versions = [r.version() for r in replicas]
         nginx.stop()
         codes = [r.stop() for r in replicas]
-
-        answered = [rid for _, s, rid, _, _ in results if s == 200]
-        answered += [rid for s, rid, _ in probes if s == 200]
         db = open_store(store)
         rows = db.predictions()
         db.close()
-        counts = Counter(rows["request_id"])
-        statuses = Counter([s for _, s, _, _, _ in results] + [s for s, _, _ in probes])
-        lat = sorted(ms for _, s, _, _, ms in results if s == 200)
-        return {
-            "clients": clients, "seconds": round(elapsed, 1),
-            "requests": len(results) + len(probes), "probes": len(probes),
-            "statuses": dict(statuses),
-            "failed": len(results) + len(probes) - statuses.get(200, 0),
-            "rps": round(statuses.get(200, 0) / elapsed, 1),
-            "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-            "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
-            "answered": len(answered), "rows": len(rows),
-            "logged_once": sum(1 for rid in answered if counts.get(rid) == 1),
-            "missing": sum(1 for rid in answered if rid not in counts),
-            "duplicated": sum(1 for rid in answered if counts.get(rid, 0) > 1),
-            "extra_rows": len(set(counts) - set(answered)),
-            "versions_after": versions,
-            "models_after_reload": dict(Counter(m for s, _, m in probes if s == 200)),
-            "old_version": f"{old.name}@2026-01-01T00:00:00",
-            "new_version": f"{new.name}@2026-02-01T00:00:00",
-            "exit_codes": codes, "events": events,
-        }
+        return {"clients": clients, **_summary(results, probes, rows, elapsed),
+                "versions_after": versions,
+                "old_version": f"{old.name}@2026-01-01T00:00:00",
+                "new_version": f"{new.name}@2026-02-01T00:00:00",
+                "exit_codes": codes, "events": events}
     finally:
         if nginx is not None:
             nginx.stop()
