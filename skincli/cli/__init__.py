@@ -19,6 +19,7 @@ from skincli.cli import (
     demo,
     eda,
     evaluate,
+    export,
     monitor,
     predict,
     receive,
@@ -45,8 +46,7 @@ app.command("train", help=train.HELP)(train.command)
 app.command("evaluate", help=evaluate.HELP)(evaluate.command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("serve", help=serve.HELP)(serve.command)
-for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
-    app.command(extra_name, help=extra_help)(extra_cmd)
+app.command("export", help=export.HELP)(export.command)
 app.add_typer(monitor.app, name="monitor")
 app.command("card", help=card.HELP)(card.command)
 app.add_typer(audit.app, name="audit")

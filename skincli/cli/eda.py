@@ -19,6 +19,7 @@ from skincli.cli.common import (
     metadata_args,
 )
 from skincli.errors import SkinError
+from skincli.fsutil import json_default
 
 if TYPE_CHECKING:
     from skincli.data.sources import SourcesPlan
@@ -139,7 +140,7 @@ def command(
                          cache=cache, params=params, progress=progress, sources=plan,
                          drop_unmapped=drop_unmapped, **meta)
     if json:
-        typer.echo(jsonlib.dumps(report, indent=2, default=str))
+        typer.echo(jsonlib.dumps(report, indent=2, default=json_default))
         return
     show_report(report)
 

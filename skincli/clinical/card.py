@@ -10,7 +10,6 @@ section the run has no data for says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from skincli import DISCLAIMER
 from skincli.clinical.snomed import concept
 from skincli.clinical.triage import record_of
 from skincli.errors import SkinError
+from skincli.fsutil import sha256_file
 from skincli.runs import MODEL_FILE, RunInfo, load_run_info
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
@@ -46,11 +46,7 @@ OUT_OF_SCOPE = [
 
 def _sha256(path: Path) -> str | None:
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

@@ -25,7 +25,7 @@ from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pai
 from skincli.data.overlap import cross_source_disagreements
 from skincli.data.sources import check_test_source, check_training_classes, source_summary
 from skincli.errors import SkinError
-from skincli.fsutil import check_writable, write_text
+from skincli.fsutil import check_writable, json_default, sha256_file, write_text
 
 DEFAULT_SPLIT_PATH = Path("splits/split.csv")
 SPLITS = ("train", "val", "test")
@@ -425,7 +425,7 @@ def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT
     meta["csv_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     meta["csv_file"] = out.name
     # Sidecar first: if the CSV write then fails, load_split sees the mismatch and says so.
-    write_text(sidecar_path(out), json.dumps(meta, indent=2, default=str) + "\n")
+    write_text(sidecar_path(out), json.dumps(meta, indent=2, default=json_default) + "\n")
     write_text(out, text)
     return out
 
@@ -434,7 +434,7 @@ def split_file_sha256(path: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> str:
     """sha256 of the split CSV file (recorded in training run folders)."""
     p = Path(path)
     try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
+        return sha256_file(p)
     except FileNotFoundError as exc:
         raise SkinError(f"No split file at {path}", hint="Run `skin split DATA` first") from exc
 

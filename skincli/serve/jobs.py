@@ -92,7 +92,7 @@ _RECORD = {"description": "The job's record", "content": {"application/json": {
     "schema": {"type": "object", "required": ["id", "state"]}}}}
 
 
-@router.post("/v1/jobs", status_code=201, summary="Classify a study by reference",
+@router.post("/v1/jobs", status_code=201, operation_id="createJob", summary="Classify a study by reference",
              responses={201: _RECORD, 200: {**_RECORD, "description": "A repeated id: the "
                                             "stored record, not run again"},
                         **_errors("unauthorized", "not_found", "job_conflict",
@@ -126,7 +126,7 @@ async def create_job(request: Request, body: JobIn) -> JSONResponse:
     return JSONResponse({**record, "replayed": replayed}, status_code=200 if replayed else 201)
 
 
-@router.get("/v1/jobs/{job_id}", summary="A job's record",
+@router.get("/v1/jobs/{job_id}", operation_id="getJob", summary="A job's record",
             responses={200: _RECORD, **_errors("unauthorized", "not_found", "not_ready")})
 async def get_job(request: Request, job_id: str) -> JSONResponse:
     record = jobs.JobStore(_config().jobs_dir).get(job_id)

@@ -235,10 +235,9 @@ def calibrate_validation(val: ValidationOutputs, fit: bool, uncertain_accuracy: 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     """Loss and validation macro F1 / balanced accuracy per epoch; phase changes dashed."""
-    import matplotlib
+    from skincli.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in history]
