@@ -92,7 +92,8 @@ _RECORD = {"description": "The job's record", "content": {"application/json": {
     "schema": {"type": "object", "required": ["id", "state"]}}}}
 
 
-@router.post("/v1/jobs", status_code=201, operation_id="createJob", summary="Classify a study by reference",
+@router.post("/v1/jobs", status_code=201, operation_id="createJob",
+             summary="Classify a study by reference",
              responses={201: _RECORD, 200: {**_RECORD, "description": "A repeated id: the "
                                             "stored record, not run again"},
                         **_errors("unauthorized", "not_found", "job_conflict",

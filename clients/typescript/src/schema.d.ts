@@ -19,7 +19,7 @@ export interface paths {
          *     uncertain flag, and the model that answered. `age`, `sex` and `site` feed a model
          *     trained with the patient's metadata.
          */
-        post: operations["predict_v1_predict_post"];
+        post: operations["predict"];
         delete?: never;
         options?: never;
         head?: never;
@@ -41,7 +41,7 @@ export interface paths {
          *     entry; the others are still classified. `age`, `sex` and `site` apply to every image
          *     (one patient).
          */
-        post: operations["predict_batch_v1_predict_batch_post"];
+        post: operations["predictBatch"];
         delete?: never;
         options?: never;
         head?: never;
@@ -61,41 +61,7 @@ export interface paths {
          * Grad-CAM heat map for one image
          * @description Where the model looked: Grad-CAM for the predicted (or a chosen) class.
          */
-        post: operations["explain_v1_explain_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/health": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Liveness: the process answers */
-        get: operations["health_health_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/ready": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Readiness: the model is loaded and warm */
-        get: operations["ready_ready_get"];
-        put?: never;
-        post?: never;
+        post: operations["explain"];
         delete?: never;
         options?: never;
         head?: never;
@@ -110,7 +76,27 @@ export interface paths {
             cookie?: never;
         };
         /** The served run: classes, architecture, metrics, calibration */
-        get: operations["model_info_v1_model_get"];
+        get: operations["getModel"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/model/card": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The served run's model card
+         * @description Intended use, data, evaluation with CIs, the triage operating point, limitations.
+         */
+        get: operations["getModelCard"];
         put?: never;
         post?: never;
         delete?: never;
@@ -133,7 +119,41 @@ export interface paths {
          * @description Load the run fully and warm it, then swap: requests in flight finish on the old
          *     model, later ones use the new one; no request sees a half-loaded model.
          */
-        post: operations["reload_v1_model_reload_post"];
+        post: operations["reloadModel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Liveness: the process answers */
+        get: operations["getHealth"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ready": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Readiness: the model is loaded and warm */
+        get: operations["getReadiness"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -148,27 +168,7 @@ export interface paths {
             cookie?: never;
         };
         /** Prometheus metrics (text format 0.0.4) */
-        get: operations["metrics_metrics_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/model/card": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * The served run's model card
-         * @description Intended use, data, evaluation with CIs, the triage operating point, limitations.
-         */
-        get: operations["model_card_v1_model_card_get"];
+        get: operations["getMetrics"];
         put?: never;
         post?: never;
         delete?: never;
@@ -187,7 +187,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Classify a study by reference */
-        post: operations["create_job_v1_jobs_post"];
+        post: operations["createJob"];
         delete?: never;
         options?: never;
         head?: never;
@@ -202,7 +202,7 @@ export interface paths {
             cookie?: never;
         };
         /** A job's record */
-        get: operations["get_job_v1_jobs__job_id__get"];
+        get: operations["getJob"];
         put?: never;
         post?: never;
         delete?: never;
@@ -618,17 +618,19 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    predict_v1_predict_post: {
+    predict: {
         parameters: {
             query?: {
-                /** @description How many classes to list (default 3) */
+                /** @description How many classes to list (default: the server's --top-k) */
                 top_k?: number | null;
+                /** @description json, or fhir for an HL7 FHIR R4 Bundle (as Accept: application/fhir+json) */
+                format?: "json" | "fhir";
                 /** @description The patient's age in years (used by models trained with --use-metadata; otherwise ignored, with a warning) */
-                age?: string | null;
-                /** @description male or female (as age) */
-                sex?: string | null;
+                age?: number | null;
+                /** @description The patient's sex (as age) */
+                sex?: ("male" | "female") | null;
                 /** @description Anatomical site, e.g. back, face, lower extremity (as age) */
-                site?: string | null;
+                site?: ("abdomen" | "acral" | "anterior torso" | "arm" | "back" | "breast" | "chest" | "ear" | "face" | "foot" | "forearm" | "genital" | "hand" | "head" | "head/neck" | "knee" | "lateral torso" | "leg" | "lip" | "lower back" | "lower extremity" | "mucosa" | "neck" | "nose" | "oral" | "oral/genital" | "other" | "palm" | "palms/soles" | "posterior torso" | "scalp" | "shoulder" | "sole" | "thigh" | "torso" | "trunk" | "upper back" | "upper extremity") | null;
             };
             header?: never;
             path?: never;
@@ -651,10 +653,20 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PredictResponse"];
+                    "application/fhir+json": unknown;
                 };
             };
             /** @description `unauthorized`: missing or wrong API key */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `not_acceptable`: the Accept header allows neither JSON nor FHIR JSON */
+            406: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -726,17 +738,17 @@ export interface operations {
             };
         };
     };
-    predict_batch_v1_predict_batch_post: {
+    predictBatch: {
         parameters: {
             query?: {
-                /** @description How many classes to list (default 3) */
+                /** @description How many classes to list (default: the server's --top-k) */
                 top_k?: number | null;
                 /** @description The patient's age in years (used by models trained with --use-metadata; otherwise ignored, with a warning) */
-                age?: string | null;
-                /** @description male or female (as age) */
-                sex?: string | null;
+                age?: number | null;
+                /** @description The patient's sex (as age) */
+                sex?: ("male" | "female") | null;
                 /** @description Anatomical site, e.g. back, face, lower extremity (as age) */
-                site?: string | null;
+                site?: ("abdomen" | "acral" | "anterior torso" | "arm" | "back" | "breast" | "chest" | "ear" | "face" | "foot" | "forearm" | "genital" | "hand" | "head" | "head/neck" | "knee" | "lateral torso" | "leg" | "lip" | "lower back" | "lower extremity" | "mucosa" | "neck" | "nose" | "oral" | "oral/genital" | "other" | "palm" | "palms/soles" | "posterior torso" | "scalp" | "shoulder" | "sole" | "thigh" | "torso" | "trunk" | "upper back" | "upper extremity") | null;
             };
             header?: never;
             path?: never;
@@ -832,14 +844,14 @@ export interface operations {
             };
         };
     };
-    explain_v1_explain_post: {
+    explain: {
         parameters: {
             query?: {
                 /** @description png: the overlay image; json: base64 PNGs plus the prediction */
                 format?: "png" | "json";
                 /** @description Class to explain (default: the predicted one) */
                 target?: string | null;
-                /** @description How many classes to list (default 3) */
+                /** @description How many classes to list (default: the server's --top-k) */
                 top_k?: number | null;
             };
             header?: never;
@@ -939,56 +951,7 @@ export interface operations {
             };
         };
     };
-    health_health_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HealthResponse"];
-                };
-            };
-        };
-    };
-    ready_ready_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ReadyResponse"];
-                };
-            };
-            /** @description `not_ready`: the model is not loaded yet */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorOut"];
-                };
-            };
-        };
-    };
-    model_info_v1_model_get: {
+    getModel: {
         parameters: {
             query?: never;
             header?: never;
@@ -1043,7 +1006,75 @@ export interface operations {
             };
         };
     };
-    reload_v1_model_reload_post: {
+    getModelCard: {
+        parameters: {
+            query?: {
+                /** @description json or markdown */
+                format?: "json" | "markdown";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description model_card.json, or MODEL_CARD.md with format=markdown */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                    "text/markdown": unknown;
+                };
+            };
+            /** @description `unauthorized`: missing or wrong API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description `rate_limited`: more requests than the server's --rate-limit from this client; retry after Retry-After seconds */
+            429: {
+                headers: {
+                    /** @description Seconds until the next request from this client is allowed */
+                    "Retry-After"?: number;
+                    /** @description Requests allowed per period (the burst) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left now */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the full allowance is back */
+                    "RateLimit-Reset"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description `not_ready`: the model is not loaded yet */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    reloadModel: {
         parameters: {
             query?: {
                 /** @description Run name under the runs folder (default: the run configured at start-up, or runs/CURRENT) */
@@ -1119,7 +1150,56 @@ export interface operations {
             };
         };
     };
-    metrics_metrics_get: {
+    getHealth: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HealthResponse"];
+                };
+            };
+        };
+    };
+    getReadiness: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReadyResponse"];
+                };
+            };
+            /** @description `not_ready`: the model is not loaded yet */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getMetrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -1139,57 +1219,7 @@ export interface operations {
             };
         };
     };
-    model_card_v1_model_card_get: {
-        parameters: {
-            query?: {
-                /** @description json or markdown */
-                format?: string;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description model_card.json, or MODEL_CARD.md with format=markdown */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                    "text/markdown": unknown;
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description `rate_limited`: more requests than the server's --rate-limit from this client; retry after Retry-After seconds */
-            429: {
-                headers: {
-                    /** @description Seconds until the next request from this client is allowed */
-                    "Retry-After"?: number;
-                    /** @description Requests allowed per period (the burst) */
-                    "RateLimit-Limit"?: number;
-                    /** @description Requests left now */
-                    "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the full allowance is back */
-                    "RateLimit-Reset"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorOut"];
-                };
-            };
-        };
-    };
-    create_job_v1_jobs_post: {
+    createJob: {
         parameters: {
             query?: never;
             header?: never;
@@ -1293,7 +1323,7 @@ export interface operations {
             };
         };
     };
-    get_job_v1_jobs__job_id__get: {
+    getJob: {
         parameters: {
             query?: never;
             header?: never;

@@ -3,13 +3,14 @@
 from .batch_item import BatchItem
 from .batch_response import BatchResponse
 from .class_probability import ClassProbability
-from .create_job_v1_jobs_post_response_200 import CreateJobV1JobsPostResponse200
-from .create_job_v1_jobs_post_response_201 import CreateJobV1JobsPostResponse201
+from .create_job_response_200 import CreateJobResponse200
+from .create_job_response_201 import CreateJobResponse201
 from .error_out import ErrorOut
+from .explain_files_body import ExplainFilesBody
+from .explain_format import ExplainFormat
 from .explain_response import ExplainResponse
-from .explain_v1_explain_post_files_body import ExplainV1ExplainPostFilesBody
-from .explain_v1_explain_post_format import ExplainV1ExplainPostFormat
-from .get_job_v1_jobs_job_id_get_response_200 import GetJobV1JobsJobIdGetResponse200
+from .get_job_response_200 import GetJobResponse200
+from .get_model_card_format import GetModelCardFormat
 from .health_response import HealthResponse
 from .http_validation_error import HTTPValidationError
 from .job_in import JobIn
@@ -23,9 +24,14 @@ from .model_response_preprocessing import ModelResponsePreprocessing
 from .model_response_serving import ModelResponseServing
 from .model_response_test_metrics import ModelResponseTestMetrics
 from .model_response_val_metrics import ModelResponseValMetrics
-from .predict_batch_v1_predict_batch_post_body import PredictBatchV1PredictBatchPostBody
+from .predict_batch_body import PredictBatchBody
+from .predict_batch_sex_type_0 import PredictBatchSexType0
+from .predict_batch_site_type_0 import PredictBatchSiteType0
+from .predict_files_body import PredictFilesBody
+from .predict_format import PredictFormat
 from .predict_response import PredictResponse
-from .predict_v1_predict_post_files_body import PredictV1PredictPostFilesBody
+from .predict_sex_type_0 import PredictSexType0
+from .predict_site_type_0 import PredictSiteType0
 from .prediction_out import PredictionOut
 from .prediction_out_probabilities import PredictionOutProbabilities
 from .ready_response import ReadyResponse
@@ -38,13 +44,14 @@ __all__ = (
     "BatchItem",
     "BatchResponse",
     "ClassProbability",
-    "CreateJobV1JobsPostResponse200",
-    "CreateJobV1JobsPostResponse201",
+    "CreateJobResponse200",
+    "CreateJobResponse201",
     "ErrorOut",
+    "ExplainFilesBody",
+    "ExplainFormat",
     "ExplainResponse",
-    "ExplainV1ExplainPostFilesBody",
-    "ExplainV1ExplainPostFormat",
-    "GetJobV1JobsJobIdGetResponse200",
+    "GetJobResponse200",
+    "GetModelCardFormat",
     "HTTPValidationError",
     "HealthResponse",
     "JobIn",
@@ -58,9 +65,14 @@ __all__ = (
     "ModelResponseServing",
     "ModelResponseTestMetrics",
     "ModelResponseValMetrics",
-    "PredictBatchV1PredictBatchPostBody",
+    "PredictBatchBody",
+    "PredictBatchSexType0",
+    "PredictBatchSiteType0",
+    "PredictFilesBody",
+    "PredictFormat",
     "PredictResponse",
-    "PredictV1PredictPostFilesBody",
+    "PredictSexType0",
+    "PredictSiteType0",
     "PredictionOut",
     "PredictionOutProbabilities",
     "ReadyResponse",

@@ -6,16 +6,16 @@ import httpx
 from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_out import ErrorOut
+from ...models.explain_files_body import ExplainFilesBody
+from ...models.explain_format import ExplainFormat
 from ...models.explain_response import ExplainResponse
-from ...models.explain_v1_explain_post_files_body import ExplainV1ExplainPostFilesBody
-from ...models.explain_v1_explain_post_format import ExplainV1ExplainPostFormat
 from ...types import UNSET, File, Response, Unset
 
 
 def _get_kwargs(
     *,
-    body: ExplainV1ExplainPostFilesBody | File | Unset = UNSET,
-    format_: ExplainV1ExplainPostFormat | Unset = ExplainV1ExplainPostFormat.PNG,
+    body: ExplainFilesBody | File | Unset = UNSET,
+    format_: ExplainFormat | Unset = ExplainFormat.PNG,
     target: None | str | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
 ) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def _get_kwargs(
         "params": params,
     }
 
-    if isinstance(body, ExplainV1ExplainPostFilesBody):
+    if isinstance(body, ExplainFilesBody):
         _kwargs["files"] = body.to_multipart()
 
         headers["Content-Type"] = "multipart/form-data; boundary=+++"
@@ -126,8 +126,8 @@ def _build_response(
 def sync_detailed(
     *,
     client: AuthenticatedClient,
-    body: ExplainV1ExplainPostFilesBody | File | Unset = UNSET,
-    format_: ExplainV1ExplainPostFormat | Unset = ExplainV1ExplainPostFormat.PNG,
+    body: ExplainFilesBody | File | Unset = UNSET,
+    format_: ExplainFormat | Unset = ExplainFormat.PNG,
     target: None | str | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
 ) -> Response[ErrorOut | ExplainResponse]:
@@ -136,11 +136,11 @@ def sync_detailed(
      Where the model looked: Grad-CAM for the predicted (or a chosen) class.
 
     Args:
-        format_ (ExplainV1ExplainPostFormat | Unset): png: the overlay image; json: base64 PNGs
-            plus the prediction Default: ExplainV1ExplainPostFormat.PNG.
+        format_ (ExplainFormat | Unset): png: the overlay image; json: base64 PNGs plus the
+            prediction Default: ExplainFormat.PNG.
         target (None | str | Unset): Class to explain (default: the predicted one)
-        top_k (int | None | Unset): How many classes to list (default 3)
-        body (ExplainV1ExplainPostFilesBody):
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        body (ExplainFilesBody):
         body (File):
 
     Raises:
@@ -168,8 +168,8 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient,
-    body: ExplainV1ExplainPostFilesBody | File | Unset = UNSET,
-    format_: ExplainV1ExplainPostFormat | Unset = ExplainV1ExplainPostFormat.PNG,
+    body: ExplainFilesBody | File | Unset = UNSET,
+    format_: ExplainFormat | Unset = ExplainFormat.PNG,
     target: None | str | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
 ) -> ErrorOut | ExplainResponse | None:
@@ -178,11 +178,11 @@ def sync(
      Where the model looked: Grad-CAM for the predicted (or a chosen) class.
 
     Args:
-        format_ (ExplainV1ExplainPostFormat | Unset): png: the overlay image; json: base64 PNGs
-            plus the prediction Default: ExplainV1ExplainPostFormat.PNG.
+        format_ (ExplainFormat | Unset): png: the overlay image; json: base64 PNGs plus the
+            prediction Default: ExplainFormat.PNG.
         target (None | str | Unset): Class to explain (default: the predicted one)
-        top_k (int | None | Unset): How many classes to list (default 3)
-        body (ExplainV1ExplainPostFilesBody):
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        body (ExplainFilesBody):
         body (File):
 
     Raises:
@@ -205,8 +205,8 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
-    body: ExplainV1ExplainPostFilesBody | File | Unset = UNSET,
-    format_: ExplainV1ExplainPostFormat | Unset = ExplainV1ExplainPostFormat.PNG,
+    body: ExplainFilesBody | File | Unset = UNSET,
+    format_: ExplainFormat | Unset = ExplainFormat.PNG,
     target: None | str | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
 ) -> Response[ErrorOut | ExplainResponse]:
@@ -215,11 +215,11 @@ async def asyncio_detailed(
      Where the model looked: Grad-CAM for the predicted (or a chosen) class.
 
     Args:
-        format_ (ExplainV1ExplainPostFormat | Unset): png: the overlay image; json: base64 PNGs
-            plus the prediction Default: ExplainV1ExplainPostFormat.PNG.
+        format_ (ExplainFormat | Unset): png: the overlay image; json: base64 PNGs plus the
+            prediction Default: ExplainFormat.PNG.
         target (None | str | Unset): Class to explain (default: the predicted one)
-        top_k (int | None | Unset): How many classes to list (default 3)
-        body (ExplainV1ExplainPostFilesBody):
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        body (ExplainFilesBody):
         body (File):
 
     Raises:
@@ -245,8 +245,8 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient,
-    body: ExplainV1ExplainPostFilesBody | File | Unset = UNSET,
-    format_: ExplainV1ExplainPostFormat | Unset = ExplainV1ExplainPostFormat.PNG,
+    body: ExplainFilesBody | File | Unset = UNSET,
+    format_: ExplainFormat | Unset = ExplainFormat.PNG,
     target: None | str | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
 ) -> ErrorOut | ExplainResponse | None:
@@ -255,11 +255,11 @@ async def asyncio(
      Where the model looked: Grad-CAM for the predicted (or a chosen) class.
 
     Args:
-        format_ (ExplainV1ExplainPostFormat | Unset): png: the overlay image; json: base64 PNGs
-            plus the prediction Default: ExplainV1ExplainPostFormat.PNG.
+        format_ (ExplainFormat | Unset): png: the overlay image; json: base64 PNGs plus the
+            prediction Default: ExplainFormat.PNG.
         target (None | str | Unset): Class to explain (default: the predicted one)
-        top_k (int | None | Unset): How many classes to list (default 3)
-        body (ExplainV1ExplainPostFilesBody):
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        body (ExplainFilesBody):
         body (File):
 
     Raises:

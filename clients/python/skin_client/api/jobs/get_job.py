@@ -1,52 +1,38 @@
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from ... import errors
 from ...client import AuthenticatedClient, Client
-from ...models.create_job_v1_jobs_post_response_200 import (
-    CreateJobV1JobsPostResponse200,
-)
-from ...models.create_job_v1_jobs_post_response_201 import (
-    CreateJobV1JobsPostResponse201,
-)
 from ...models.error_out import ErrorOut
-from ...models.job_in import JobIn
+from ...models.get_job_response_200 import GetJobResponse200
+from ...models.http_validation_error import HTTPValidationError
 from ...types import Response
 
 
 def _get_kwargs(
-    *,
-    body: JobIn,
+    job_id: str,
 ) -> dict[str, Any]:
-    headers: dict[str, Any] = {}
 
     _kwargs: dict[str, Any] = {
-        "method": "post",
-        "url": "/v1/jobs",
+        "method": "get",
+        "url": "/v1/jobs/{job_id}".format(
+            job_id=quote(str(job_id), safe=""),
+        ),
     }
 
-    _kwargs["json"] = body.to_dict()
-
-    headers["Content-Type"] = "application/json"
-
-    _kwargs["headers"] = headers
     return _kwargs
 
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut | None:
+) -> ErrorOut | GetJobResponse200 | HTTPValidationError | None:
     if response.status_code == 200:
-        response_200 = CreateJobV1JobsPostResponse200.from_dict(response.json())
+        response_200 = GetJobResponse200.from_dict(response.json())
 
         return response_200
-
-    if response.status_code == 201:
-        response_201 = CreateJobV1JobsPostResponse201.from_dict(response.json())
-
-        return response_201
 
     if response.status_code == 401:
         response_401 = ErrorOut.from_dict(response.json())
@@ -58,13 +44,8 @@ def _parse_response(
 
         return response_404
 
-    if response.status_code == 409:
-        response_409 = ErrorOut.from_dict(response.json())
-
-        return response_409
-
     if response.status_code == 422:
-        response_422 = ErrorOut.from_dict(response.json())
+        response_422 = HTTPValidationError.from_dict(response.json())
 
         return response_422
 
@@ -78,11 +59,6 @@ def _parse_response(
 
         return response_503
 
-    if response.status_code == 504:
-        response_504 = ErrorOut.from_dict(response.json())
-
-        return response_504
-
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
     else:
@@ -91,9 +67,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[
-    CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut
-]:
+) -> Response[ErrorOut | GetJobResponse200 | HTTPValidationError]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -103,27 +77,25 @@ def _build_response(
 
 
 def sync_detailed(
+    job_id: str,
     *,
     client: AuthenticatedClient,
-    body: JobIn,
-) -> Response[
-    CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut
-]:
-    """Classify a study by reference
+) -> Response[ErrorOut | GetJobResponse200 | HTTPValidationError]:
+    """A job's record
 
     Args:
-        body (JobIn): A job by reference: a configured source and the UIDs to read.
+        job_id (str):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut]
+        Response[ErrorOut | GetJobResponse200 | HTTPValidationError]
     """
 
     kwargs = _get_kwargs(
-        body=body,
+        job_id=job_id,
     )
 
     response = client.get_httpx_client().request(
@@ -134,51 +106,49 @@ def sync_detailed(
 
 
 def sync(
+    job_id: str,
     *,
     client: AuthenticatedClient,
-    body: JobIn,
-) -> CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut | None:
-    """Classify a study by reference
+) -> ErrorOut | GetJobResponse200 | HTTPValidationError | None:
+    """A job's record
 
     Args:
-        body (JobIn): A job by reference: a configured source and the UIDs to read.
+        job_id (str):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut
+        ErrorOut | GetJobResponse200 | HTTPValidationError
     """
 
     return sync_detailed(
+        job_id=job_id,
         client=client,
-        body=body,
     ).parsed
 
 
 async def asyncio_detailed(
+    job_id: str,
     *,
     client: AuthenticatedClient,
-    body: JobIn,
-) -> Response[
-    CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut
-]:
-    """Classify a study by reference
+) -> Response[ErrorOut | GetJobResponse200 | HTTPValidationError]:
+    """A job's record
 
     Args:
-        body (JobIn): A job by reference: a configured source and the UIDs to read.
+        job_id (str):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut]
+        Response[ErrorOut | GetJobResponse200 | HTTPValidationError]
     """
 
     kwargs = _get_kwargs(
-        body=body,
+        job_id=job_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -187,26 +157,26 @@ async def asyncio_detailed(
 
 
 async def asyncio(
+    job_id: str,
     *,
     client: AuthenticatedClient,
-    body: JobIn,
-) -> CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut | None:
-    """Classify a study by reference
+) -> ErrorOut | GetJobResponse200 | HTTPValidationError | None:
+    """A job's record
 
     Args:
-        body (JobIn): A job by reference: a configured source and the UIDs to read.
+        job_id (str):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        CreateJobV1JobsPostResponse200 | CreateJobV1JobsPostResponse201 | ErrorOut
+        ErrorOut | GetJobResponse200 | HTTPValidationError
     """
 
     return (
         await asyncio_detailed(
+            job_id=job_id,
             client=client,
-            body=body,
         )
     ).parsed

@@ -1,62 +1,32 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from io import BytesIO
 from typing import Any, Self, TypeVar
 
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 
-from .. import types
-from ..types import File
-
-T = TypeVar("T", bound="PredictV1PredictPostFilesBody")
+T = TypeVar("T", bound="GetJobResponse200")
 
 
 @_attrs_define
-class PredictV1PredictPostFilesBody:
-    """
-    Attributes:
-        file (File):
-    """
-
-    file: File
+class GetJobResponse200:
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        file = self.file.to_tuple()
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
-        field_dict.update(
-            {
-                "file": file,
-            }
-        )
 
         return field_dict
-
-    def to_multipart(self) -> types.RequestFiles:
-        files: types.RequestFiles = []
-
-        files.append(("file", self.file.to_tuple()))
-
-        for prop_name, prop in self.additional_properties.items():
-            files.append((prop_name, (None, str(prop).encode(), "text/plain")))
-
-        return files
 
     @classmethod
     def from_dict(cls, src_dict: Mapping[str, Any]) -> Self:
         d = dict(src_dict)
-        file = File(payload=BytesIO(d.pop("file")))
+        get_job_response_200 = cls()
 
-        predict_v1_predict_post_files_body = cls(
-            file=file,
-        )
-
-        predict_v1_predict_post_files_body.additional_properties = d
-        return predict_v1_predict_post_files_body
+        get_job_response_200.additional_properties = d
+        return get_job_response_200
 
     @property
     def additional_keys(self) -> list[str]:

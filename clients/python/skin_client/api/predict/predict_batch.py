@@ -7,19 +7,19 @@ from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.batch_response import BatchResponse
 from ...models.error_out import ErrorOut
-from ...models.predict_batch_v1_predict_batch_post_body import (
-    PredictBatchV1PredictBatchPostBody,
-)
+from ...models.predict_batch_body import PredictBatchBody
+from ...models.predict_batch_sex_type_0 import PredictBatchSexType0
+from ...models.predict_batch_site_type_0 import PredictBatchSiteType0
 from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
-    body: PredictBatchV1PredictBatchPostBody,
+    body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictBatchSexType0 | Unset = UNSET,
+    site: None | PredictBatchSiteType0 | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
 
@@ -32,7 +32,7 @@ def _get_kwargs(
         json_top_k = top_k
     params["top_k"] = json_top_k
 
-    json_age: None | str | Unset
+    json_age: float | None | Unset
     if isinstance(age, Unset):
         json_age = UNSET
     else:
@@ -42,6 +42,8 @@ def _get_kwargs(
     json_sex: None | str | Unset
     if isinstance(sex, Unset):
         json_sex = UNSET
+    elif isinstance(sex, PredictBatchSexType0):
+        json_sex = sex.value
     else:
         json_sex = sex
     params["sex"] = json_sex
@@ -49,6 +51,8 @@ def _get_kwargs(
     json_site: None | str | Unset
     if isinstance(site, Unset):
         json_site = UNSET
+    elif isinstance(site, PredictBatchSiteType0):
+        json_site = site.value
     else:
         json_site = site
     params["site"] = json_site
@@ -132,11 +136,11 @@ def _build_response(
 def sync_detailed(
     *,
     client: AuthenticatedClient,
-    body: PredictBatchV1PredictBatchPostBody,
+    body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictBatchSexType0 | Unset = UNSET,
+    site: None | PredictBatchSiteType0 | Unset = UNSET,
 ) -> Response[BatchResponse | ErrorOut]:
     """Classify several images
 
@@ -145,12 +149,13 @@ def sync_detailed(
     (one patient).
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictBatchV1PredictBatchPostBody):
+        sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictBatchSiteType0 | Unset): Anatomical site, e.g. back, face, lower
+            extremity (as age)
+        body (PredictBatchBody):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -178,11 +183,11 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient,
-    body: PredictBatchV1PredictBatchPostBody,
+    body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictBatchSexType0 | Unset = UNSET,
+    site: None | PredictBatchSiteType0 | Unset = UNSET,
 ) -> BatchResponse | ErrorOut | None:
     """Classify several images
 
@@ -191,12 +196,13 @@ def sync(
     (one patient).
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictBatchV1PredictBatchPostBody):
+        sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictBatchSiteType0 | Unset): Anatomical site, e.g. back, face, lower
+            extremity (as age)
+        body (PredictBatchBody):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -219,11 +225,11 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
-    body: PredictBatchV1PredictBatchPostBody,
+    body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictBatchSexType0 | Unset = UNSET,
+    site: None | PredictBatchSiteType0 | Unset = UNSET,
 ) -> Response[BatchResponse | ErrorOut]:
     """Classify several images
 
@@ -232,12 +238,13 @@ async def asyncio_detailed(
     (one patient).
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictBatchV1PredictBatchPostBody):
+        sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictBatchSiteType0 | Unset): Anatomical site, e.g. back, face, lower
+            extremity (as age)
+        body (PredictBatchBody):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -263,11 +270,11 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient,
-    body: PredictBatchV1PredictBatchPostBody,
+    body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictBatchSexType0 | Unset = UNSET,
+    site: None | PredictBatchSiteType0 | Unset = UNSET,
 ) -> BatchResponse | ErrorOut | None:
     """Classify several images
 
@@ -276,12 +283,13 @@ async def asyncio(
     (one patient).
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictBatchV1PredictBatchPostBody):
+        sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictBatchSiteType0 | Unset): Anatomical site, e.g. back, face, lower
+            extremity (as age)
+        body (PredictBatchBody):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.

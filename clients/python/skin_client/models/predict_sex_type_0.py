@@ -1,9 +1,9 @@
 from enum import StrEnum
 
 
-class ExplainV1ExplainPostFormat(StrEnum):
-    JSON = "json"
-    PNG = "png"
+class PredictSexType0(StrEnum):
+    FEMALE = "female"
+    MALE = "male"
 
     def __str__(self) -> str:
         return str(self.value)

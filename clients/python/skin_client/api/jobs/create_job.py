@@ -1,40 +1,48 @@
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from ... import errors
 from ...client import AuthenticatedClient, Client
+from ...models.create_job_response_200 import CreateJobResponse200
+from ...models.create_job_response_201 import CreateJobResponse201
 from ...models.error_out import ErrorOut
-from ...models.get_job_v1_jobs_job_id_get_response_200 import (
-    GetJobV1JobsJobIdGetResponse200,
-)
-from ...models.http_validation_error import HTTPValidationError
+from ...models.job_in import JobIn
 from ...types import Response
 
 
 def _get_kwargs(
-    job_id: str,
+    *,
+    body: JobIn,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
 
     _kwargs: dict[str, Any] = {
-        "method": "get",
-        "url": "/v1/jobs/{job_id}".format(
-            job_id=quote(str(job_id), safe=""),
-        ),
+        "method": "post",
+        "url": "/v1/jobs",
     }
 
+    _kwargs["json"] = body.to_dict()
+
+    headers["Content-Type"] = "application/json"
+
+    _kwargs["headers"] = headers
     return _kwargs
 
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError | None:
+) -> CreateJobResponse200 | CreateJobResponse201 | ErrorOut | None:
     if response.status_code == 200:
-        response_200 = GetJobV1JobsJobIdGetResponse200.from_dict(response.json())
+        response_200 = CreateJobResponse200.from_dict(response.json())
 
         return response_200
+
+    if response.status_code == 201:
+        response_201 = CreateJobResponse201.from_dict(response.json())
+
+        return response_201
 
     if response.status_code == 401:
         response_401 = ErrorOut.from_dict(response.json())
@@ -46,8 +54,13 @@ def _parse_response(
 
         return response_404
 
+    if response.status_code == 409:
+        response_409 = ErrorOut.from_dict(response.json())
+
+        return response_409
+
     if response.status_code == 422:
-        response_422 = HTTPValidationError.from_dict(response.json())
+        response_422 = ErrorOut.from_dict(response.json())
 
         return response_422
 
@@ -61,6 +74,11 @@ def _parse_response(
 
         return response_503
 
+    if response.status_code == 504:
+        response_504 = ErrorOut.from_dict(response.json())
+
+        return response_504
+
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
     else:
@@ -69,7 +87,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError]:
+) -> Response[CreateJobResponse200 | CreateJobResponse201 | ErrorOut]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -79,25 +97,25 @@ def _build_response(
 
 
 def sync_detailed(
-    job_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError]:
-    """A job's record
+    body: JobIn,
+) -> Response[CreateJobResponse200 | CreateJobResponse201 | ErrorOut]:
+    """Classify a study by reference
 
     Args:
-        job_id (str):
+        body (JobIn): A job by reference: a configured source and the UIDs to read.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError]
+        Response[CreateJobResponse200 | CreateJobResponse201 | ErrorOut]
     """
 
     kwargs = _get_kwargs(
-        job_id=job_id,
+        body=body,
     )
 
     response = client.get_httpx_client().request(
@@ -108,49 +126,49 @@ def sync_detailed(
 
 
 def sync(
-    job_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError | None:
-    """A job's record
+    body: JobIn,
+) -> CreateJobResponse200 | CreateJobResponse201 | ErrorOut | None:
+    """Classify a study by reference
 
     Args:
-        job_id (str):
+        body (JobIn): A job by reference: a configured source and the UIDs to read.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError
+        CreateJobResponse200 | CreateJobResponse201 | ErrorOut
     """
 
     return sync_detailed(
-        job_id=job_id,
         client=client,
+        body=body,
     ).parsed
 
 
 async def asyncio_detailed(
-    job_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError]:
-    """A job's record
+    body: JobIn,
+) -> Response[CreateJobResponse200 | CreateJobResponse201 | ErrorOut]:
+    """Classify a study by reference
 
     Args:
-        job_id (str):
+        body (JobIn): A job by reference: a configured source and the UIDs to read.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError]
+        Response[CreateJobResponse200 | CreateJobResponse201 | ErrorOut]
     """
 
     kwargs = _get_kwargs(
-        job_id=job_id,
+        body=body,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -159,26 +177,26 @@ async def asyncio_detailed(
 
 
 async def asyncio(
-    job_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError | None:
-    """A job's record
+    body: JobIn,
+) -> CreateJobResponse200 | CreateJobResponse201 | ErrorOut | None:
+    """Classify a study by reference
 
     Args:
-        job_id (str):
+        body (JobIn): A job by reference: a configured source and the UIDs to read.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorOut | GetJobV1JobsJobIdGetResponse200 | HTTPValidationError
+        CreateJobResponse200 | CreateJobResponse201 | ErrorOut
     """
 
     return (
         await asyncio_detailed(
-            job_id=job_id,
             client=client,
+            body=body,
         )
     ).parsed

@@ -1,32 +1,62 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from io import BytesIO
 from typing import Any, Self, TypeVar
 
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 
-T = TypeVar("T", bound="CreateJobV1JobsPostResponse201")
+from .. import types
+from ..types import File
+
+T = TypeVar("T", bound="PredictFilesBody")
 
 
 @_attrs_define
-class CreateJobV1JobsPostResponse201:
+class PredictFilesBody:
+    """
+    Attributes:
+        file (File):
+    """
+
+    file: File
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        file = self.file.to_tuple()
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
+        field_dict.update(
+            {
+                "file": file,
+            }
+        )
 
         return field_dict
+
+    def to_multipart(self) -> types.RequestFiles:
+        files: types.RequestFiles = []
+
+        files.append(("file", self.file.to_tuple()))
+
+        for prop_name, prop in self.additional_properties.items():
+            files.append((prop_name, (None, str(prop).encode(), "text/plain")))
+
+        return files
 
     @classmethod
     def from_dict(cls, src_dict: Mapping[str, Any]) -> Self:
         d = dict(src_dict)
-        create_job_v1_jobs_post_response_201 = cls()
+        file = File(payload=BytesIO(d.pop("file")))
 
-        create_job_v1_jobs_post_response_201.additional_properties = d
-        return create_job_v1_jobs_post_response_201
+        predict_files_body = cls(
+            file=file,
+        )
+
+        predict_files_body.additional_properties = d
+        return predict_files_body
 
     @property
     def additional_keys(self) -> list[str]:

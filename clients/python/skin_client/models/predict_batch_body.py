@@ -10,11 +10,11 @@ from attrs import field as _attrs_field
 from .. import types
 from ..types import File
 
-T = TypeVar("T", bound="PredictBatchV1PredictBatchPostBody")
+T = TypeVar("T", bound="PredictBatchBody")
 
 
 @_attrs_define
-class PredictBatchV1PredictBatchPostBody:
+class PredictBatchBody:
     """
     Attributes:
         files (list[File]):
@@ -61,12 +61,12 @@ class PredictBatchV1PredictBatchPostBody:
 
             files.append(files_item)
 
-        predict_batch_v1_predict_batch_post_body = cls(
+        predict_batch_body = cls(
             files=files,
         )
 
-        predict_batch_v1_predict_batch_post_body.additional_properties = d
-        return predict_batch_v1_predict_batch_post_body
+        predict_batch_body.additional_properties = d
+        return predict_batch_body
 
     @property
     def additional_keys(self) -> list[str]:

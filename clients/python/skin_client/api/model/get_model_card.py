@@ -6,18 +6,23 @@ import httpx
 from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_out import ErrorOut
+from ...models.get_model_card_format import GetModelCardFormat
 from ...models.http_validation_error import HTTPValidationError
 from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
-    format_: str | Unset = "json",
+    format_: GetModelCardFormat | Unset = GetModelCardFormat.JSON,
 ) -> dict[str, Any]:
 
     params: dict[str, Any] = {}
 
-    params["format"] = format_
+    json_format_: str | Unset = UNSET
+    if not isinstance(format_, Unset):
+        json_format_ = format_.value
+
+    params["format"] = json_format_
 
     params = {k: v for k, v in params.items() if v is not UNSET and v is not None}
 
@@ -37,6 +42,11 @@ def _parse_response(
         response_200 = response.json()
         return response_200
 
+    if response.status_code == 401:
+        response_401 = ErrorOut.from_dict(response.json())
+
+        return response_401
+
     if response.status_code == 422:
         response_422 = HTTPValidationError.from_dict(response.json())
 
@@ -46,6 +56,11 @@ def _parse_response(
         response_429 = ErrorOut.from_dict(response.json())
 
         return response_429
+
+    if response.status_code == 503:
+        response_503 = ErrorOut.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -66,15 +81,15 @@ def _build_response(
 
 def sync_detailed(
     *,
-    client: AuthenticatedClient | Client,
-    format_: str | Unset = "json",
+    client: AuthenticatedClient,
+    format_: GetModelCardFormat | Unset = GetModelCardFormat.JSON,
 ) -> Response[Any | ErrorOut | HTTPValidationError]:
     """The served run's model card
 
      Intended use, data, evaluation with CIs, the triage operating point, limitations.
 
     Args:
-        format_ (str | Unset): json or markdown Default: 'json'.
+        format_ (GetModelCardFormat | Unset): json or markdown Default: GetModelCardFormat.JSON.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -97,15 +112,15 @@ def sync_detailed(
 
 def sync(
     *,
-    client: AuthenticatedClient | Client,
-    format_: str | Unset = "json",
+    client: AuthenticatedClient,
+    format_: GetModelCardFormat | Unset = GetModelCardFormat.JSON,
 ) -> Any | ErrorOut | HTTPValidationError | None:
     """The served run's model card
 
      Intended use, data, evaluation with CIs, the triage operating point, limitations.
 
     Args:
-        format_ (str | Unset): json or markdown Default: 'json'.
+        format_ (GetModelCardFormat | Unset): json or markdown Default: GetModelCardFormat.JSON.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -123,15 +138,15 @@ def sync(
 
 async def asyncio_detailed(
     *,
-    client: AuthenticatedClient | Client,
-    format_: str | Unset = "json",
+    client: AuthenticatedClient,
+    format_: GetModelCardFormat | Unset = GetModelCardFormat.JSON,
 ) -> Response[Any | ErrorOut | HTTPValidationError]:
     """The served run's model card
 
      Intended use, data, evaluation with CIs, the triage operating point, limitations.
 
     Args:
-        format_ (str | Unset): json or markdown Default: 'json'.
+        format_ (GetModelCardFormat | Unset): json or markdown Default: GetModelCardFormat.JSON.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -152,15 +167,15 @@ async def asyncio_detailed(
 
 async def asyncio(
     *,
-    client: AuthenticatedClient | Client,
-    format_: str | Unset = "json",
+    client: AuthenticatedClient,
+    format_: GetModelCardFormat | Unset = GetModelCardFormat.JSON,
 ) -> Any | ErrorOut | HTTPValidationError | None:
     """The served run's model card
 
      Intended use, data, evaluation with CIs, the triage operating point, limitations.
 
     Args:
-        format_ (str | Unset): json or markdown Default: 'json'.
+        format_ (GetModelCardFormat | Unset): json or markdown Default: GetModelCardFormat.JSON.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.

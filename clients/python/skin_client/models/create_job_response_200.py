@@ -6,11 +6,11 @@ from typing import Any, Self, TypeVar
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 
-T = TypeVar("T", bound="GetJobV1JobsJobIdGetResponse200")
+T = TypeVar("T", bound="CreateJobResponse200")
 
 
 @_attrs_define
-class GetJobV1JobsJobIdGetResponse200:
+class CreateJobResponse200:
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -23,10 +23,10 @@ class GetJobV1JobsJobIdGetResponse200:
     @classmethod
     def from_dict(cls, src_dict: Mapping[str, Any]) -> Self:
         d = dict(src_dict)
-        get_job_v1_jobs_job_id_get_response_200 = cls()
+        create_job_response_200 = cls()
 
-        get_job_v1_jobs_job_id_get_response_200.additional_properties = d
-        return get_job_v1_jobs_job_id_get_response_200
+        create_job_response_200.additional_properties = d
+        return create_job_response_200
 
     @property
     def additional_keys(self) -> list[str]:

@@ -6,18 +6,22 @@ import httpx
 from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_out import ErrorOut
+from ...models.predict_files_body import PredictFilesBody
+from ...models.predict_format import PredictFormat
 from ...models.predict_response import PredictResponse
-from ...models.predict_v1_predict_post_files_body import PredictV1PredictPostFilesBody
+from ...models.predict_sex_type_0 import PredictSexType0
+from ...models.predict_site_type_0 import PredictSiteType0
 from ...types import UNSET, File, Response, Unset
 
 
 def _get_kwargs(
     *,
-    body: PredictV1PredictPostFilesBody | File | Unset = UNSET,
+    body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    format_: PredictFormat | Unset = PredictFormat.JSON,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictSexType0 | Unset = UNSET,
+    site: None | PredictSiteType0 | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
 
@@ -30,7 +34,13 @@ def _get_kwargs(
         json_top_k = top_k
     params["top_k"] = json_top_k
 
-    json_age: None | str | Unset
+    json_format_: str | Unset = UNSET
+    if not isinstance(format_, Unset):
+        json_format_ = format_.value
+
+    params["format"] = json_format_
+
+    json_age: float | None | Unset
     if isinstance(age, Unset):
         json_age = UNSET
     else:
@@ -40,6 +50,8 @@ def _get_kwargs(
     json_sex: None | str | Unset
     if isinstance(sex, Unset):
         json_sex = UNSET
+    elif isinstance(sex, PredictSexType0):
+        json_sex = sex.value
     else:
         json_sex = sex
     params["sex"] = json_sex
@@ -47,6 +59,8 @@ def _get_kwargs(
     json_site: None | str | Unset
     if isinstance(site, Unset):
         json_site = UNSET
+    elif isinstance(site, PredictSiteType0):
+        json_site = site.value
     else:
         json_site = site
     params["site"] = json_site
@@ -59,7 +73,7 @@ def _get_kwargs(
         "params": params,
     }
 
-    if isinstance(body, PredictV1PredictPostFilesBody):
+    if isinstance(body, PredictFilesBody):
         _kwargs["files"] = body.to_multipart()
 
         headers["Content-Type"] = "multipart/form-data; boundary=+++"
@@ -83,6 +97,11 @@ def _parse_response(
         response_401 = ErrorOut.from_dict(response.json())
 
         return response_401
+
+    if response.status_code == 406:
+        response_406 = ErrorOut.from_dict(response.json())
+
+        return response_406
 
     if response.status_code == 413:
         response_413 = ErrorOut.from_dict(response.json())
@@ -134,11 +153,12 @@ def _build_response(
 def sync_detailed(
     *,
     client: AuthenticatedClient,
-    body: PredictV1PredictPostFilesBody | File | Unset = UNSET,
+    body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    format_: PredictFormat | Unset = PredictFormat.JSON,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictSexType0 | Unset = UNSET,
+    site: None | PredictSiteType0 | Unset = UNSET,
 ) -> Response[ErrorOut | PredictResponse]:
     """Classify one image
 
@@ -147,12 +167,15 @@ def sync_detailed(
     trained with the patient's metadata.
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
+            application/fhir+json) Default: PredictFormat.JSON.
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictV1PredictPostFilesBody):
+        sex (None | PredictSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictSiteType0 | Unset): Anatomical site, e.g. back, face, lower extremity
+            (as age)
+        body (PredictFilesBody):
         body (File):
 
     Raises:
@@ -166,6 +189,7 @@ def sync_detailed(
     kwargs = _get_kwargs(
         body=body,
         top_k=top_k,
+        format_=format_,
         age=age,
         sex=sex,
         site=site,
@@ -181,11 +205,12 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient,
-    body: PredictV1PredictPostFilesBody | File | Unset = UNSET,
+    body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    format_: PredictFormat | Unset = PredictFormat.JSON,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictSexType0 | Unset = UNSET,
+    site: None | PredictSiteType0 | Unset = UNSET,
 ) -> ErrorOut | PredictResponse | None:
     """Classify one image
 
@@ -194,12 +219,15 @@ def sync(
     trained with the patient's metadata.
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
+            application/fhir+json) Default: PredictFormat.JSON.
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictV1PredictPostFilesBody):
+        sex (None | PredictSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictSiteType0 | Unset): Anatomical site, e.g. back, face, lower extremity
+            (as age)
+        body (PredictFilesBody):
         body (File):
 
     Raises:
@@ -214,6 +242,7 @@ def sync(
         client=client,
         body=body,
         top_k=top_k,
+        format_=format_,
         age=age,
         sex=sex,
         site=site,
@@ -223,11 +252,12 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
-    body: PredictV1PredictPostFilesBody | File | Unset = UNSET,
+    body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    format_: PredictFormat | Unset = PredictFormat.JSON,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictSexType0 | Unset = UNSET,
+    site: None | PredictSiteType0 | Unset = UNSET,
 ) -> Response[ErrorOut | PredictResponse]:
     """Classify one image
 
@@ -236,12 +266,15 @@ async def asyncio_detailed(
     trained with the patient's metadata.
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
+            application/fhir+json) Default: PredictFormat.JSON.
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictV1PredictPostFilesBody):
+        sex (None | PredictSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictSiteType0 | Unset): Anatomical site, e.g. back, face, lower extremity
+            (as age)
+        body (PredictFilesBody):
         body (File):
 
     Raises:
@@ -255,6 +288,7 @@ async def asyncio_detailed(
     kwargs = _get_kwargs(
         body=body,
         top_k=top_k,
+        format_=format_,
         age=age,
         sex=sex,
         site=site,
@@ -268,11 +302,12 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient,
-    body: PredictV1PredictPostFilesBody | File | Unset = UNSET,
+    body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
-    age: None | str | Unset = UNSET,
-    sex: None | str | Unset = UNSET,
-    site: None | str | Unset = UNSET,
+    format_: PredictFormat | Unset = PredictFormat.JSON,
+    age: float | None | Unset = UNSET,
+    sex: None | PredictSexType0 | Unset = UNSET,
+    site: None | PredictSiteType0 | Unset = UNSET,
 ) -> ErrorOut | PredictResponse | None:
     """Classify one image
 
@@ -281,12 +316,15 @@ async def asyncio(
     trained with the patient's metadata.
 
     Args:
-        top_k (int | None | Unset): How many classes to list (default 3)
-        age (None | str | Unset): The patient's age in years (used by models trained with --use-
+        top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
+            application/fhir+json) Default: PredictFormat.JSON.
+        age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
-        sex (None | str | Unset): male or female (as age)
-        site (None | str | Unset): Anatomical site, e.g. back, face, lower extremity (as age)
-        body (PredictV1PredictPostFilesBody):
+        sex (None | PredictSexType0 | Unset): The patient's sex (as age)
+        site (None | PredictSiteType0 | Unset): Anatomical site, e.g. back, face, lower extremity
+            (as age)
+        body (PredictFilesBody):
         body (File):
 
     Raises:
@@ -302,6 +340,7 @@ async def asyncio(
             client=client,
             body=body,
             top_k=top_k,
+            format_=format_,
             age=age,
             sex=sex,
             site=site,
