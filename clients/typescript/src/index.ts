@@ -36,7 +36,7 @@ export interface ImageOptions {
 }
 
 /** The raw openapi-fetch client (every route, typed by path) plus upload helpers. */
-export interface SkinClient extends Client<paths> {
+export interface SkinClient extends Client<paths, "application/json"> {
   /** POST /v1/predict with one image (multipart field `file`). */
   predict(image: Blob, options?: ImageOptions): ReturnType<typeof predictCall>;
   /** POST /v1/predict/batch with several images (multipart field `files`). */
@@ -57,7 +57,7 @@ function form(field: string, images: Blob[], filename: string): FormData {
 
 // The multipart bodies are built here (openapi-fetch passes FormData through untouched); the
 // schema's request types say `string` for binary parts, hence the casts.
-function predictCall(client: Client<paths>, image: Blob, o: ImageOptions = {}) {
+function predictCall(client: Client<paths, "application/json">, image: Blob, o: ImageOptions = {}) {
   return client.POST("/v1/predict", {
     params: { query: o.query },
     body: form("file", [image], o.filename ?? "image") as never,
@@ -65,7 +65,7 @@ function predictCall(client: Client<paths>, image: Blob, o: ImageOptions = {}) {
   });
 }
 
-function batchCall(client: Client<paths>, images: Blob[], o: ImageOptions = {}) {
+function batchCall(client: Client<paths, "application/json">, images: Blob[], o: ImageOptions = {}) {
   return client.POST("/v1/predict/batch", {
     params: { query: o.query },
     body: form("files", images, o.filename ?? "image") as never,
@@ -73,7 +73,7 @@ function batchCall(client: Client<paths>, images: Blob[], o: ImageOptions = {}) 
   });
 }
 
-function modelCall(client: Client<paths>) {
+function modelCall(client: Client<paths, "application/json">) {
   return client.GET("/v1/model");
 }
 
@@ -82,7 +82,7 @@ export function createSkinClient(options: SkinClientOptions): SkinClient {
   const { apiKey, headers, ...rest } = options;
   const merged = new Headers(headers as HeadersInit | undefined);
   if (apiKey) merged.set("X-API-Key", apiKey);
-  const client = createClient<paths>({ ...rest, headers: merged });
+  const client = createClient<paths, "application/json">({ ...rest, headers: merged });
   return Object.assign(client, {
     predict: (image: Blob, o?: ImageOptions) => predictCall(client, image, o),
     predictBatch: (images: Blob[], o?: ImageOptions) => batchCall(client, images, o),
