@@ -129,7 +129,8 @@ def test_operation_ids_are_stable_and_readable(runs: Path) -> None:
                    "POST /v1/explain": "explain", "GET /v1/model": "getModel",
                    "GET /v1/model/card": "getModelCard", "POST /v1/model/reload": "reloadModel",
                    "GET /health": "getHealth", "GET /ready": "getReadiness",
-                   "GET /metrics": "getMetrics"}
+                   "GET /metrics": "getMetrics", "POST /v1/jobs": "createJob",
+                   "GET /v1/jobs/{job_id}": "getJob"}
 
 
 def test_every_metadata_value_the_schema_allows_is_accepted(runs: Path) -> None:

@@ -170,7 +170,7 @@ class RateLimit:
         # Refused before routing: name the route here, as the request counter labels by it.
         from starlette.routing import Match
 
-        scope.setdefault("route", next((r for r in self.routes
+        scope.setdefault("route", next((r for r in _flat(self.routes)
                                         if r.matches(scope)[0] is Match.FULL), None))
         rate = self.limiter.rate if self.limiter else ""
         body = json.dumps(error_body(
@@ -180,6 +180,16 @@ class RateLimit:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             *verdict.headers()]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _flat(routes: list[Any]) -> list[Any]:
+    """The routes themselves: FastAPI keeps an included router as one entry (without a path)
+    that holds the router's own routes (the project's routers use full paths, no prefix)."""
+    out: list[Any] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out.extend(_flat(list(inner.routes)) if inner is not None else [route])
+    return out
 
 
 def document_429(schema: dict[str, Any]) -> dict[str, Any]:
