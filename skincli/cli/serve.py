@@ -237,11 +237,13 @@ def export(
     run: Annotated[str | None, typer.Argument(
         help="Run name or folder (default: runs/CURRENT, else the latest run).")] = None,
     fmt: Annotated[str, typer.Option(
-        "--format", help="savedmodel (TensorFlow Serving), tflite (float32, for apps) or "
-        "tflite-int8 (quantised; refused beyond --tolerance unless --force).")] = "savedmodel",
+        "--format", help="savedmodel (TensorFlow Serving), tflite (float32, MediaPipe Tasks-ready "
+        "for Android/iOS), tflite-int8 (quantised; refused beyond --tolerance unless --force) "
+        "or web (a static folder that classifies in the browser).")] = "savedmodel",
     out: Annotated[Path, typer.Option(
         help="Folder for exported models; savedmodel writes <out>/<run name>/<version>/, "
-        "tflite <out>/<run name>[-int8].tflite + .json.", file_okay=False)] = Path("exported"),
+        "tflite <out>/<run name>[-int8].tflite + .json, web the folder itself (new or empty).",
+        file_okay=False)] = Path("exported"),
     version: Annotated[int | None, typer.Option(
         help="SavedModel version number (default: one more than the largest there).")] = None,
     int8: Annotated[str, typer.Option(
@@ -264,20 +266,16 @@ def export(
     from skincli.decision import check_rule
 
     fmt = fmt.strip().lower()
-    if fmt in ("tflite", "tflite-int8"):
-        if check_rule(decision) != "balanced" or prevalence is not None:
-            raise SkinError("--decision and --prevalence apply to --format savedmodel",
-                            hint="A .tflite answers with calibrated probabilities; its JSON "
-                            "names the temperature, and the app applies any prior itself")
-        _export_tflite(run, out, runs_dir, fmt, int8, tolerance, force)
+    if fmt in ("tflite", "tflite-int8", "web"):
+        _export_app(run, out, runs_dir, fmt, int8, tolerance, force, decision, prevalence)
         return
     if fmt != "savedmodel":
         from skincli.errors import did_you_mean
+        from skincli.export import FORMATS
 
-        raise SkinError(f"Unknown --format {fmt!r}."
-                        f"{did_you_mean(fmt, ['savedmodel', 'tflite', 'tflite-int8'])}",
-                        hint="Use savedmodel, tflite or tflite-int8")
-    from skincli.serve.export import export_saved_model
+        raise SkinError(f"Unknown --format {fmt!r}.{did_you_mean(fmt, list(FORMATS))}",
+                        hint=f"Use {', '.join(FORMATS)}")
+    from skincli.export import export_saved_model
 
     rule = check_rule(decision)
     with ui.err_console.status("Exporting SavedModel..."):
@@ -294,13 +292,23 @@ def export(
         highlight=False, soft_wrap=True)
 
 
-def _export_tflite(run: str | None, out: Path, runs_dir: str, fmt: str, int8: str,
-                   tolerance: float, force: bool) -> None:
-    from skincli.serve.export import export_tflite
+def _export_app(run: str | None, out: Path, runs_dir: str, fmt: str, int8: str,
+                tolerance: float, force: bool, decision: str, prevalence: Path | None) -> None:
+    from skincli.export import export_tflite, export_web
 
     with ui.err_console.status("Converting and measuring against the float model..."):
-        meta = export_tflite(run, out, runs_dir, fmt=fmt, int8_mode=int8.strip().lower(),
-                             tolerance=tolerance, force=force)
+        if fmt == "web":
+            meta = export_web(run, out, runs_dir, decision=decision, prevalence=prevalence)
+        else:
+            meta = export_tflite(run, out, runs_dir, fmt=fmt, int8_mode=int8.strip().lower(),
+                                 tolerance=tolerance, force=force, decision=decision,
+                                 prevalence=prevalence)
+    if fmt == "web":
+        ui.console.print(f"Wrote {meta['path']}/ (model {meta['bytes'] / 1e6:.1f} MB, runtime "
+                         f"{meta['runtime']}). Serve it with any static server, e.g.\n"
+                         f"  python -m http.server -d {meta['path']} 8000", highlight=False,
+                         soft_wrap=True)
+        return
     q = meta["measured_against_float_model"]
     ui.console.print(f"Wrote {meta['path']} ({meta['bytes'] / 1e6:.1f} MB, "
                      f"{meta['quantization']}) and {meta['metadata_path']}", highlight=False)
