@@ -18,20 +18,21 @@ licence="$(node -p "require('$pkg/package.json').license")"
 [ "$licence" = "Apache-2.0" ] || { echo "unexpected licence $licence" >&2; exit 1; }
 mkdir -p "$dest/wasm"
 rm -f "$dest"/wasm/*
-cp "$pkg/vision_bundle.mjs" "$dest/vision_bundle.mjs"
+# Named .js: every static server sends .js as JavaScript (not every one knows .mjs).
+cp "$pkg/vision_bundle.mjs" "$dest/vision_bundle.js"
 cp "$pkg/wasm/vision_wasm_internal.js" "$pkg/wasm/vision_wasm_internal.wasm" "$dest/wasm/"
 # The npm package names its licence in package.json without shipping the text.
 if [ -f "$pkg/LICENSE" ]; then cp "$pkg/LICENSE" "$dest/LICENSE"
 elif [ -f /usr/share/common-licenses/Apache-2.0 ]; then
   cp /usr/share/common-licenses/Apache-2.0 "$dest/LICENSE"
 elif [ ! -f "$dest/LICENSE" ]; then echo "no Apache-2.0 licence text found" >&2; exit 1; fi
-chmod 644 "$dest/vision_bundle.mjs" "$dest"/wasm/* "$dest/LICENSE"
+chmod 644 "$dest/vision_bundle.js" "$dest"/wasm/* "$dest/LICENSE"
 {
   echo "package=@mediapipe/tasks-vision"
   echo "version=$version"
   echo "license=$licence"
-  echo "files=vision_bundle.mjs wasm/vision_wasm_internal.js wasm/vision_wasm_internal.wasm"
-  (cd "$dest" && sha256sum vision_bundle.mjs wasm/vision_wasm_internal.js \
+  echo "files=vision_bundle.js wasm/vision_wasm_internal.js wasm/vision_wasm_internal.wasm"
+  (cd "$dest" && sha256sum vision_bundle.js wasm/vision_wasm_internal.js \
     wasm/vision_wasm_internal.wasm | sed 's/^/sha256=/')
 } > "$dest/VERSION"
 echo "web runtime: @mediapipe/tasks-vision $version in $dest"

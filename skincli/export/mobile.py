@@ -72,6 +72,9 @@ def export_tflite(run: str | Path | None = None, out: str | Path = "exported",
     if not 0.0 <= float(tolerance) <= 1.0:
         raise SkinError(f"--tolerance {tolerance} must be between 0 and 1",
                         hint="e.g. 0.02 = at most 2% of test answers may change")
+    from skincli.decision import check_rule
+
+    check_rule(decision)
     quant = int8_mode if fmt == "tflite-int8" else None
     run_dir = resolve_run(run, runs_dir)
     info = load_run_info(run_dir)
@@ -106,6 +109,7 @@ def build_app_model(run_dir: Path, fmt: str, quant: str | None, tolerance: float
     from skincli.predictor import Predictor
 
     rule = check_rule(decision)
+    as_trained = _raw_run_json(run_dir)  # as trained: fitting triage below rewrites run.json
     info = load_run_info(run_dir)
     model = load_keras_model(run_dir)
     predictor = Predictor(run_dir, info, model)
@@ -134,7 +138,7 @@ def build_app_model(run_dir: Path, fmt: str, quant: str | None, tolerance: float
             f"{quality['macro_f1_change']:+.3f} on {test_note} (tolerance "
             f"{tolerance:g}); nothing written",
             hint="Try --int8 dynamic, export --format tflite, or pass --force to keep it")
-    doc = app_json(run_dir, info, fmt, quant, chosen, triage, quality)
+    doc = app_json(as_trained, info, fmt, quant, chosen, triage, quality)
     from skincli import DISCLAIMER
 
     data = with_metadata(raw, ClassifierMetadata(
@@ -281,14 +285,14 @@ def labelled_images(run_dir: Path, info: Any) -> tuple[Any, Any, str]:
                     "export against", hint="Export from the machine that holds the run's images")
 
 
-def app_json(run_dir: Path, info: Any, fmt: str, quant: str | None, chosen: Any,
+def app_json(raw: dict[str, Any], info: Any, fmt: str, quant: str | None, chosen: Any,
              triage: dict[str, Any] | None, quality: dict[str, Any]) -> dict[str, Any]:
-    """Everything an app needs to turn the output into the answer `skin predict` gives."""
+    """Everything an app needs to turn the output into the answer `skin predict` gives
+    (`raw`: run.json as it was before the export touched it)."""
     from skincli import DISCLAIMER
     from skincli.decision import decision_summary
 
     s, c = int(info.input_size), len(info.classes)
-    raw = _raw_run_json(run_dir)
     defaults = []
     if "temperature" not in raw:
         defaults.append("temperature 1.0: the run has no fitted temperature (uncalibrated)")

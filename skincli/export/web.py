@@ -1,7 +1,7 @@
 """`skin export --format web --out DIR`: a static folder that classifies in the browser.
 
 DIR holds the task-ready model (`model.tflite`, as `--format tflite` writes it, and its JSON),
-`skin-classifier.mjs` (`SkinClassifier.load(url)`, `classify(imageOrBlob)`), a demo page
+`skin-classifier.js` (`SkinClassifier.load(url)`, `classify(imageOrBlob)`), a demo page
 (`index.html`: drop an image or take a photo) and `runtime/`: MediaPipe Tasks Vision's ES module
 and one WebAssembly build, vendored in this package with its licence and version
 (scripts/refresh_web_runtime.sh refreshes them from npm). Any static server serves it
@@ -25,9 +25,9 @@ from skincli.runs import DEFAULT_RUNS_DIR, check_model_file, load_run_info, reso
 HERE = Path(__file__).resolve().parent
 RUNTIME_DIR = HERE / "web_runtime"
 APP_DIR = HERE / "web_app"
-RUNTIME_FILES = ("vision_bundle.mjs", "wasm/vision_wasm_internal.js",
+RUNTIME_FILES = ("vision_bundle.js", "wasm/vision_wasm_internal.js",
                  "wasm/vision_wasm_internal.wasm", "LICENSE", "VERSION")
-APP_FILES = ("index.html", "demo.js", "demo.css", "skin-classifier.mjs")
+APP_FILES = ("index.html", "demo.js", "demo.css", "skin-classifier.js")
 MODEL_NAME = "model.tflite"
 
 
@@ -43,8 +43,10 @@ def export_web(run: str | Path | None = None, out: str | Path = "exported-web",
                runs_dir: str | Path = DEFAULT_RUNS_DIR, decision: str = "balanced",
                prevalence: str | Path | None = None) -> dict[str, Any]:
     """Write the static folder `out`; return the model's JSON (with "path" = the folder)."""
+    from skincli.decision import check_rule
     from skincli.export.mobile import build_app_model
 
+    check_rule(decision)
     missing = [f for f in RUNTIME_FILES if not (RUNTIME_DIR / f).is_file()] + \
         [f for f in APP_FILES if not (APP_DIR / f).is_file()]
     if missing:

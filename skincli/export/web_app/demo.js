@@ -1,5 +1,5 @@
 // The demo page: drop an image or take a photo; the classifier runs on this device.
-import { SkinClassifier } from "./skin-classifier.mjs";
+import { SkinClassifier } from "./skin-classifier.js";
 
 const $ = (id) => document.getElementById(id);
 let clf = null;

@@ -1,6 +1,6 @@
 // Classify a skin-lesion image in the browser with the exported model; nothing leaves the device.
 //
-//   import { SkinClassifier } from "./skin-classifier.mjs";
+//   import { SkinClassifier } from "./skin-classifier.js";
 //   const clf = await SkinClassifier.load("./model.tflite");
 //   const r = await clf.classify(fileOrBlobOrImage);
 //   // r = {label, probabilities: {class: p}, uncertain, triage: {score, threshold, refer} | null,
@@ -12,7 +12,7 @@
 // resizes them (Pillow's antialiased bilinear filter, no crop, EXIF orientation applied,
 // transparency on white), so the browser gives the same answer as the command line.
 
-import { ImageClassifier } from "./runtime/vision_bundle.mjs";
+import { ImageClassifier } from "./runtime/vision_bundle.js";
 
 const RUNTIME = new URL("./runtime/wasm/", import.meta.url);
 const ASSOCIATED = "skin.json";
