@@ -182,3 +182,21 @@ def test_cli_lines(runs: Path, tmp_path: Path) -> None:
     bad = skin("--format", "tflite", "--decision", "nope", "--out", str(tmp_path / "o"))
     assert bad.returncode == 1 and "Unknown --decision" in bad.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_the_tasks_runtime_cannot_run_is_refused(
+        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What MediaPipe says when it refuses a model becomes one line; nothing is written."""
+    from mediapipe.tasks.python import vision
+
+    from skincli.errors import SkinError
+    from skincli.export import export_web
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Unsupported op BAR\nmore detail")
+
+    monkeypatch.setattr(vision.ImageClassifier, "create_from_options", refuse)
+    with pytest.raises(SkinError, match=r"^MediaPipe Tasks cannot run this tiny model: "
+                                        r"Unsupported op BAR; nothing written"):
+        export_web("tiny", tmp_path / "site", runs)
+    assert not (tmp_path / "site").exists()

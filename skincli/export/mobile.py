@@ -27,6 +27,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,29 @@ def export_tflite(run: str | Path | None = None, out: str | Path = "exported",
     check_model_file(run_dir)
     stem = info.name + ("-int8" if quant else "")
     target = Path(out) / f"{stem}.tflite"
-    check_writable(target)  # before the slow part
-    built = build_app_model(run_dir, fmt, quant, tolerance, force, decision, prevalence)
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(built.data)
-    doc = built.doc | {"bytes": len(built.data),
-                       "sha256": hashlib.sha256(built.data).hexdigest()}
-    meta_path = write_json(target.with_suffix(".json"), doc)
+    with new_folders_removed_on_failure(target):
+        check_writable(target)  # before the slow part
+        built = build_app_model(run_dir, fmt, quant, tolerance, force, decision, prevalence)
+        doc = built.doc | {"bytes": len(built.data),
+                           "sha256": hashlib.sha256(built.data).hexdigest()}
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(built.data)
+        meta_path = write_json(target.with_suffix(".json"), doc)
     return doc | {"path": str(target), "metadata_path": str(meta_path)}
+
+
+@contextlib.contextmanager
+def new_folders_removed_on_failure(target: Path) -> Iterator[None]:
+    """Folders above `target` that the export creates are removed again if it fails, so a
+    failed export leaves nothing behind."""
+    created = [folder for folder in Path(target).parents if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 class AppModel:

@@ -14,6 +14,7 @@ runtime the browser gets, from the `mediapipe` wheel): a model it cannot run is 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def export_web(run: str | Path | None = None, out: str | Path = "exported-web",
                prevalence: str | Path | None = None) -> dict[str, Any]:
     """Write the static folder `out`; return the model's JSON (with "path" = the folder)."""
     from skincli.decision import check_rule
-    from skincli.export.mobile import build_app_model
+    from skincli.export.mobile import build_app_model, new_folders_removed_on_failure
 
     check_rule(decision)
     missing = [f for f in RUNTIME_FILES if not (RUNTIME_DIR / f).is_file()] + \
@@ -60,22 +61,21 @@ def export_web(run: str | Path | None = None, out: str | Path = "exported-web",
     run_dir = resolve_run(run, runs_dir)
     load_run_info(run_dir)
     check_model_file(run_dir)
-    check_writable(target / MODEL_NAME)
-    built = build_app_model(run_dir, "web", None, 1.0, False, decision, prevalence)
-    import hashlib
-
-    doc = built.doc | {"bytes": len(built.data),
-                       "sha256": hashlib.sha256(built.data).hexdigest(),
-                       "runtime": runtime_version()}
-    with atomic_dir(target) as tmp:
-        (tmp / MODEL_NAME).write_bytes(built.data)
-        write_json(tmp / "model.json", doc)
-        for name in APP_FILES:
-            shutil.copyfile(APP_DIR / name, tmp / name)
-        for name in RUNTIME_FILES:
-            dest = tmp / "runtime" / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(RUNTIME_DIR / name, dest)
-        for path in [tmp, *tmp.rglob("*")]:  # a web server's user must read it
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    with new_folders_removed_on_failure(target / MODEL_NAME):
+        check_writable(target / MODEL_NAME)
+        built = build_app_model(run_dir, "web", None, 1.0, False, decision, prevalence)
+        doc = built.doc | {"bytes": len(built.data),
+                           "sha256": hashlib.sha256(built.data).hexdigest(),
+                           "runtime": runtime_version()}
+        with atomic_dir(target) as tmp:
+            (tmp / MODEL_NAME).write_bytes(built.data)
+            write_json(tmp / "model.json", doc)
+            for name in APP_FILES:
+                shutil.copyfile(APP_DIR / name, tmp / name)
+            for name in RUNTIME_FILES:
+                dest = tmp / "runtime" / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(RUNTIME_DIR / name, dest)
+            for path in [tmp, *tmp.rglob("*")]:  # a web server's user must read it
+                path.chmod(0o755 if path.is_dir() else 0o644)
     return doc | {"path": str(target)}
