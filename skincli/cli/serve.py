@@ -303,15 +303,16 @@ def _export_app(run: str | None, out: Path, runs_dir: str, fmt: str, int8: str,
             meta = export_tflite(run, out, runs_dir, fmt=fmt, int8_mode=int8.strip().lower(),
                                  tolerance=tolerance, force=force, decision=decision,
                                  prevalence=prevalence)
+    q = meta["measured_against_float_model"]
     if fmt == "web":
         ui.console.print(f"Wrote {meta['path']}/ (model {meta['bytes'] / 1e6:.1f} MB, runtime "
                          f"{meta['runtime']}). Serve it with any static server, e.g.\n"
                          f"  python -m http.server -d {meta['path']} 8000", highlight=False,
                          soft_wrap=True)
-        return
-    q = meta["measured_against_float_model"]
-    ui.console.print(f"Wrote {meta['path']} ({meta['bytes'] / 1e6:.1f} MB, "
-                     f"{meta['quantization']}) and {meta['metadata_path']}", highlight=False)
+    else:
+        ui.console.print(f"Wrote {meta['path']} ({meta['bytes'] / 1e6:.1f} MB, "
+                         f"{meta['quantization']}) and {meta['metadata_path']}", highlight=False)
+    ui.console.print(f"Decision rule: {meta['decision']['rule']}", highlight=False)
     ui.console.print(
         f"Against the float model on {q['images']}: top-1 agreement "
         f"{q['top1_agreement']:.1%}, macro-F1 {q['macro_f1_float']:.3f} -> {q['macro_f1']:.3f} "

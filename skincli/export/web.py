@@ -57,7 +57,7 @@ def export_web(run: str | Path | None = None, out: str | Path = "exported-web",
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise SkinError(f"--out {target} already exists and is not an empty folder",
-                        hint="Give a new folder for the web export")
+                        hint=f"Give a new folder, e.g. --out {target / 'web'}")
     run_dir = resolve_run(run, runs_dir)
     load_run_info(run_dir)
     check_model_file(run_dir)
