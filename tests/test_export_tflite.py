@@ -118,3 +118,30 @@ def test_export_cli_lines(runs: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     unknown = skin("--format", "onnx")
     assert unknown.returncode == 1 and "Unknown --format 'onnx'" in unknown.stderr
+
+
+def test_the_web_runtime_is_vendored_whole_and_packaged() -> None:
+    """What `--format web` copies is in the package data (so a wheel carries it), and the
+    files are the ones VERSION names (scripts/refresh_web_runtime.sh writes both)."""
+    import fnmatch
+    import hashlib
+
+    from skincli.export import web
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["skincli"]
+    files = [f"export/web_runtime/{n}" for n in web.RUNTIME_FILES] + \
+        [f"export/web_app/{n}" for n in web.APP_FILES]
+    for name in files:
+        assert (REPO / "skincli" / name).is_file(), name
+        assert any(fnmatch.fnmatch(name, g) and name.count("/") == g.count("/")
+                   for g in globs), name
+    version = (web.RUNTIME_DIR / "VERSION").read_text().splitlines()
+    sums = dict(reversed(line.removeprefix("sha256=").split()) for line in version
+                if line.startswith("sha256="))
+    assert set(sums) == {n for n in web.RUNTIME_FILES if n not in ("LICENSE", "VERSION")}
+    for name, digest in sums.items():
+        assert hashlib.sha256((web.RUNTIME_DIR / name).read_bytes()).hexdigest() == digest
+    assert web.runtime_version().startswith("@mediapipe/tasks-vision@")
