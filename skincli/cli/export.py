@@ -1,4 +1,4 @@
-"""`skin export RUN`: the run as a TensorFlow SavedModel or a TFLite model for apps."""
+"""`skin export RUN`: a TensorFlow SavedModel, a TFLite model for apps, or a web folder."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from skincli.cli.common import handle_errors
 from skincli.errors import SkinError
 
 HELP = ("Export a run for other runtimes: --format savedmodel (TensorFlow Serving, "
-        "<out>/<run>/<version>/), tflite or tflite-int8 (for Android/iOS apps: "
-        "<out>/<run>.tflite + a .json with classes and preprocessing), with the measured "
-        "agreement with the float model.")
-
-FORMATS = ("savedmodel", "tflite", "tflite-int8")
+        "<out>/<run>/<version>/), tflite or tflite-int8 (MediaPipe Tasks-ready, for Android/iOS "
+        "apps: <out>/<run>.tflite with metadata, labels and the referral threshold inside, + "
+        "the same JSON beside it) or web (a static folder that classifies in the browser), "
+        "with the measured agreement with the float model.")
 
 
 @handle_errors
@@ -24,11 +23,13 @@ def command(
     run: Annotated[str | None, typer.Argument(
         help="Run name or folder (default: runs/CURRENT, else the latest run).")] = None,
     fmt: Annotated[str, typer.Option(
-        "--format", help="savedmodel (TensorFlow Serving), tflite (float32, for apps) or "
-        "tflite-int8 (quantised; refused beyond --tolerance unless --force).")] = "savedmodel",
+        "--format", help="savedmodel (TensorFlow Serving), tflite (float32, MediaPipe Tasks-"
+        "ready for Android/iOS), tflite-int8 (quantised; refused beyond --tolerance unless "
+        "--force) or web (a static folder that classifies in the browser).")] = "savedmodel",
     out: Annotated[Path, typer.Option(
         help="Folder for exported models; savedmodel writes <out>/<run name>/<version>/, "
-        "tflite <out>/<run name>[-int8].tflite + .json.", file_okay=False)] = Path("exported"),
+        "tflite <out>/<run name>[-int8].tflite + .json, web the folder itself (new or empty).",
+        file_okay=False)] = Path("exported"),
     version: Annotated[int | None, typer.Option(
         help="SavedModel version number (default: one more than the largest there).")] = None,
     int8: Annotated[str, typer.Option(
@@ -47,22 +48,17 @@ def command(
         help="With --decision prevalence: the class prior (YAML or CSV).", dir_okay=False)
     ] = None,
 ) -> None:
-    """Write the SavedModel or the TFLite model and say how to use it."""
+    """Write the SavedModel, the TFLite model or the web folder and say how to use it."""
     from skincli.decision import check_rule
+    from skincli.export import FORMATS, export_saved_model, export_tflite, export_web
 
     fmt = fmt.strip().lower()
     if fmt not in FORMATS:
         from skincli.errors import did_you_mean
 
         raise SkinError(f"Unknown --format {fmt!r}.{did_you_mean(fmt, list(FORMATS))}",
-                        hint="Use savedmodel, tflite or tflite-int8")
+                        hint=f"Use {', '.join(FORMATS)}")
     rule = check_rule(decision)
-    if fmt != "savedmodel" and (rule != "balanced" or prevalence is not None):
-        raise SkinError("--decision and --prevalence apply to --format savedmodel",
-                        hint="A .tflite answers with calibrated probabilities; its JSON "
-                        "names the temperature, and the app applies any prior itself")
-    from skincli.serve.export import export_saved_model, export_tflite  # the export core
-
     if fmt == "savedmodel":
         with ui.err_console.status("Exporting SavedModel..."):
             target = export_saved_model(run, out, runs_dir, version, decision=rule,
@@ -70,8 +66,12 @@ def command(
         _show_saved_model(target, rule)
         return
     with ui.err_console.status("Converting and measuring against the float model..."):
-        meta = export_tflite(run, out, runs_dir, fmt=fmt, int8_mode=int8.strip().lower(),
-                             tolerance=tolerance, force=force)
+        if fmt == "web":
+            meta = export_web(run, out, runs_dir, decision=rule, prevalence=prevalence)
+        else:
+            meta = export_tflite(run, out, runs_dir, fmt=fmt, int8_mode=int8.strip().lower(),
+                                 tolerance=tolerance, force=force, decision=rule,
+                                 prevalence=prevalence)
     _show_tflite(meta, fmt, tolerance)
 
 
@@ -89,10 +89,17 @@ def _show_saved_model(target: Path, rule: str) -> None:
 
 
 def _show_tflite(meta: dict[str, Any], fmt: str, tolerance: float) -> None:
-    """Where the .tflite went and how closely it agrees with the float model."""
+    """Where the .tflite (or web folder) went and how closely it agrees with the float model."""
     q = meta["measured_against_float_model"]
-    ui.console.print(f"Wrote {meta['path']} ({meta['bytes'] / 1e6:.1f} MB, "
-                     f"{meta['quantization']}) and {meta['metadata_path']}", highlight=False)
+    if fmt == "web":
+        ui.console.print(f"Wrote {meta['path']}/ (model {meta['bytes'] / 1e6:.1f} MB, runtime "
+                         f"{meta['runtime']}). Serve it with any static server, e.g.\n"
+                         f"  python -m http.server -d {meta['path']} 8000", highlight=False,
+                         soft_wrap=True)
+    else:
+        ui.console.print(f"Wrote {meta['path']} ({meta['bytes'] / 1e6:.1f} MB, "
+                         f"{meta['quantization']}) and {meta['metadata_path']}", highlight=False)
+    ui.console.print(f"Decision rule: {meta['decision']['rule']}", highlight=False)
     ui.console.print(
         f"Against the float model on {q['images']}: top-1 agreement "
         f"{q['top1_agreement']:.1%}, macro-F1 {q['macro_f1_float']:.3f} -> {q['macro_f1']:.3f} "
