@@ -231,6 +231,10 @@ def command(
         "--triage-malignant", help="Comma-separated classes summed into the malignancy "
         "score when refitting (default: melanoma, basal cell carcinoma, squamous cell "
         "carcinoma).")] = None,
+    triage_fit: Annotated[str | None, typer.Option(
+        "--triage-fit", help="Refit the referral threshold on the validation split: point "
+        "(the estimate reaches the sensitivity) or lower-bound (its one-sided 95% "
+        "Clopper-Pearson lower bound does; refers more).")] = None,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
         "litert; runs that do not convert use tf).")] = None,
@@ -245,12 +249,13 @@ def command(
 
     if out is not None:
         check_writable(out)  # before the images are read, not after
-    if triage_sensitivity is not None or triage_malignant is not None:
+    if triage_sensitivity is not None or triage_malignant is not None or triage_fit:
         from skincli.clinical.triage import fit_run
         from skincli.evaluate import load_predictor
 
         for name in runs or [None]:
-            fit_run(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant)
+            fit_run(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant,
+                    method=triage_fit)
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=ui.err_console, transient=True,
