@@ -67,6 +67,11 @@ class CurveFit:
         return float(self.n.max())
 
 
+def _jacobian(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    p = np.power(n, -c)
+    return np.stack([np.ones_like(n), -p, b * p * np.log(n)], axis=1)
+
+
 def _one_fit(n: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, bool]:
     from scipy.optimize import curve_fit
 
@@ -77,7 +82,8 @@ def _one_fit(n: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             params, _ = curve_fit(power_law, n, y, p0=[a0, b0, c0], sigma=sigma,
-                                  absolute_sigma=True, bounds=BOUNDS, maxfev=5000)
+                                  absolute_sigma=True, bounds=BOUNDS, maxfev=5000,
+                                  jac=_jacobian)
         return np.asarray(params, dtype=np.float64), True
     except (RuntimeError, ValueError):
         # No convergence: a flat line at the weighted mean (b = 0) is the honest fallback.

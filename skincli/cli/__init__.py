@@ -13,7 +13,19 @@ import yaml
 from rich.markup import escape as rich_escape
 
 from skincli import __version__, ui
-from skincli.cli import audit, card, demo, eda, evaluate, monitor, predict, serve, split, train
+from skincli.cli import (
+    audit,
+    card,
+    demo,
+    eda,
+    evaluate,
+    learning_curve,
+    monitor,
+    predict,
+    serve,
+    split,
+    train,
+)
 from skincli.errors import SkinError
 
 app = typer.Typer(
@@ -31,6 +43,7 @@ app.command("eda", help=eda.HELP)(eda.command)
 app.command("split", help=split.HELP)(split.command)
 app.command("train", help=train.HELP)(train.command)
 app.command("evaluate", help=evaluate.HELP)(evaluate.command)
+app.command("learning-curve", help=learning_curve.HELP)(learning_curve.command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("serve", help=serve.HELP)(serve.command)
 for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
