@@ -321,3 +321,62 @@ def action(triage: dict[str, Any] | None, deferral: dict[str, Any] | None) -> st
     if deferral and deferral.get("deferred"):
         return DEFERRED
     return ANSWERED
+
+
+# --- the `skin evaluate --defer-target` section -------------------------------------------------
+
+def evaluation_section(val: tuple[np.ndarray, np.ndarray, Sequence[Any] | None],
+                       test: tuple[np.ndarray, np.ndarray, Sequence[Any] | None],
+                       classes: Sequence[str], target: float, subset: str = "test",
+                       n_boot: int = 1000, seed: int = 0, source: str = "") -> dict[str, Any]:
+    """Risk-coverage curves of validation and the evaluated images, the operating point fitted
+    on validation only, and what it reaches on the evaluated images.
+
+    `val` and `test` are (calibrated probabilities, labels, lesion groups or None).
+    """
+    from skincli.selective import risk_coverage
+
+    target = check_target(target)
+    (vp, vy, vg), (tp, ty, tg) = val, test
+    curves = {"validation": risk_coverage(vp, vy, classes, vg, n_boot=n_boot, seed=seed),
+              subset: risk_coverage(tp, ty, classes, tg, n_boot=n_boot, seed=seed)}
+    record = fit(vp, vy, classes, target, source=source)
+    out: dict[str, Any] = {"target": target, "subset": subset, "curves": curves,
+                           "operating_point": record}
+    if record["feasible"]:
+        out["result"] = evaluate_at(record, tp, ty, classes, tg, n_boot=n_boot, seed=seed)
+    return out
+
+
+def plot_risk_coverage(section: dict[str, Any], path: Any, title: str) -> None:
+    """Balanced accuracy and macro F1 against coverage (with 95% bands), per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skincli.fsutil import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in zip(axes, ("balanced_accuracy", "macro_f1"),
+                              ("balanced accuracy", "macro F1")):
+        for name, curve in section["curves"].items():
+            rows = curve["levels"]
+            cov = [r["target_coverage"] for r in rows]
+            ax.plot(cov, [r[key] for r in rows], "o-", ms=3, label=name)
+            cis = [r.get(f"{key}_ci95") for r in rows]
+            if all(cis):
+                ax.fill_between(cov, [c[0] for c in cis], [c[1] for c in cis], alpha=0.2)
+        ax.axhline(section["target"], ls="--", c="grey", lw=0.8)
+        op = section["operating_point"]
+        if op.get("feasible"):
+            ax.axvline(op["validation"]["coverage"], ls=":", c="k", lw=0.8)
+        ax.set_xlabel("coverage (share answered)")
+        ax.set_ylabel(label)
+        ax.set_xlim(1.02, 0.05)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Risk-coverage, {title}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
