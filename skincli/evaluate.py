@@ -365,7 +365,13 @@ def _defer(predictor: Any, eval_set: EvalSet, scored: Scored, probs: np.ndarray,
     section["stored"] = bool(section["operating_point"]["feasible"])
     if section["stored"]:
         extra = dict(predictor.info.extra or {})
-        extra["defer"] = section["operating_point"]
+        record = dict(section["operating_point"])
+        if is_own_test_split(predictor, eval_set):  # the card states what test reached
+            res = section["result"]
+            record["test"] = {k: res[k] for k in (
+                "coverage", "n_accepted", "balanced_accuracy", "balanced_accuracy_ci95",
+                "macro_f1", "macro_f1_ci95", "met", "few_accepted")}
+        extra["defer"] = record
         predictor.info = update_run_info(predictor.run_dir, extra=extra)
     return section
 
