@@ -161,9 +161,11 @@ def selection_metrics(y: np.ndarray, pred: np.ndarray, accepted: np.ndarray, c: 
     ba = balanced_accuracy_from_cm(cms)
     f1 = macro_f1_from_cm(cms)
     boot = weights is not None and len(w_all) > 1
+    # A resample that happens to hold no accepted case has no metrics: left out, not zero.
+    some = cms.sum(axis=(-2, -1))[1:] > 0
 
     def ci(v: np.ndarray) -> list[float] | None:
-        return _q(v[1:], level) if boot else None
+        return _q(v[1:][some], level) if boot else None
 
     per_class = []
     for k in range(c):
@@ -172,7 +174,8 @@ def selection_metrics(y: np.ndarray, pred: np.ndarray, accepted: np.ndarray, c: 
             "recall": float(pc["recall"][0, k]) if present[0] else None,
             "recall_ci95": None,
             "coverage": float(coverage[0, k]) if totals[0, k] else None,
-            "coverage_ci95": ci(coverage[:, k]) if totals[0, k] else None,
+            "coverage_ci95": (_q(coverage[1:, k][totals[1:, k] > 0], level) if boot else None)
+            if totals[0, k] else None,
             "n_accepted": int(round(pc["support"][0, k])),
             "n_total": int(round(totals[0, k])),
         })

@@ -19,6 +19,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0%}"
 
 
+def _pci(ci: list[float] | None) -> str:
+    return "" if not ci else f" ({ci[0]:.0%}-{ci[1]:.0%})"
+
+
 def show_operating_point(section: dict[str, Any], run_dir: str = "") -> None:
     """The operating point fitted on validation: printed before any test figure."""
     op = section["operating_point"]
@@ -61,7 +65,8 @@ def show_curves(section: dict[str, Any]) -> None:
             rows.append((f"{r['target_coverage']:.0%}", r["n_accepted"],
                          _f(r["balanced_accuracy"]) + _ci(r["balanced_accuracy_ci95"]),
                          _f(r["macro_f1"]) + _ci(r["macro_f1_ci95"]),
-                         f"{_f(lo_r[0])} {lo_r[1]}", f"{_pct(lo_c[0])} {lo_c[1]}"))
+                         f"{_f(lo_r[0])} {lo_r[1]}" if lo_r[0] is not None else
+                         f"{lo_r[1]}: none answered", f"{_pct(lo_c[0])} {lo_c[1]}"))
         ui.console.print(ui.table(
             f"Risk-coverage on {name} ({curve['n']} images, {curve['n_lesions']} lesions; "
             f"surest first by {curve['score_label']}; 95% CIs over lesions)",
@@ -102,7 +107,7 @@ def show_result(section: dict[str, Any]) -> None:
         flag = "[red]< 10 answered[/]" if cls in res["few_accepted"] else ""
         held = "" if res["recall_floor_held"].get(cls) else "[red]below floor[/]"
         rows.append((cls, f"{r['n_accepted']}/{r['n_total']}",
-                     _pct(r["coverage"]) + _ci(r["coverage_ci95"]),
+                     _pct(r["coverage"]) + _pci(r["coverage_ci95"]),
                      _f(r["recall"]) + _ci(r["recall_ci95"]), " ".join(x for x in (held, flag)
                                                                       if x)))
     ui.console.print(ui.table(f"Per class on {section['subset']} at the operating point (95% "
