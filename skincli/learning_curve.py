@@ -22,6 +22,7 @@ The fitting and the plan (`analyse`, `collection_plan`) work from results.json a
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -248,6 +249,8 @@ def measure(split: str | Path, out: str | Path, shares: Sequence[float] = DEFAUL
                     "classes": classes, "shares": shares, "seeds": int(seeds),
                     "train_images": {c: int((train["label"] == c).sum()) for c in classes}})
     entries: list[dict[str, Any]] = results.setdefault("entries", [])
+    # Training many models in one process makes TensorFlow warn about retracing each time.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     done = {(e["share"], e["seed"]) for e in entries}
     runs_dir = out / "runs"
     for seed in range(int(seeds)):

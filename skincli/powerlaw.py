@@ -127,8 +127,10 @@ def required(fit: CurveFit, target: float, horizon: float = HORIZON) -> dict[str
     limit = horizon * fit.largest
     base = {"target": target, "horizon": limit}
     if fit.a < target:
+        iv = fit.interval("a")
         return {**base, "status": "unreachable", "median": None, "interval80": None,
-                "text": f"unreachable (asymptote {fit.a:.2f} < {target:.2f})"}
+                "text": f"unreachable (asymptote {fit.a:.2f} < {target:.2f}"
+                        + (f"; 80% interval {iv[0]:.2f}-{iv[1]:.2f}" if iv else "") + ")"}
     today = fit.predict(fit.largest)
     if today >= target and fit.y[fit.n == fit.largest].mean() >= target:
         return {**base, "status": "reached", "median": None, "interval80": None,
