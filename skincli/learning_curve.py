@@ -196,7 +196,7 @@ def _score_test(run_dir: Path) -> dict[str, Any]:
     from skincli.evaluate import load_eval_set, load_predictor, score
     from skincli.metrics import classification_summary
 
-    predictor = load_predictor(run_dir, engine="tf")
+    predictor = load_predictor(run_dir)
     eval_set = load_eval_set(predictor.run_dir, predictor.classes, subset="test")
     scored = score(predictor, eval_set)
     s = classification_summary(scored.y, scored.probs(predictor.temperature, False),
