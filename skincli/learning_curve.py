@@ -151,6 +151,27 @@ def check_split(df: pd.DataFrame, shares: Sequence[float], seeds: int) -> None:
                                 hint="Use a larger smallest share (--shares)")
 
 
+def share_counts(split: str | Path, shares: Sequence[float] = DEFAULT_SHARES,
+                 seeds: int = DEFAULT_SEEDS) -> dict[str, Any]:
+    """Per share (seed 0): training images and lesions of each class; checks, writes nothing."""
+    from skincli.data.split import load_split
+
+    shares = check_shares(shares)
+    df = load_split(split)
+    check_split(df, shares, int(seeds))
+    train = df[df["split"] == "train"].reset_index(drop=True)
+    units = _units(train)
+    orders = share_orders(train, 0)
+    table = {}
+    for share in shares:
+        rows = take(orders, share)
+        table[share] = {c: {"images": len(r), "lesions": len(set(units.iloc[r]))}
+                        for c, r in rows.items()}
+    return {"shares": shares, "classes": sorted(orders), "counts": table,
+            "runs": len(shares) * int(seeds),
+            "full_equivalents": round(sum(shares) * int(seeds), 2)}
+
+
 def run_name(share: float, seed: int) -> str:
     """The run folder of one share and seed, e.g. lc-035-s1."""
     return f"lc-{round(share * 100):03d}-s{seed}"

@@ -161,3 +161,13 @@ def test_tiny_learning_curve_end_to_end_and_resumes(tmp_path: Path,
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["entries"] == results["entries"]
+
+
+def test_dry_run_prints_counts_and_writes_nothing(tmp_path: Path) -> None:
+    split = make_lc_split(tmp_path, n_train=20, lesion_size=2)
+    out = tmp_path / "lc"
+    res = runner.invoke(app, ["learning-curve", str(split), "--out", str(out), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "10 trainings" in flat and "20 (10)" in flat and "4 (2)" in flat
+    assert not out.exists()

@@ -91,6 +91,9 @@ def command(
         dir_okay=False, exists=True)] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=20,
                                            help="Bootstrap refits per curve.")] = 200,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check the split and print each share's images and lesions per "
+        "class; train nothing, write nothing.")] = False,
 ) -> None:
     """Measure and fit learning curves."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,6 +103,15 @@ def command(
     from skincli.errors import SkinError
 
     lc.check_targets(target, macro_target)
+    if dry_run:
+        plan = lc.share_counts(split, _shares(shares), seeds)
+        rows = [(c, *[f"{plan['counts'][s][c]['images']} ({plan['counts'][s][c]['lesions']})"
+                      for s in plan["shares"]]) for c in plan["classes"]]
+        ui.console.print(ui.table(
+            f"Training images (lesions) per share, seed 0; {plan['runs']} trainings, "
+            f"{plan['full_equivalents']} x the full training set in all",
+            ["class", *[f"{s:.0%}" for s in plan["shares"]]], rows))
+        return
     if from_results is not None:
         try:
             results = json.loads(from_results.read_text(encoding="utf-8"))
