@@ -259,8 +259,13 @@ def measure(split: str | Path, out: str | Path, shares: Sequence[float] = DEFAUL
             preset=overrides.get("preset"))  # a bad option fails now, not after an hour
     results_path = out / RESULTS
     results = _load_results(results_path) or {}
+    def schedule(o: dict[str, Any] | None) -> dict[str, Any]:  # threads change no result
+        return {k: v for k, v in (o or {}).items() if k != "threads"}
+
     if results and (results.get("split") != str(Path(split).resolve())
-                    or results.get("train") != overrides):
+                    or schedule(results.get("train")) != schedule(overrides)
+                    or results.get("seeds") not in (None, int(seeds))
+                    or results.get("shares") not in (None, shares)):
         raise SkinError(f"{results_path} holds a learning curve of another split or schedule",
                         hint="Pass another --out, or remove that folder to start again")
     check_writable(results_path)
