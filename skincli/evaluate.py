@@ -502,6 +502,9 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
             warnings.append(f"{other.info.name} was trained on a different split than "
                             f"{first.info.name}: some of these test images may have been in its "
                             "training data, which would flatter it")
+    if defer_target is not None:  # no validation images: one line now, before any scoring
+        for p in predictors:
+            load_eval_set(p.run_dir, p.classes, subset="val")
     results = []
     for p in predictors:
         res = evaluate_predictor(p, eval_set, calibrate=calibrate, tta=tta, n_boot=n_boot,

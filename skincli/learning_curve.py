@@ -266,7 +266,8 @@ def measure(split: str | Path, out: str | Path, shares: Sequence[float] = DEFAUL
                     or schedule(results.get("train")) != schedule(overrides)
                     or results.get("seeds") not in (None, int(seeds))
                     or results.get("shares") not in (None, shares)):
-        raise SkinError(f"{results_path} holds a learning curve of another split or schedule",
+        raise SkinError(f"{results_path} holds a learning curve of another split, schedule, "
+                        "shares or seeds",
                         hint="Pass another --out, or remove that folder to start again")
     check_writable(results_path)
     train = df[df["split"] == "train"].reset_index(drop=True)

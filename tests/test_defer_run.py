@@ -189,3 +189,16 @@ def test_predict_fhir_api_and_card_say_answered_or_deferred(runs: Path, tmp_path
         assert body["deferral"]["text"] in ("answered", "deferred to a dermatologist")
         assert body["deferral"]["threshold"] == pytest.approx(
             rec["thresholds"][body["deferral"]["predicted"]], abs=1e-6)
+
+
+def test_run_without_validation_images_is_one_line(runs: Path, tmp_path: Path) -> None:
+    (runs / "alpha" / "split.csv").unlink()
+    (runs / "alpha" / "split.json").unlink()
+    data = tmp_path / "data"
+    for i, c in enumerate(CLASSES):
+        make_image(data / c / "a.png", PALETTE[i], seed=i)
+    before = (runs / "alpha" / "run.json").read_bytes()
+    res = _evaluate(runs, "alpha", "--data", str(data), "--defer-target", "0.85")
+    assert res.exit_code == 1
+    assert "split" in res.output and "Traceback" not in res.output
+    assert (runs / "alpha" / "run.json").read_bytes() == before
