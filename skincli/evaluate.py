@@ -338,7 +338,7 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
     return result
 
 
-def _lesion_groups(eval_set: EvalSet, filepaths: Sequence[str]) -> list[str] | None:
+def lesion_groups(eval_set: EvalSet, filepaths: Sequence[str]) -> list[str] | None:
     """Each scored image's lesion group from the split file (None for other data)."""
     if eval_set.kind != "split" or eval_set.split_path is None:
         return None
@@ -358,8 +358,8 @@ def _defer(predictor: Any, eval_set: EvalSet, scored: Scored, probs: np.ndarray,
                 stage="validation")
     section = evaluation_section(
         (val.probs(float(predictor.info.temperature or 1.0), False), val.y,
-         _lesion_groups(val_set, val.filepaths)),
-        (probs, scored.y, _lesion_groups(eval_set, scored.filepaths)), predictor.classes,
+         lesion_groups(val_set, val.filepaths)),
+        (probs, scored.y, lesion_groups(eval_set, scored.filepaths)), predictor.classes,
         target, eval_set.subset, n_boot=n_boot, seed=seed,
         source=f"validation split ({len(val.y)} images), skin evaluate --defer-target")
     section["stored"] = bool(section["operating_point"]["feasible"])
