@@ -642,9 +642,9 @@ def compare_rules(y: np.ndarray, probs: np.ndarray, decisions: list[Decision],
 
 def plot_frontier(result: dict[str, Any], path: Path, title: str) -> None:
     """decision_frontier.png: accuracy vs balanced accuracy along the prior path."""
-    from skincli.evaluate import _pyplot, _save
+    from skincli.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 5.4))
     pts = result.get("frontier") or []
     if pts:
@@ -662,4 +662,4 @@ def plot_frontier(result: dict[str, Any], path: Path, title: str) -> None:
     ax.set(xlabel="balanced accuracy", ylabel="accuracy", title=f"Decision frontier: {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    save_figure(fig, path)

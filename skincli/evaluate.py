@@ -16,7 +16,6 @@ from the same images if run.json has none, and stores all of it in run.json.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +28,10 @@ import numpy as np
 
 from skincli import DISCLAIMER
 from skincli.errors import SkinError, did_you_mean
+from skincli.fsutil import sha256_file
 from skincli.imageio import ImageError
 from skincli.metrics import classification_summary, expected_calibration_error, paired_comparison
+from skincli.plots import pyplot, save_figure
 from skincli.runs import DEFAULT_RUNS_DIR, update_run_info
 
 SUBSETS = ("test", "val", "all")
@@ -414,7 +415,7 @@ def is_own_test_split(predictor: Any, eval_set: EvalSet) -> bool:
         return True
     want = predictor.info.split_sha256
     try:
-        return bool(want) and hashlib.sha256(eval_set.split_path.read_bytes()).hexdigest() == want
+        return bool(want) and sha256_file(eval_set.split_path) == want
     except OSError:
         return False
 
@@ -677,26 +678,9 @@ def _subgroup_table(sub: dict[str, Any]) -> Any:
 
 # --- plots (matplotlib, headless) ---------------------------------------------------------------
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    from skincli.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-
-
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
     """Counts and row-normalised (recall) confusion matrices side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -718,7 +702,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=axes, fraction=0.025)
     fig.suptitle(f"Confusion matrix: {title}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
@@ -726,7 +710,7 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Pat
     """One-vs-rest ROC curve per class (classes absent from the data are left out)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for i, c in enumerate(classes):
         pos = y == i
@@ -738,7 +722,7 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Pat
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
            title=f"ROC (one-vs-rest): {title}")
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
@@ -746,7 +730,7 @@ def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path
     """Precision-recall curve per class with its average precision."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for i, c in enumerate(classes):
         pos = y == i
@@ -758,14 +742,14 @@ def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall: {title}")
     ax.legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reliability(bins: list[dict[str, Any]], ece: float, temperature: float, path: Path,
                      title: str, before: tuple[list[dict[str, Any]], float, float] | None = None
                      ) -> None:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with the ECE."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [(bins, ece, temperature)]
     if before is not None:
         panels.insert(0, before)
@@ -790,4 +774,4 @@ def plot_reliability(bins: list[dict[str, Any]], ece: float, temperature: float,
                ylabel="accuracy", title=f"T = {t:.3g}: ECE {e:.3f}")
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Reliability: {title}" + (" (before / after calibration)" if before else ""))
-    _save(fig, path)
+    save_figure(fig, path)

@@ -19,9 +19,11 @@ from skincli.cli import (
     demo,
     eda,
     evaluate,
+    export,
     learning_curve,
     monitor,
     predict,
+    receive,
     serve,
     split,
     train,
@@ -46,11 +48,11 @@ app.command("evaluate", help=evaluate.HELP)(evaluate.command)
 app.command("learning-curve", help=learning_curve.HELP)(learning_curve.command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("serve", help=serve.HELP)(serve.command)
-for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
-    app.command(extra_name, help=extra_help)(extra_cmd)
+app.command("export", help=export.HELP)(export.command)
 app.add_typer(monitor.app, name="monitor")
 app.command("card", help=card.HELP)(card.command)
 app.add_typer(audit.app, name="audit")
+app.command("receive", help=receive.HELP)(receive.command)
 
 
 def _version(value: bool) -> None:

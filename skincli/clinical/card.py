@@ -10,7 +10,6 @@ section the run has no data for says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from skincli.clinical.snomed import concept
 from skincli.clinical.triage import record_of
 from skincli.defer import record_of as defer_record_of
 from skincli.errors import SkinError
+from skincli.fsutil import sha256_file
 from skincli.runs import MODEL_FILE, RunInfo, load_run_info
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
@@ -47,11 +47,7 @@ OUT_OF_SCOPE = [
 
 def _sha256(path: Path) -> str | None:
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -130,6 +126,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
             "dropped_counts": meta.get("dropped_counts") or {},
             "skipped_at_training": int(extra.get("skipped_images", 0) or 0),
             "split_seed": meta.get("seed"), "split_ratios": meta.get("ratios"),
+            "sources": meta.get("sources") or {}, "test_source": meta.get("test_source") or "",
         },
         "evaluation": {
             "test": test or None, "validation": val or None,
@@ -182,7 +179,8 @@ def _label_provenance(meta: dict[str, Any]) -> str:
                    if emptied else "")
                 + f"; images grouped by {m.get('group') or 'lesion'}")
     layout = {"folders": "class folder names", "kaggle": "class folder names (Train/Test)",
-              "csv": "a CSV's label column", "flat": "class folder names"}.get(
+              "csv": "a CSV's label column", "flat": "class folder names",
+              "sources": "each source's class names, mapped onto one set of classes"}.get(
         str(meta.get("layout")), "unknown (no split sidecar in the run)")
     if m:
         layout += f" (metadata {Path(str(m.get('path', ''))).name} used for groups only)"
@@ -222,6 +220,11 @@ def markdown(card: dict[str, Any]) -> str:
             f"- Source: `{data['source']}` (layout: {data['layout']})",
             f"- Labels from: {data['label_provenance']}",
             f"- Split: seed {data['split_seed']}, ratios {data['split_ratios']}"]
+    for name, src in (data.get("sources") or {}).items():
+        held = " (held out: the whole test split)" if name == data.get("test_source") else ""
+        out.append(f"- Source {name}{held}: `{src.get('path', '')}`, {src.get('total', 0)} "
+                   f"images (train {src.get('train', 0)}, val {src.get('val', 0)}, test "
+                   f"{src.get('test', 0)})")
     dropped = data["dropped_counts"]
     out.append("- Dropped before splitting: " + (", ".join(
         f"{n} {k.replace('_', ' ')}" for k, n in dropped.items()) if dropped else "none recorded"))
