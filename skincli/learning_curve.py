@@ -191,25 +191,44 @@ def write_share_split(df: pd.DataFrame, rows: list[int], path: Path) -> Path:
 
 # --- training and scoring ----------------------------------------------------------------------
 
+def _interrupted(run_dir: Path) -> bool:
+    """True for a run saved by Ctrl-C (usable, but not the schedule asked for)."""
+    from skincli.runs import load_run_info
+
+    return bool((load_run_info(run_dir).extra or {}).get("interrupted"))
+
+
 def _train_one(split_path: Path, name: str, runs_dir: Path, seed: int,
                overrides: dict[str, Any]) -> Path:
-    """Train (or finish) one share's run; a finished run is returned as it is."""
+    """Train (or finish) one share's run; a finished run is returned as it is.
+
+    An interrupted run (Ctrl-C saves one) or an unfinished one continues from its checkpoint;
+    a Ctrl-C during this training stops the whole curve (KeyboardInterrupt) rather than
+    scoring a half-trained model.
+    """
     from skincli.train import resume, train
 
     final = runs_dir / name
-    if (final / "run.json").is_file():
-        return final
     tmp = runs_dir / f".{name}.tmp"
-    if tmp.exists():
+    run: Path | None = None
+    if (final / "run.json").is_file():
+        if not _interrupted(final):
+            return final
+        run = Path(resume(name, runs_dir))
+    elif tmp.exists():
         try:
-            return Path(resume(name, runs_dir))
+            run = Path(resume(name, runs_dir))
         except SkinError:
             shutil.rmtree(tmp, ignore_errors=True)  # nothing to resume from: start again
-    if final.exists():  # a folder without run.json is not a finished run
-        shutil.rmtree(final)
-    config = {**overrides, "split": str(split_path), "name": name, "runs_dir": str(runs_dir),
-              "seed": seed}
-    return Path(train(config))
+    if run is None:
+        if final.exists():  # a folder without run.json is not a finished run
+            shutil.rmtree(final)
+        config = {**overrides, "split": str(split_path), "name": name,
+                  "runs_dir": str(runs_dir), "seed": seed}
+        run = Path(train(config))
+    if _interrupted(run):
+        raise KeyboardInterrupt
+    return run
 
 
 def _score_test(run_dir: Path) -> dict[str, Any]:
@@ -225,6 +244,17 @@ def _score_test(run_dir: Path) -> dict[str, Any]:
     return {"f1": {r["class"]: r["f1"] for r in s["per_class"]},
             "support": {r["class"]: r["support"] for r in s["per_class"]},
             "macro_f1": s["macro_f1"], "balanced_accuracy": s["balanced_accuracy"]}
+
+
+def _eta(entries: list[dict[str, Any]], shares: list[float], seeds: int) -> str:
+    """"; about N min to go", from the minutes per unit of share measured so far."""
+    done = {(e["share"], e["seed"]) for e in entries}
+    timed = [e for e in entries if e.get("minutes")]
+    if not timed:
+        return ""
+    per_share = sum(e["minutes"] for e in timed) / sum(e["share"] for e in timed)
+    left = sum(s for s in shares for k in range(seeds) if (s, k) not in done)
+    return f"; about {per_share * left:.0f} min to go" if left else ""
 
 
 def _load_results(path: Path) -> dict[str, Any] | None:
@@ -298,7 +328,8 @@ def measure(split: str | Path, out: str | Path, shares: Sequence[float] = DEFAUL
                             "n_train_total": len(flat), **test,
                             "minutes": round((time.perf_counter() - started) / 60, 2)})
             write_json(results_path, results)  # after every run: an interruption loses one
-            say(f"{name}: test macro F1 {test['macro_f1']:.3f}")
+            say(f"{name}: test macro F1 {test['macro_f1']:.3f} "
+                f"({entries[-1]['minutes']:.1f} min){_eta(entries, shares, int(seeds))}")
     write_json(results_path, results)
     return results
 

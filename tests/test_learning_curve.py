@@ -155,9 +155,9 @@ def test_tiny_learning_curve_end_to_end_and_resumes(tmp_path: Path,
     assert (out / "analysis.json").is_file() and (out / "learning_curve.png").is_file()
     assert "Collection plan" in res.output
     # Again with the same folder: nothing is trained twice.
-    import skincli.train as train_pkg
+    import skincli.train.trainer as trainer
 
-    monkeypatch.setattr(train_pkg.trainer, "train", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("retrained"))
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["entries"] == results["entries"]
@@ -171,3 +171,38 @@ def test_dry_run_prints_counts_and_writes_nothing(tmp_path: Path) -> None:
     flat = " ".join(res.output.split())
     assert "10 trainings" in flat and "20 (10)" in flat and "4 (2)" in flat
     assert not out.exists()
+
+
+def test_interrupted_training_stops_the_curve_and_resumes(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C-saved run is not scored; the next call resumes it from its checkpoint."""
+    import skincli.train.trainer as trainer
+    from skincli.runs import RunInfo, save_run_info
+
+    runs = tmp_path / "runs"
+    interrupted = runs / "lc-020-s0"
+    interrupted.mkdir(parents=True)
+    save_run_info(interrupted, RunInfo(name="lc-020-s0", arch="tiny", classes=["a", "b"],
+                                       input_size=32, preprocessing={}, temperature=1.0,
+                                       uncertain_threshold=None, created="x",
+                                       extra={"interrupted": True}))
+    calls: list[str] = []
+
+    def fake_resume(name: str, runs_dir: Any, progress: Any = None) -> Path:
+        calls.append(name)
+        save_run_info(runs_dir / name, RunInfo(
+            name=name, arch="tiny", classes=["a", "b"], input_size=32, preprocessing={},
+            temperature=1.0, uncertain_threshold=None, created="x", extra={}))
+        return runs_dir / name
+
+    monkeypatch.setattr(trainer, "resume", fake_resume)
+    assert lc._train_one(tmp_path / "s.csv", "lc-020-s0", runs, 0, {}) == interrupted
+    assert calls == ["lc-020-s0"]
+    # A training that itself gets interrupted stops the curve.
+    monkeypatch.setattr(trainer, "train", lambda cfg, *a, **k: interrupted)
+    save_run_info(interrupted, RunInfo(name="lc-035-s0", arch="tiny", classes=["a", "b"],
+                                       input_size=32, preprocessing={}, temperature=1.0,
+                                       uncertain_threshold=None, created="x",
+                                       extra={"interrupted": True}))
+    with pytest.raises(KeyboardInterrupt):
+        lc._train_one(tmp_path / "s.csv", "lc-035-s0", runs, 0, {})
