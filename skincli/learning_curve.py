@@ -400,7 +400,9 @@ def analyse(results: dict[str, Any], target: float = CLASS_TARGET,
 
 
 def collection_plan(curves: list[dict[str, Any]]) -> list[str]:
-    """Staged advice: worst classes first; halfway, then to the target."""
+    """Staged advice, worst class first: stage 1 gets each class half-way to its target (a
+    short extrapolation, then measure again), stage 2 to the target; what the curves cannot
+    size is said as such."""
     below = sorted((c for c in curves if c["f1_today"] < c["target"]),
                    key=lambda c: c["f1_today"])
     if not below:
@@ -408,32 +410,31 @@ def collection_plan(curves: list[dict[str, Any]]) -> list[str]:
     stage1, stage2, other = [], [], []
     for c in below:
         name, today = c["key"], c["images_today"]
-        need, half = c["required"], c["halfway"]
+        need, half = c["required"], c["halfway"] or {}
         if need["status"] == "no estimate":
             other.append(f"{name}: the curve failed its backtest, so no size is estimated; "
                          "collect more and measure again")
+            continue
+        if half.get("status") == "estimate":
+            stage1.append(f"~{max(0.0, half['median'] - today):,.0f} more {name} "
+                          f"(F1 {c['f1_today']:.2f} -> ~{half['target']:.2f})")
+        if need["status"] == "estimate":
+            stage2.append(f"~{max(0.0, need['median'] - today):,.0f} more {name} in all "
+                          f"(to ~{need['median']:,.0f}; F1 -> {c['target']:.2f})")
         elif need["status"] == "unreachable":
             other.append(f"{name}: more images alike are not predicted to reach "
                          f"{c['target']:.2f} (asymptote {c['fit']['a']:.2f}); better images, "
                          "labels or a better model are needed")
         elif need["status"] == "beyond":
-            other.append(f"{name}: beyond {need['horizon']:,.0f} images (more than 3x today's "
-                         f"{today:,.0f}); collect at least {need['horizon'] - today:,.0f} more "
+            other.append(f"{name}: the target lies beyond {need['horizon']:,.0f} images (3x "
+                         f"today's {today:,.0f}), further than the curve can say; collect "
                          "and measure again")
-        else:
-            if half and half.get("median"):
-                stage1.append(f"collect ~{max(0.0, half['median'] - today):,.0f} more "
-                              f"{name} (F1 {c['f1_today']:.2f} -> ~"
-                              f"{(c['f1_today'] + c['target']) / 2:.2f})")
-            stage2.append(f"collect ~{max(0.0, need['median'] - today):,.0f} more {name} in all "
-                          f"(to ~{need['median']:,.0f}; F1 -> {c['target']:.2f})")
     plan = []
     if stage1:
-        plan.append("Stage 1 (then re-run the learning curve): " + "; ".join(stage1))
+        plan.append("Stage 1 (then re-run the learning curve): collect " + "; ".join(stage1))
     if stage2:
-        plan.append("Stage 2: " + "; ".join(stage2))
-    plan.extend(other)
-    return plan
+        plan.append("Stage 2: collect " + "; ".join(stage2))
+    return plan + other
 
 
 def write_analysis(analysis: dict[str, Any], out: str | Path) -> Path:
