@@ -286,8 +286,8 @@ def _triage(predictor: Any, eval_set: EvalSet, y: np.ndarray, probs: np.ndarray
 
 def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = False,
                        tta: bool = False, n_boot: int = 1000, seed: int = 0,
-                       batch_size: int = 32, progress: Progress | None = None
-                       ) -> dict[str, Any]:
+                       batch_size: int = 32, progress: Progress | None = None,
+                       defer_target: float | None = None) -> dict[str, Any]:
     """All metrics for one loaded run on one EvalSet (and its calibration if asked)."""
     started = time.perf_counter()
     calibration = None
@@ -311,6 +311,10 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
         "disclaimer": DISCLAIMER,
     }
     result["triage"] = _triage(predictor, eval_set, scored.y, probs)
+    if defer_target is not None:
+        # Without TTA: the thresholds are fitted, and applied by predict, on single views.
+        result["defer"] = _defer(predictor, eval_set, scored, scored.probs(temperature, False),
+                                 defer_target, n_boot, seed, batch_size, progress)
     if tta:
         plain = classification_summary(scored.y, scored.probs(temperature, False),
                                        predictor.classes, n_boot=0)
@@ -333,6 +337,44 @@ def evaluate_predictor(predictor: Any, eval_set: EvalSet, calibrate: bool = Fals
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["_arrays"] = {"y": scored.y, "probs": probs, "filepaths": scored.filepaths}
     return result
+
+
+def lesion_groups(eval_set: EvalSet, filepaths: Sequence[str]) -> list[str] | None:
+    """Each scored image's lesion group from the split file (None for other data)."""
+    if eval_set.kind != "split" or eval_set.split_path is None:
+        return None
+    df = _read_split(eval_set.split_path)
+    where = dict(zip(df["filepath"].astype(str), df["group"].astype(str)))
+    return [where.get(str(p), "") for p in filepaths]
+
+
+def _defer(predictor: Any, eval_set: EvalSet, scored: Scored, probs: np.ndarray, target: float,
+           n_boot: int, seed: int, batch_size: int, progress: Progress | None) -> dict[str, Any]:
+    """Answer-or-defer (skincli.defer): curves, the operating point fitted on the run's own
+    validation split (stored in run.json when feasible) and what it reaches here."""
+    from skincli.defer import evaluation_section
+
+    val_set = load_eval_set(predictor.run_dir, predictor.classes, subset="val")
+    val = score(predictor, val_set, batch_size=batch_size, progress=progress,
+                stage="validation")
+    section = evaluation_section(
+        (val.probs(float(predictor.info.temperature or 1.0), False), val.y,
+         lesion_groups(val_set, val.filepaths)),
+        (probs, scored.y, lesion_groups(eval_set, scored.filepaths)), predictor.classes,
+        target, eval_set.subset, n_boot=n_boot, seed=seed,
+        source=f"validation split ({len(val.y)} images), skin evaluate --defer-target")
+    section["stored"] = bool(section["operating_point"]["feasible"])
+    if section["stored"]:
+        extra = dict(predictor.info.extra or {})
+        record = dict(section["operating_point"])
+        if is_own_test_split(predictor, eval_set):  # the card states what test reached
+            res = section["result"]
+            record["test"] = {k: res[k] for k in (
+                "coverage", "n_accepted", "balanced_accuracy", "balanced_accuracy_ci95",
+                "macro_f1", "macro_f1_ci95", "met", "few_accepted")}
+        extra["defer"] = record
+        predictor.info = update_run_info(predictor.run_dir, extra=extra)
+    return section
 
 
 def evaluate_decisions(predictor: Any, y: np.ndarray, probs: np.ndarray, n_boot: int,
@@ -421,13 +463,19 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
              n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
              progress: Progress | None = None,
              metadata: dict[str, Any] | None = None,
-             engine: str | None = None) -> dict[str, Any]:
+             engine: str | None = None, defer_target: float | None = None) -> dict[str, Any]:
     """Evaluate one run, or compare two on the same images (paired test).
+
+    `defer_target`: also fit and report the answer-or-defer operating point (skincli.defer).
 
     `metadata`: load_dataset's metadata keyword arguments for `data` (labels, groups and
     subgroups from an image metadata file).
     """
     _check_subset(subset)
+    if defer_target is not None:
+        from skincli.defer import check_target
+
+        check_target(defer_target)
     if n_boot < 0:
         raise SkinError(f"--bootstrap must be 0 or more, got {n_boot}")
     if n_boot > MAX_BOOTSTRAP:  # would run for hours; the intervals stop moving long before
@@ -455,10 +503,14 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
             warnings.append(f"{other.info.name} was trained on a different split than "
                             f"{first.info.name}: some of these test images may have been in its "
                             "training data, which would flatter it")
+    if defer_target is not None:  # no validation images: one line now, before any scoring
+        for p in predictors:
+            load_eval_set(p.run_dir, p.classes, subset="val")
     results = []
     for p in predictors:
         res = evaluate_predictor(p, eval_set, calibrate=calibrate, tta=tta, n_boot=n_boot,
-                                 seed=seed, batch_size=batch_size, progress=progress)
+                                 seed=seed, batch_size=batch_size, progress=progress,
+                                 defer_target=defer_target)
         res["stored_test_metrics"] = is_own_test_split(p, eval_set) and data is None
         if res["stored_test_metrics"]:
             store_test_metrics(p, res)
@@ -594,6 +646,10 @@ def _write_single(result: dict[str, Any], folder: Path) -> None:
               cal["temperature_before"]) if cal else None
     plot_reliability(m["reliability"], m["ece"], result["run"]["temperature"],
                      folder / "reliability.png", title, before=before)
+    if result.get("defer"):
+        from skincli.defer import plot_risk_coverage
+
+        plot_risk_coverage(result["defer"], folder / "risk_coverage.png", title)
     if result.get("decisions", {}).get("frontier"):
         from skincli.decision import plot_frontier
 

@@ -43,6 +43,8 @@ import numpy as np
 from PIL import Image
 
 from skincli import DISCLAIMER
+from skincli.defer import assess as assess_deferral
+from skincli.defer import record_of as defer_record_of
 from skincli.image_quality import is_flagged, quality_warnings
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, load_rgb, resize_rgb
 from skincli.runs import (
@@ -75,6 +77,9 @@ class Prediction:
     decision: str = "balanced"  # the decision rule that turned the probabilities into the answer
     # The calibrated probabilities before the decision rule (what the prediction log keeps).
     calibrated: dict[str, float] | None = field(default=None, repr=False)
+    # Answered or deferred to a dermatologist at the run's operating point (skincli.defer);
+    # None when the run has none. Never changes `triage`: a "refer" stays a "refer".
+    deferral: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (with "file" when the prediction came from a file)."""
@@ -88,7 +93,8 @@ class Prediction:
             "model": self.model,
             "warnings": list(self.warnings),
             "disclaimer": self.disclaimer,
-        } | ({"triage": self.triage} if self.triage is not None else {})
+        } | ({"triage": self.triage} if self.triage is not None else {}) \
+            | ({"deferral": self.deferral} if self.deferral is not None else {})
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -299,6 +305,7 @@ class Predictor:
 
         threshold = self.uncertain_threshold
         triage_record = record_of(self.info)
+        defer_record = defer_record_of(self.info)
         results = []
         k = max(1, min(top_k, len(self.classes)))
         calibrated = np.asarray(probs)
@@ -319,6 +326,9 @@ class Predictor:
                 calibrated={c: float(p) for c, p in zip(self.classes, cal)},
                 # The referral threshold was fitted on calibrated probabilities.
                 triage=assess(triage_record, {c: float(p) for c, p in zip(self.classes, cal)}),
+                # Thresholds fitted on calibrated probabilities under the balanced rule.
+                deferral=assess_deferral(defer_record,
+                                         {c: float(p) for c, p in zip(self.classes, cal)}),
             ))
         return results
 

@@ -20,6 +20,7 @@ from skincli.cli import (
     eda,
     evaluate,
     export,
+    learning_curve,
     monitor,
     predict,
     receive,
@@ -44,6 +45,7 @@ app.command("eda", help=eda.HELP)(eda.command)
 app.command("split", help=split.HELP)(split.command)
 app.command("train", help=train.HELP)(train.command)
 app.command("evaluate", help=evaluate.HELP)(evaluate.command)
+app.command("learning-curve", help=learning_curve.HELP)(learning_curve.command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("serve", help=serve.HELP)(serve.command)
 app.command("export", help=export.HELP)(export.command)

@@ -16,6 +16,8 @@ import typer
 
 from skincli import DISCLAIMER, ui
 from skincli.cli.common import handle_errors
+from skincli.defer import describe as describe_op
+from skincli.defer import record_of as defer_record_of
 from skincli.errors import SkinError
 from skincli.imageio import ImageError, is_image_file
 
@@ -60,9 +62,13 @@ def build_document(predictor: Any, results: list[Any], tta: bool,
                 d["explanation"] = explanations[i]
             preds.append(d)
     decision = getattr(predictor, "decision", None)
+    op = defer_record_of(predictor.info)
     return {
         "model": predictor.model_summary(),
         "decision": decision.summary() if decision is not None else {"rule": "balanced"},
+        **({"operating_point": {"target": op["target"], "thresholds": op["thresholds"],
+                                "validation_coverage": op["validation"]["coverage"],
+                                "description": describe_op(op)}} if op else {}),
         "disclaimer": DISCLAIMER,
         "tta": tta,
         "predictions": preds,
@@ -202,12 +208,21 @@ def _show_table(doc: dict[str, Any], top_k: int) -> None:
             verdict += (f"; [bold red]refer[/] (malignancy {tri['malignancy_score']:.0%} >= "
                         f"{tri['threshold']:.0%})" if tri["refer"] else
                         f"; no referral suggested (malignancy {tri['malignancy_score']:.0%})")
+        dfr = p.get("deferral")
+        if dfr:  # the run's answer-or-defer operating point; a referral above still stands
+            verdict += ("; answered" if not dfr["deferred"] else
+                        "; [bold yellow]deferred to a dermatologist[/]"
+                        + (f" (differential: {', '.join(dfr['differential'])})"
+                           if dfr.get("differential") else ""))
         rows.append((names.get(p.get("file", ""), ""), top, verdict, "; ".join(p["warnings"])))
     m = doc["model"]
     ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']}, decision "
                               f"{doc['decision']['rule']})",
                               ["file", f"top {top_k} (calibrated probability)", "verdict",
                                "notes"], rows))
+    if doc.get("operating_point"):
+        ui.console.print(f"Answer or defer: the model {doc['operating_point']['description']}.",
+                         highlight=False)
 
 
 def _metadata_records(path: Path, paths: list[Path]) -> list[dict[str, str]]:

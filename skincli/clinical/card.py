@@ -17,6 +17,7 @@ from typing import Any
 from skincli import DISCLAIMER
 from skincli.clinical.snomed import concept
 from skincli.clinical.triage import record_of
+from skincli.defer import record_of as defer_record_of
 from skincli.errors import SkinError
 from skincli.fsutil import sha256_file
 from skincli.runs import MODEL_FILE, RunInfo, load_run_info
@@ -133,6 +134,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
             "uncertain_threshold": info.uncertain_threshold,
             "uncertain_rule": extra.get("uncertain_rule"),
             "triage": triage,
+            "answer_or_defer": defer_record_of(info),
             "decision": _decision(info),
             "subgroups": test.get("subgroups") or extra.get("subgroups"),
         },
@@ -291,6 +293,7 @@ def markdown(card: dict[str, Any]) -> str:
             out.append("- Test: not yet measured (run `skin evaluate`).")
     else:
         out.append("Not fitted" + (f": {tri['reason']}" if tri and tri.get("reason") else "."))
+    out += _answer_or_defer(ev.get("answer_or_defer"))
     sub = ev["subgroups"]
     dec = ev.get("decision") or {}
     out += ["", "### Decision rule", ""]
@@ -334,3 +337,32 @@ def write(run_dir: str | Path, info: RunInfo | None = None) -> tuple[Path, Path]
     md = write_text(run_dir / CARD_MD, markdown(card))
     js = write_json(run_dir / CARD_JSON, card)
     return md, js
+
+
+def _answer_or_defer(op: dict[str, Any] | None) -> list[str]:
+    """The card's answer-or-defer section: thresholds, validation and test figures."""
+    out = ["", "### Answer or defer", ""]
+    if not op:
+        return out + ["No operating point: every image is answered (`skin evaluate "
+                      "--defer-target 0.85` fits one on validation)."]
+    v = op["validation"]
+    out += ["- The model answers an image when its top calibrated probability reaches the "
+            "threshold of the predicted class; otherwise it is **deferred to a "
+            "dermatologist**. A triage referral stands either way.",
+            f"- Fitted on {op['n_val']} validation images for balanced accuracy and macro F1 >= "
+            f"{_f(op['target'])}, every class recall >= {_f(op['recall_floor'])} and coverage "
+            f">= {_f(op['coverage_floor'], True)}: answers {_f(v['coverage'], True)} "
+            f"(balanced accuracy {_f(v['balanced_accuracy'])}, macro F1 {_f(v['macro_f1'])}).",
+            "- Thresholds: " + ", ".join(
+                f"{c} {'never' if t is None else _f(t)}" for c, t in op["thresholds"].items())]
+    t = op.get("test")
+    if t:
+        out.append(f"- Test: answers {_f(t['coverage'], True)} ({t['n_accepted']} images), "
+                   f"balanced accuracy {_f(t['balanced_accuracy'])}"
+                   f"{_ci(t.get('balanced_accuracy_ci95'))}, macro F1 {_f(t['macro_f1'])}"
+                   f"{_ci(t.get('macro_f1_ci95'))}; target "
+                   + ("met (95% lower bounds clear it)." if t["met"] else "not met on the "
+                      "95% lower bounds."))
+    else:
+        out.append("- Test: not yet measured (run `skin evaluate --defer-target`).")
+    return out

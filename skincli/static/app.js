@@ -135,6 +135,23 @@
     box.hidden = false;
   }
 
+  // Answered, or deferred to a dermatologist, at the run's operating point (absent when the
+  // run has none). Independent of triage: a deferred image can still say "refer" above.
+  function renderDeferral(d) {
+    const box = $("deferral");
+    if (!d) { box.hidden = true; return; }
+    box.dataset.deferred = String(d.deferred);
+    $("deferral-decision").textContent = d.deferred ? "Deferred to a dermatologist" : "Answered";
+    $("deferral-detail").textContent = " \u2014 top probability " + pct(d.confidence) +
+      (d.threshold === null ? " (this class is never answered alone)" :
+        (d.deferred ? " < " : " \u2265 ") + "threshold " + pct(d.threshold) + " for " +
+        d.predicted) + " (operating point for " + Math.round(100 * (d.target || 0)) +
+      " % balanced accuracy on validation images)" +
+      (d.differential && d.differential.length ?
+        "; differential: " + d.differential.join(", ") : "");
+    box.hidden = false;
+  }
+
   function renderPrediction(body, sentNote) {
     const p = body.prediction;
     $("label").textContent = p.label;
@@ -151,6 +168,7 @@
     warnings.hidden = !(p.warnings && p.warnings.length);
     renderBars(p.probabilities, p.label);
     renderTriage(p.triage);
+    renderDeferral(p.deferral);
     if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
     $("meta").textContent = "Model " + body.model.version + " \u00b7 decision rule " +
       (p.decision || "balanced") + " \u00b7 " + body.latency_ms +
