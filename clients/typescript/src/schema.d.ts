@@ -291,6 +291,53 @@ export interface components {
             probability: number;
         };
         /**
+         * DeferralOut
+         * @description Answered, or deferred to a dermatologist, at the run's operating point.
+         */
+        DeferralOut: {
+            /**
+             * Status
+             * @description "answered" or "deferred"
+             */
+            status: string;
+            /**
+             * Text
+             * @description "answered" or "deferred to a dermatologist"
+             */
+            text: string;
+            /** Deferred */
+            deferred: boolean;
+            /**
+             * Predicted
+             * @description The predicted class whose threshold applies
+             */
+            predicted: string;
+            /**
+             * Confidence
+             * @description Top calibrated probability
+             */
+            confidence: number;
+            /**
+             * Threshold
+             * @description That class's threshold (None: the class is never answered)
+             */
+            threshold?: number | null;
+            /**
+             * Target
+             * @description Balanced accuracy and macro F1 target the operating point was fitted for on validation
+             */
+            target?: number | null;
+            /** Validation Coverage */
+            validation_coverage?: number | null;
+            /**
+             * Differential
+             * @description Deferred only: the class-conditional conformal set, most probable first
+             */
+            differential?: string[] | null;
+            /** Differential Note */
+            differential_note?: string | null;
+        };
+        /**
          * ErrorOut
          * @description Every error: a stable code for programs and a message for people.
          * @example {
@@ -550,6 +597,8 @@ export interface components {
             filename?: string | null;
             /** @description Refer / no referral suggested (absent when the run has no triage operating point) */
             triage?: components["schemas"]["TriageOut"] | null;
+            /** @description Answered or deferred to a dermatologist (absent when the run has no answer-or-defer operating point); never cancels a triage referral */
+            deferral?: components["schemas"]["DeferralOut"] | null;
         };
         /** ReadyResponse */
         ReadyResponse: {

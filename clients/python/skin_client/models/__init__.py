@@ -5,6 +5,7 @@ from .batch_response import BatchResponse
 from .class_probability import ClassProbability
 from .create_job_response_200 import CreateJobResponse200
 from .create_job_response_201 import CreateJobResponse201
+from .deferral_out import DeferralOut
 from .error_out import ErrorOut
 from .explain_files_body import ExplainFilesBody
 from .explain_format import ExplainFormat
@@ -46,6 +47,7 @@ __all__ = (
     "ClassProbability",
     "CreateJobResponse200",
     "CreateJobResponse201",
+    "DeferralOut",
     "ErrorOut",
     "ExplainFilesBody",
     "ExplainFormat",

@@ -10,6 +10,7 @@ from ..types import UNSET, Unset
 
 if TYPE_CHECKING:
     from ..models.class_probability import ClassProbability
+    from ..models.deferral_out import DeferralOut
     from ..models.prediction_out_probabilities import PredictionOutProbabilities
     from ..models.triage_out import TriageOut
 
@@ -36,6 +37,8 @@ class PredictionOut:
         filename (None | str | Unset):
         triage (None | TriageOut | Unset): Refer / no referral suggested (absent when the run has no triage operating
             point)
+        deferral (DeferralOut | None | Unset): Answered or deferred to a dermatologist (absent when the run has no
+            answer-or-defer operating point); never cancels a triage referral
     """
 
     label: str
@@ -51,9 +54,11 @@ class PredictionOut:
     )
     filename: None | str | Unset = UNSET
     triage: None | TriageOut | Unset = UNSET
+    deferral: DeferralOut | None | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        from ..models.deferral_out import DeferralOut
         from ..models.triage_out import TriageOut
 
         label = self.label
@@ -93,6 +98,14 @@ class PredictionOut:
         else:
             triage = self.triage
 
+        deferral: dict[str, Any] | None | Unset
+        if isinstance(self.deferral, Unset):
+            deferral = UNSET
+        elif isinstance(self.deferral, DeferralOut):
+            deferral = self.deferral.to_dict()
+        else:
+            deferral = self.deferral
+
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
@@ -115,12 +128,15 @@ class PredictionOut:
             field_dict["filename"] = filename
         if triage is not UNSET:
             field_dict["triage"] = triage
+        if deferral is not UNSET:
+            field_dict["deferral"] = deferral
 
         return field_dict
 
     @classmethod
     def from_dict(cls, src_dict: Mapping[str, Any]) -> Self:
         from ..models.class_probability import ClassProbability
+        from ..models.deferral_out import DeferralOut
         from ..models.prediction_out_probabilities import PredictionOutProbabilities
         from ..models.triage_out import TriageOut
 
@@ -174,6 +190,23 @@ class PredictionOut:
 
         triage = _parse_triage(d.pop("triage", UNSET))
 
+        def _parse_deferral(data: object) -> DeferralOut | None | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            try:
+                if not isinstance(data, dict):
+                    raise TypeError()
+                deferral_type_0 = DeferralOut.from_dict(data)
+
+                return deferral_type_0
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(DeferralOut | None | Unset, data)
+
+        deferral = _parse_deferral(d.pop("deferral", UNSET))
+
         prediction_out = cls(
             label=label,
             probability=probability,
@@ -186,6 +219,7 @@ class PredictionOut:
             disclaimer=disclaimer,
             filename=filename,
             triage=triage,
+            deferral=deferral,
         )
 
         prediction_out.additional_properties = d
