@@ -8,9 +8,11 @@ is started (tests/pg.py) and removed at the end. nginx runs with deploy/nginx.co
 addresses, port and file paths rewritten. The load is `clients` threads, each sending one
 image at a time to /v1/predict through nginx, for `seconds` seconds. Timeline: replica A gets
 SIGTERM at 25% of the time and is started again at once; at 60% the new run is made current
-and each replica in turn is told to reload it (POST /v1/model/reload). At the end the replicas
-stop (SIGTERM: they flush their prediction logs) and the store is checked: every answered
-request id exactly once. Prints a table; exits 1 if any request failed or a row is missing.
+and each replica in turn is told to reload it (POST /v1/model/reload). Once the load ends, the
+fleet is probed: requests through nginx and to each replica directly, all sent after both
+reloads returned, must be answered by the new run. At the end the replicas stop (SIGTERM: they
+flush their prediction logs) and the store is checked: every answered request id exactly once.
+Prints a table; exits 1 if any request failed, a row is missing or a probe got the old run.
 """
 
 from __future__ import annotations
@@ -154,6 +156,24 @@ class Nginx:
                 self.proc.kill()
 
 
+def _ask(url: str, image: bytes, rid: str) -> tuple[int, str, str]:
+    """POST one image to /v1/predict: (status, request id, the model version that answered)."""
+    body, ctype = _multipart(image)
+    status, headers, raw = _http("POST", url, body, {
+        "Content-Type": ctype, "X-API-Key": API_KEY, "X-Request-ID": rid})
+    if status == 200:
+        rid = json.loads(raw)["request_id"]
+    return status, rid, headers.get("x-model-version", "")
+
+
+def _probe(nginx_url: str, replicas: list[Replica], image: bytes) -> list[tuple[int, str, str]]:
+    """Requests sent now, one after another: two per replica through nginx, and one to each
+    replica directly (so every replica is asked whatever nginx's choice)."""
+    urls = [nginx_url] * (2 * len(replicas)) + [
+        f"http://127.0.0.1:{r.port}/v1/predict" for r in replicas]
+    return [_ask(url, image, f"probe-{i}-{uuid.uuid4().hex[:8]}") for i, url in enumerate(urls)]
+
+
 def _images(n: int = 8) -> list[bytes]:
     import numpy as np
     from PIL import Image
@@ -165,6 +185,79 @@ def _images(n: int = 8) -> list[bytes]:
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(buf, "PNG")
         out.append(buf.getvalue())
     return out
+
+
+Result = tuple[float, int, str, str, float]  # start (s after t0), status, request id, model, ms
+
+
+def _load(url: str, images: list[bytes], clients: int, t0: float, stop_at: float
+          ) -> tuple[list[threading.Thread], list[Result]]:
+    """Start `clients` threads, each sending one image at a time until `stop_at`."""
+    results: list[Result] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        i = 0
+        while time.monotonic() < stop_at:
+            rid = f"c{k}-{i}-{uuid.uuid4().hex[:8]}"
+            start = time.monotonic()
+            try:
+                status, rid, model = _ask(url, images[(k + i) % len(images)], rid)
+            except OSError as exc:
+                status, model = 0, type(exc).__name__
+            with lock:
+                results.append((start - t0, status, rid, model,
+                                (time.monotonic() - start) * 1000))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def _timeline(replicas: list[Replica], runs: Path, t0: float, seconds: float
+              ) -> list[tuple[float, str]]:
+    """Under load: restart replica A at 25% of the time, reload both to `new` at 60%."""
+    events: list[tuple[float, str]] = []
+    time.sleep(max(0.0, t0 + 0.25 * seconds - time.monotonic()))
+    events.append((time.monotonic() - t0, "SIGTERM replica A"))
+    code = replicas[0].stop()
+    events.append((time.monotonic() - t0, f"replica A exited ({code}); starting it again"))
+    replicas[0].start()
+    replicas[0].wait_ready()
+    events.append((time.monotonic() - t0, "replica A ready again"))
+    time.sleep(max(0.0, t0 + 0.6 * seconds - time.monotonic()))
+    (runs / "CURRENT").write_text("new\n")  # a restart from now on serves the new run
+    for r in replicas:
+        status = r.reload("new")
+        events.append((time.monotonic() - t0, f"replica {r.name} reloaded to new ({status})"))
+    return events
+
+
+def _summary(results: list[Result], probes: list[tuple[int, str, str]], rows: Any,
+             elapsed: float) -> dict[str, Any]:
+    """Failures, throughput, latency, and every answered request id against the store."""
+    answered = [rid for _, s, rid, _, _ in results if s == 200]
+    answered += [rid for s, rid, _ in probes if s == 200]
+    counts = Counter(rows["request_id"])
+    statuses = Counter([s for _, s, _, _, _ in results] + [s for s, _, _ in probes])
+    lat = sorted(ms for _, s, _, _, ms in results if s == 200)
+    return {
+        "seconds": round(elapsed, 1),
+        "requests": len(results) + len(probes), "probes": len(probes),
+        "statuses": dict(statuses),
+        "failed": len(results) + len(probes) - statuses.get(200, 0),
+        "rps": round(statuses.get(200, 0) / elapsed, 1),
+        "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+        "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+        "answered": len(answered), "rows": len(rows),
+        "logged_once": sum(1 for rid in answered if counts.get(rid) == 1),
+        "missing": sum(1 for rid in answered if rid not in counts),
+        "duplicated": sum(1 for rid in answered if counts.get(rid, 0) > 1),
+        "extra_rows": len(set(counts) - set(answered)),
+        "models_after_reload": dict(Counter(m for s, _, m in probes if s == 200)),
+    }
 
 
 def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
@@ -204,83 +297,26 @@ def run(clients: int = 16, seconds: float = 30.0, store: str | None = None,
 
         images = _images()
         url = f"http://127.0.0.1:{nginx.port}/v1/predict"
-        results: list[tuple[float, int, str, str, float]] = []  # t, status, rid, model, ms
-        lock = threading.Lock()
         t0 = time.monotonic()
-        stop_at = t0 + seconds
-
-        def client(k: int) -> None:
-            i = 0
-            while time.monotonic() < stop_at:
-                rid = f"c{k}-{i}-{uuid.uuid4().hex[:8]}"
-                body, ctype = _multipart(images[(k + i) % len(images)])
-                start = time.monotonic()
-                try:
-                    status, headers, raw = _http("POST", url, body, {
-                        "Content-Type": ctype, "X-API-Key": API_KEY, "X-Request-ID": rid})
-                    model = headers.get("x-model-version", "")
-                    if status == 200:
-                        rid = json.loads(raw)["request_id"]
-                except OSError as exc:
-                    status, model = 0, type(exc).__name__
-                with lock:
-                    results.append((start - t0, status, rid, model,
-                                    (time.monotonic() - start) * 1000))
-                i += 1
-
-        threads = [threading.Thread(target=client, args=(k,), daemon=True)
-                   for k in range(clients)]
-        for t in threads:
-            t.start()
-        events: list[tuple[float, str]] = []
-        time.sleep(max(0.0, t0 + 0.25 * seconds - time.monotonic()))
-        events.append((time.monotonic() - t0, "SIGTERM replica A"))
-        code = replicas[0].stop()
-        events.append((time.monotonic() - t0, f"replica A exited ({code}); starting it again"))
-        replicas[0].start()
-        replicas[0].wait_ready()
-        events.append((time.monotonic() - t0, "replica A ready again"))
-        time.sleep(max(0.0, t0 + 0.6 * seconds - time.monotonic()))
-        (runs / "CURRENT").write_text("new\n")  # a restart from now on serves the new run
-        for r in replicas:
-            status = r.reload("new")
-            events.append((time.monotonic() - t0, f"replica {r.name} reloaded to new "
-                           f"({status})"))
-        reloaded = time.monotonic() - t0
+        threads, results = _load(url, images, clients, t0, t0 + seconds)
+        events = _timeline(replicas, runs, t0, seconds)
         for t in threads:
             t.join(seconds + 60)
         elapsed = time.monotonic() - t0
+        # Both reloads have returned, so every request sent from now on must get the new run,
+        # whatever the load did meanwhile.
+        probes = _probe(url, replicas, images[0])
         versions = [r.version() for r in replicas]
         nginx.stop()
         codes = [r.stop() for r in replicas]
-
-        answered = [rid for _, s, rid, _, _ in results if s == 200]
         db = open_store(store)
         rows = db.predictions()
         db.close()
-        counts = Counter(rows["request_id"])
-        statuses = Counter(s for _, s, _, _, _ in results)
-        lat = sorted(ms for _, s, _, _, ms in results if s == 200)
-        # Requests started once both reloads had returned: every one must be the new model
-        # (a request already running at the switch may still finish on the old one).
-        last_models = Counter(m for t, s, _, m, _ in results
-                              if s == 200 and t > max(elapsed - 2, reloaded))
-        return {
-            "clients": clients, "seconds": round(elapsed, 1), "requests": len(results),
-            "statuses": dict(statuses), "failed": len(results) - statuses.get(200, 0),
-            "rps": round(statuses.get(200, 0) / elapsed, 1),
-            "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-            "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
-            "answered": len(answered), "rows": len(rows),
-            "logged_once": sum(1 for rid in answered if counts.get(rid) == 1),
-            "missing": sum(1 for rid in answered if rid not in counts),
-            "duplicated": sum(1 for rid in answered if counts.get(rid, 0) > 1),
-            "extra_rows": len(set(counts) - set(answered)),
-            "versions_after": versions, "last_2s_models": dict(last_models),
-            "old_version": f"{old.name}@2026-01-01T00:00:00",
-            "new_version": f"{new.name}@2026-02-01T00:00:00",
-            "exit_codes": codes, "events": events,
-        }
+        return {"clients": clients, **_summary(results, probes, rows, elapsed),
+                "versions_after": versions,
+                "old_version": f"{old.name}@2026-01-01T00:00:00",
+                "new_version": f"{new.name}@2026-02-01T00:00:00",
+                "exit_codes": codes, "events": events}
     finally:
         if nginx is not None:
             nginx.stop()
@@ -308,9 +344,10 @@ def main() -> int:
     print(f"| {r['clients']} | {r['seconds']} | {r['requests']} | {r['failed']} | {r['rps']} | "
           f"{r['p50_ms']} | {r['p99_ms']} | {r['logged_once']}/{r['answered']} | "
           f"{r['missing']} | {r['duplicated']} |")
-    print(f"status codes {r['statuses']}; models in the last 2 s {r['last_2s_models']}; "
-          f"replicas now serve {r['versions_after']}")
-    ok = r["failed"] == 0 and r["logged_once"] == r["answered"] and r["extra_rows"] == 0
+    print(f"status codes {r['statuses']}; models answering {r['probes']} requests sent after "
+          f"both reloads {r['models_after_reload']}; replicas now serve {r['versions_after']}")
+    ok = (r["failed"] == 0 and r["logged_once"] == r["answered"] and r["extra_rows"] == 0
+          and set(r["models_after_reload"]) == {r["new_version"]})
     return 0 if ok else 1
 
 

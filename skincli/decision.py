@@ -459,8 +459,3 @@ def describe_rule(d: Decision) -> str:
     if d.rule == "macro-f1":
         return "macro-f1: per-class offsets fitted on the validation split to maximise macro F1"
     return "balanced: calibrated probabilities as trained (every class counted equally)"
-
-
-# --- the trade-off, for `skin evaluate` ------------------------------------------------------
-
-

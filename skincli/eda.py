@@ -18,6 +18,8 @@ import pandas as pd
 from skincli.data.dataset import GIVEN_SPLITS, Dataset, load_dataset
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
 from skincli.data.manifest import build_manifest
+from skincli.data.overlap import source_overlap
+from skincli.data.sources import SourcesPlan, load_sources
 from skincli.errors import SkinError
 from skincli.fsutil import atomic_dir, check_writable, write_json
 
@@ -249,6 +251,9 @@ def analyse(manifest: pd.DataFrame, dataset: Dataset,
     report["near_duplicates"] = near_duplicates(ok, params)
     if dataset.metadata:
         report["metadata"] = metadata_findings(ok, dataset.metadata)
+    if dataset.sources:
+        report["sources"] = {"listing": dataset.sources,
+                             **source_overlap(ok, params)}
     return report
 
 
@@ -273,19 +278,27 @@ def run_eda(source: str | os.PathLike[str], out: str | os.PathLike[str] | None =
             group: str | None = None, class_map: dict[str, str] | None = None,
             workers: int | None = None, plots: bool = True, cache: bool = True,
             params: NearDupParams | None = None, seed: int = 0,
-            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[int, int], None] | None = None,
+            sources: SourcesPlan | None = None, drop_unmapped: bool = False) -> dict[str, Any]:
     """List, read and analyse a data set; write report.json, manifest.csv and plots to `out`.
 
-    The report folder is swapped in atomically: a failure never leaves a half-written report.
-    Returns the report dict (with timings and the written plot names).
+    With `sources` (several pooled data sources, skincli.data.sources) `source` and the CSV
+    and metadata options are ignored: each source carries its own. The report folder is
+    swapped in atomically: a failure never leaves a half-written report. Returns the report
+    dict (with timings and the written plot names).
     """
     t0 = time.perf_counter()
     if out is not None:
-        _check_out(Path(out), Path(source))
+        for src in [s.path for s in sources.specs] if sources else [source]:
+            _check_out(Path(out), Path(src))
         check_writable(out)
-    dataset = load_dataset(source, csv_image_dir=images, label_col=label_col,
-                           image_col=image_col, group_col=group_col, metadata=metadata,
-                           labels=labels, group=group, class_map=class_map)
+    if sources is not None:
+        dataset = load_sources(sources, labels=labels, group=group, class_map=class_map,
+                               drop_unmapped=drop_unmapped)
+    else:
+        dataset = load_dataset(source, csv_image_dir=images, label_col=label_col,
+                               image_col=image_col, group_col=group_col, metadata=metadata,
+                               labels=labels, group=group, class_map=class_map)
     t1 = time.perf_counter()
     manifest = build_manifest(dataset, workers=workers, cache=cache, progress=progress)
     t2 = time.perf_counter()
@@ -324,6 +337,8 @@ def summary_numbers(report: dict[str, Any]) -> dict[str, int]:
         "leakage": report.get("leakage", {}).get("images", 0),
         "near_duplicate_clusters": report.get("near_duplicates", {}).get("clusters", 0),
         "metadata_disagreements": report.get("metadata", {}).get("disagreements", 0),
+        "images_shared_by_sources": sum(p["shared_images"] for p in
+                                        report.get("sources", {}).get("pairs", [])),
         "lesions_with_several_images": report.get("metadata", {}).get("lesions", {})
         .get("with_several_images", 0),
     }

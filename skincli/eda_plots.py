@@ -6,15 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
+from skincli.imageio import ImageError, open_image
+from skincli.plots import pyplot
 
-from skincli.imageio import ImageError, open_image  # noqa: E402
+plt = pyplot()
 
 SAMPLES_PER_CLASS = 8
 THUMB = 96

@@ -14,6 +14,7 @@ from its own last 4-D feature map. The chain is checked against the model's own 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,23 +147,77 @@ def explain(predictor: Predictor, images: np.ndarray,
     return out
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a jet-coloured heat map over an RGB uint8 image (resized to the image)."""
-    from matplotlib import colormaps
+# --- the one rendering: `skin predict --explain`, /v1/explain and the clinician page -----------
 
+OVERLAY_MAX_SIDE = 448  # the picture's longer side at most (never enlarged)
+ALPHA = 0.45  # the colour's weight where the map is hottest
+
+
+@dataclass
+class Explanation:
+    """A heat map for one class and its rendering as PNGs."""
+
+    target: int
+    heatmap: np.ndarray  # (h, w) float32 in 0..1, in model-input coordinates
+    overlay_png: bytes
+    heatmap_png: bytes
+
+
+def decode_side(input_size: int) -> int:
+    """The `target` for `skincli.imageio.open_image` when an overlay is drawn: one decode that
+    serves both the model input and the picture, so every caller starts from the same pixels."""
+    return max(int(input_size), OVERLAY_MAX_SIDE)
+
+
+def display_image(img: Image.Image | np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """The image the heat map is drawn on: downscaled to `max_side` (keeps its aspect ratio)."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h, 1))
+    if scale < 1.0:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """A blue-cyan-yellow-red colour map for values in 0..1 -> uint8 RGB."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return (np.concatenate([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The heat map blended over an RGB uint8 image, weighted by the heat: the image stays
+    visible where the map is cold. The model sees the image squashed to a square, so the map
+    is stretched back to the image's aspect ratio to line up."""
     img = np.asarray(image, dtype=np.float32)
     heat = resize_heatmap(heatmap, img.shape[0], img.shape[1])
-    colour = colormaps["jet"](heat)[..., :3] * 255.0
-    return np.clip((1 - alpha) * img + alpha * colour, 0, 255).astype(np.uint8)
+    weight = (ALPHA * heat ** 0.5)[..., None]
+    return (img * (1 - weight) + _jet(heat).astype(np.float32) * weight).round().astype(np.uint8)
 
 
-def save_overlay(path: str | os.PathLike[str], image: np.ndarray, cam: GradCam,
-                 alpha: float = 0.45) -> Path:
-    """Write the overlay PNG atomically (the original image beside its heat map overlay)."""
-    img = np.asarray(image, dtype=np.uint8)
-    blended = overlay(img, cam.heatmap, alpha)
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def render(heatmap: np.ndarray, base: np.ndarray, target: int) -> Explanation:
+    """The overlay and the coloured heat map as PNGs at the size of `base` (a display_image)."""
+    h, w = base.shape[:2]
+    return Explanation(target=target, heatmap=heatmap, overlay_png=_png(overlay(base, heatmap)),
+                       heatmap_png=_png(_jet(resize_heatmap(heatmap, h, w))))
+
+
+def save_overlay(path: str | os.PathLike[str], image: np.ndarray, cam: GradCam) -> Path:
+    """Write a PNG atomically: the display image beside its overlay (the same overlay the API
+    and the clinician page show)."""
+    img = display_image(image)
     gap = np.full((img.shape[0], 4, 3), 255, np.uint8)
-    side = np.concatenate([img, gap, blended], axis=1)
+    side = np.concatenate([img, gap, overlay(img, cam.heatmap)], axis=1)
     with atomic_path(path) as tmp:
         Image.fromarray(side).save(tmp, format="PNG")
     return Path(path)

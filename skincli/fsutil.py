@@ -1,7 +1,9 @@
-"""Atomic file and folder writes: a crash never leaves a half-written artifact."""
+"""Atomic file and folder writes (a crash never leaves a half-written artifact), file hashes,
+the JSON encoder for numpy values, and the user cache folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,17 +87,36 @@ def write_text(target: str | os.PathLike[str], text: str) -> Path:
 
 def write_json(target: str | os.PathLike[str], data: Any) -> Path:
     """Write JSON atomically (numpy scalars become plain numbers)."""
-    return write_text(target, json.dumps(data, indent=2, default=_json_default) + "\n")
+    return write_text(target, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
+def json_default(obj: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: numpy scalars and arrays become numbers and
+    lists; anything else (paths, dates) its text, so a record is never lost to one odd value."""
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:
         return obj.item()
     if hasattr(obj, "tolist"):
         return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return str(obj)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MB blocks (a large file never sits in memory whole)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The user cache folder: $SKIN_CACHE_DIR, else $XDG_CACHE_HOME/skincli, else
+    ~/.cache/skincli. Manifests, converted weights and TFLite models live below it."""
+    env = os.environ.get("SKIN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "skincli"
 
 
 @contextmanager

@@ -220,13 +220,13 @@ def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int] | np.nda
     return {"ece": ece, "bins": bins, "n_bins": n_bins}
 
 
-def nll(probs: np.ndarray, y_true: Sequence[int] | np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class."""
+def nll(probs: np.ndarray, y_true: Sequence[int] | np.ndarray, floor: float = 1e-12) -> float:
+    """Mean negative log-likelihood of the true class (probabilities below `floor` count as it)."""
     probs = np.asarray(probs, dtype=np.float64)
     t = _as_int(y_true)
     if t.size == 0:
         return 0.0
-    return float(-np.log(np.clip(probs[np.arange(t.size), t], 1e-12, 1.0)).mean())
+    return float(-np.log(np.clip(probs[np.arange(t.size), t], floor, 1.0)).mean())
 
 
 def weak_classes(f1: Sequence[float | None], support: Sequence[int | float], macro: float,
@@ -340,4 +340,32 @@ def classification_summary(y_true: Sequence[int] | np.ndarray, probs: np.ndarray
         "weak_classes": [classes[i] for i in weak],
         "weak_rule": f"F1 more than {WEAK_F1_GAP:.2f} below the macro F1 ({macro:.3f})",
         "confusion_matrix": cm.tolist(),
+    }
+
+
+# Keras's cross-entropy clips probabilities at this, so the validation loss matches the
+# training loss it is plotted beside.
+KERAS_EPSILON = 1e-7
+
+
+def classification_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray,
+                           classes: Sequence[str]) -> dict[str, Any]:
+    """The numbers model selection reads after every epoch (no bootstrap: it runs often).
+
+    Macro F1, balanced accuracy, accuracy, the cross-entropy loss (clipped as Keras clips it),
+    F1 per class name (None for a class absent from y_true) and n.
+    """
+    t = _as_int(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1) if t.size else np.zeros(0, np.int64)
+    cm = confusion_matrix(t, pred, len(classes))
+    pc = per_class_from_cm(cm)
+    return {
+        "macro_f1": float(macro_f1_from_cm(cm)),
+        "balanced_accuracy": float(balanced_accuracy_from_cm(cm)),
+        "accuracy": float(accuracy_from_cm(cm)),
+        "loss": nll(probs, t, floor=KERAS_EPSILON),
+        "per_class_f1": {name: float(pc["f1"][i]) if pc["support"][i] else None
+                         for i, name in enumerate(classes)},
+        "n": int(t.size),
     }

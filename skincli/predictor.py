@@ -32,6 +32,8 @@ from skincli import DISCLAIMER, ood
 from skincli.calibration import softmax
 from skincli.clinical.triage import assess, record_of
 from skincli.decision import Decision
+from skincli.defer import assess as assess_deferral
+from skincli.defer import record_of as defer_record_of
 from skincli.engines import load_engine, load_keras_model
 from skincli.engines.tf import TFEngine
 from skincli.image_quality import is_flagged
@@ -74,6 +76,9 @@ class Prediction:
     decision: str = "balanced"  # the decision rule that turned the probabilities into the answer
     # The calibrated probabilities before the decision rule (what the prediction log keeps).
     calibrated: dict[str, float] | None = field(default=None, repr=False)
+    # Answered or deferred to a dermatologist at the run's operating point (skincli.defer);
+    # None when the run has none. Never changes `triage`: a "refer" stays a "refer".
+    deferral: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (with "file" when the prediction came from a file)."""
@@ -87,7 +92,8 @@ class Prediction:
             "model": self.model,
             "warnings": list(self.warnings),
             "disclaimer": self.disclaimer,
-        } | ({"triage": self.triage} if self.triage is not None else {})
+        } | ({"triage": self.triage} if self.triage is not None else {}) \
+            | ({"deferral": self.deferral} if self.deferral is not None else {})
 
 
 def tta_views(batch: np.ndarray) -> list[np.ndarray]:
@@ -276,6 +282,7 @@ class Predictor:
         """Turn calibrated probability rows into Prediction objects under the decision rule."""
         threshold = self.uncertain_threshold
         triage_record = record_of(self.info)
+        defer_record = defer_record_of(self.info)
         results = []
         k = max(1, min(top_k, len(self.classes)))
         calibrated = np.asarray(probs)
@@ -296,6 +303,9 @@ class Predictor:
                 calibrated={c: float(p) for c, p in zip(self.classes, cal)},
                 # The referral threshold was fitted on calibrated probabilities.
                 triage=assess(triage_record, {c: float(p) for c, p in zip(self.classes, cal)}),
+                # Thresholds fitted on calibrated probabilities under the balanced rule.
+                deferral=assess_deferral(defer_record,
+                                         {c: float(p) for c, p in zip(self.classes, cal)}),
             ))
         return results
 

@@ -1,8 +1,10 @@
-"""How a model performs for whom: macro F1 and per-class recall per sex, age band and site.
+"""How a model performs for whom: macro F1 and per-class recall per sex, age band, site and
+data source.
 
-The subgroup values come from image metadata (skincli.data.metadata) carried in the split
-file. Each figure has a bootstrap 95% interval; a subgroup whose macro-F1 interval lies wholly
-below the overall macro F1 is flagged. Macro F1 is averaged over the classes present in the
+The subgroup values come from image metadata (skincli.data.metadata) and, for pooled data,
+the source each image came from (skincli.data.sources), carried in the split file. Each
+figure has a bootstrap 95% interval; a subgroup whose macro-F1 interval lies wholly below the
+overall macro F1 is flagged. Macro F1 is averaged over the classes present in the
 subgroup's labels (a subgroup with no dermatofibroma cannot be scored on it).
 """
 
@@ -20,7 +22,7 @@ from skincli.metrics import (
     per_class_from_cm,
 )
 
-ATTRIBUTES = ("sex", "age_band", "site")
+ATTRIBUTES = ("sex", "age_band", "site", "source")
 # Fewer images than this make a subgroup's interval too wide to say anything.
 MIN_IMAGES = 10
 AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"),
@@ -95,7 +97,8 @@ def subgroup_metrics(y: np.ndarray, pred: np.ndarray, classes: Sequence[str],
 
 
 def groups_from_frame(frame: Any) -> dict[str, list[str]]:
-    """The subgroup columns of a split or dataset frame (sex, age band, site), where filled."""
+    """The subgroup columns of a split or dataset frame (sex, age band, site, source), where
+    filled."""
     out: dict[str, list[str]] = {}
     if "sex" in frame:
         out["sex"] = [str(v) for v in frame["sex"]]
@@ -103,4 +106,6 @@ def groups_from_frame(frame: Any) -> dict[str, list[str]]:
         out["age_band"] = [age_band(v) for v in frame["age"]]
     if "site" in frame:
         out["site"] = [str(v) for v in frame["site"]]
+    if "source" in frame:
+        out["source"] = [str(v) for v in frame["source"]]
     return {k: v for k, v in out.items() if any(v)}

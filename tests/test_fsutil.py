@@ -60,3 +60,19 @@ def test_check_writable_names_the_option_and_the_file_in_the_way(blocker: Path) 
         check_writable(blocker / "out" / "p.csv", "--csv")
     ok = check_writable(blocker.parent / "new" / "report")
     assert ok.parent.is_dir() and list(ok.parent.iterdir()) == []  # no probe left behind
+
+
+def test_sha256_file_and_json_default(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from skincli.fsutil import json_default, sha256_file
+
+    data = bytes(range(256)) * 5000  # more than one 1 MB block
+    (tmp_path / "f.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+    doc = {"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(3), "p": tmp_path}
+    assert json.loads(json.dumps(doc, default=json_default)) == {
+        "n": 3, "x": 0.5, "a": [0, 1, 2], "p": str(tmp_path)}

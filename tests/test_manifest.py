@@ -161,3 +161,20 @@ def test_worker_counts_agree(tmp_path: Path) -> None:
     one = build_manifest(ds, workers=1, cache=False)
     two = build_manifest(ds, workers=2, cache=False)
     assert one.equals(two)
+
+
+def test_one_cache_folder_honours_xdg_cache_home(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manifests, converted weights and TFLite models share one cache folder."""
+    from skincli.engines.convert import cache_folder
+    from skincli.models.pretrained import cache_path
+
+    monkeypatch.delenv("SKIN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    want = tmp_path / "xdg" / "skincli"
+    assert cache_file(tmp_path / "data").parent.parent == want
+    assert cache_path("lite0").parent.parent == want
+    assert cache_folder().parent == want
+    monkeypatch.setenv("SKIN_CACHE_DIR", str(tmp_path / "own"))  # the explicit choice wins
+    assert cache_file(tmp_path / "data").parent.parent == tmp_path / "own"
+    assert cache_path("lite0").parent.parent == tmp_path / "own"

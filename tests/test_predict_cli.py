@@ -85,7 +85,7 @@ def test_missing_inputs_fail_at_once_without_loading_the_model(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded for nothing")
 
-    monkeypatch.setattr("skincli.evaluate.load_predictor", no_model)
+    monkeypatch.setattr("skincli.predictor.load_predictor", no_model)
     for args, expected in [(["typo.jpg"], "typo.jpg does not exist"),
                            (["a.jpg", "b.png"], "None of the 2 inputs exist (a.jpg, b.png)")]:
         result = _predict(*args)

@@ -32,6 +32,9 @@ def test_no_request_fails_and_every_answer_is_logged_once(tmp_path: Path) -> Non
     assert [e for _, e in r["events"]][-2:] == ["replica A reloaded to new (200)",
                                                "replica B reloaded to new (200)"]
     assert r["versions_after"] == [r["new_version"]] * 2
-    assert set(r["last_2s_models"]) == {r["new_version"]}  # the fleet moved to the new run
+    # Requests sent after both reloads returned, through nginx and to each replica: the
+    # fleet answers with the new run (nothing here depends on how busy the machine was).
+    assert r["probes"] == 6
+    assert r["models_after_reload"] == {r["new_version"]: r["probes"]}
     assert r["answered"] == r["requests"] == r["logged_once"], r
     assert r["missing"] == r["duplicated"] == r["extra_rows"] == 0

@@ -139,6 +139,37 @@ def test_explain_png_and_json(client: Any) -> None:
     assert "nevus" in err["message"]  # did-you-mean
 
 
+def test_explain_draws_the_same_picture_as_skin_predict(client: Any, runs: Path,
+                                                        tmp_path: Path) -> None:
+    """One Grad-CAM rendering: the API's overlay (what the clinician page shows) is, pixel for
+    pixel, the overlay panel of `skin predict --explain` for the same image and run."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from skincli.cli import app
+
+    data = image_bytes((700, 500), "JPEG", seed=11)  # downscaled for display by both
+    (tmp_path / "lesion.jpg").write_bytes(data)
+    result = CliRunner().invoke(app, [
+        "predict", str(tmp_path / "lesion.jpg"), "--run", "alpha", "--runs-dir", str(runs),
+        "--engine", "tf", "--explain", "--explain-dir", str(tmp_path / "cams"), "--json",
+        "--no-log", "--audit-log", str(tmp_path / "audit.jsonl")])
+    assert result.exit_code == 0, result.output
+    pred = json.loads(result.stdout)["predictions"][0]
+    with Image.open(pred["explanation"]) as saved:
+        panels = np.asarray(saved.convert("RGB"))
+    r = client.post("/v1/explain", files=upload(data, "lesion.jpg", "image/jpeg"),
+                    params={"target": pred["label"]})
+    assert r.status_code == 200, r.text
+    api = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    assert api.shape == (320, 448, 3)
+    width = api.shape[1]
+    assert panels.shape == (320, 2 * width + 4, 3)  # display image | gap | overlay
+    assert np.array_equal(panels[:, width + 4:], api)
+    assert not np.array_equal(panels[:, :width], api)  # the overlay is not the bare image
+
+
 def test_index_page_and_static_assets(client: Any) -> None:
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]

@@ -118,3 +118,37 @@ def test_gif_error_lists_the_formats_really_accepted(runs: Path) -> None:
             out = io.BytesIO()
             Image.open(io.BytesIO(image_bytes())).save(out, fmt)
             assert c.post("/v1/predict", files=upload(out.getvalue())).status_code == 200
+
+
+def test_operation_ids_are_stable_and_readable(runs: Path) -> None:
+    with serving(runs) as c:
+        schema = c.get("/openapi.json").json()
+    ids = {f"{method.upper()} {path}": op["operationId"]
+           for path, ops in schema["paths"].items() for method, op in ops.items()}
+    assert ids == {"POST /v1/predict": "predict", "POST /v1/predict/batch": "predictBatch",
+                   "POST /v1/explain": "explain", "GET /v1/model": "getModel",
+                   "GET /v1/model/card": "getModelCard", "POST /v1/model/reload": "reloadModel",
+                   "GET /health": "getHealth", "GET /ready": "getReadiness",
+                   "GET /metrics": "getMetrics", "POST /v1/jobs": "createJob",
+                   "GET /v1/jobs/{job_id}": "getJob"}
+
+
+def test_every_metadata_value_the_schema_allows_is_accepted(runs: Path) -> None:
+    """sex and site are enums, age a range: whatever the schema allows, the server takes."""
+    with serving(runs) as c:
+        schema = c.get("/openapi.json").json()
+        params = {p["name"]: p["schema"]["anyOf"][0]
+                  for p in schema["paths"]["/v1/predict"]["post"]["parameters"]
+                  if p["name"] in ("sex", "site", "age", "top_k")}
+        assert params["sex"]["enum"] == ["male", "female"]
+        assert "back" in params["site"]["enum"] and "other" in params["site"]["enum"]
+        assert (params["age"]["minimum"], params["age"]["maximum"]) == (0, 120)
+        assert (params["top_k"]["minimum"], params["top_k"]["maximum"]) == (1, 1000)
+        data = image_bytes()
+        for i, site in enumerate(params["site"]["enum"]):
+            query = {"site": site, "sex": params["sex"]["enum"][i % 2],
+                     "age": [0, 120, 37.5][i % 3], "top_k": [1, 1000][i % 2]}
+            r = c.post("/v1/predict", params=query, files=upload(data))
+            assert r.status_code == 200, (query, r.text)
+        for bad in ({"sex": "0000000000"}, {"age": "121"}, {"site": "elbow"}):
+            assert c.post("/v1/predict", params=bad, files=upload(data)).status_code == 422

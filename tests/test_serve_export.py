@@ -19,9 +19,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_export_matches_predictor(runs: Path, tmp_path: Path) -> None:
     import tensorflow as tf
 
+    from skincli.export import export_saved_model
     from skincli.predictor import Predictor
     from skincli.runs import update_run_info
-    from skincli.serve.export import export_saved_model
 
     update_run_info(runs / "alpha", temperature=1.7)  # calibration must travel with the model
     try:
@@ -59,8 +59,8 @@ def test_export_resizes_like_the_api(tmp_path: Path) -> None:
     import tensorflow as tf
     from helpers_run import make_run
 
+    from skincli.export import export_saved_model
     from skincli.predictor import Predictor
-    from skincli.serve.export import export_saved_model
 
     inp = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Conv2D(3, 1, use_bias=False, name="colour", trainable=False)(inp)

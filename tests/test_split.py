@@ -76,6 +76,19 @@ def test_groups_never_span_splits(tmp_path: Path) -> None:
         assert set(res.frame["split"]) == {"train", "val", "test"}
 
 
+def test_groups_never_span_splits_when_some_rows_have_none(tmp_path: Path) -> None:
+    # Rows without a group before grouped ones: units must join rows, not filtered positions.
+    rows = ["image_id,dx,lesion_id"]
+    for i in range(60):
+        make_image(tmp_path / "imgs" / f"im{i}.jpg", seed=i)
+        rows.append(f"im{i},{'mel' if i % 2 else 'nv'},{f'L{i // 6}' if i >= 20 else ''}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    m = manifest_of(tmp_path / "meta.csv", csv_image_dir=tmp_path / "imgs")
+    for seed in range(5):
+        res = make_split(m, seed=seed, group_near_dups=False)
+        assert (splits_of(res, "group") == 1).all()
+
+
 def test_exact_copies_dropped_or_kept_together(tmp_path: Path) -> None:
     made = make_class_folders(tmp_path, {"a": 20, "b": 20})
     for i in range(5):

@@ -68,9 +68,9 @@ class StopAt:
 
 
 def test_end_to_end_run_folder_is_complete_and_serves_the_same_numbers(split: Path) -> None:
+    from skincli.metrics import classification_metrics
     from skincli.predictor import Predictor
     from skincli.train import train
-    from skincli.train.trainer import classification_metrics
 
     events: list[str] = []
     run = train(_cfg(split, epochs=2, fine_tune_epochs=4),
@@ -237,7 +237,7 @@ def test_fine_tune_top_n_and_batchnorm_stay_frozen() -> None:
     import keras
 
     from skincli.models.registry import build_model
-    from skincli.train.trainer import set_phase_trainable
+    from skincli.train.model import set_phase_trainable
 
     built = build_model("tiny", 3, weights="none")
     set_phase_trainable(built, "head", "all")
@@ -329,7 +329,7 @@ def test_validation_inference_is_not_converted_by_autograph(monkeypatch: pytest.
     from tensorflow.python.autograph.pyct import parser
 
     from skincli.models.registry import build_model
-    from skincli.train.trainer import _inference_fn
+    from skincli.train.model import inference_fn
 
     parsed: list[Any] = []
 
@@ -339,7 +339,7 @@ def test_validation_inference_is_not_converted_by_autograph(monkeypatch: pytest.
 
     monkeypatch.setattr(parser, "parse_entity", failing_parser)
     built = build_model("tiny", 3, weights="none")
-    fn = _inference_fn(built.model, 64)
+    fn = inference_fn(built.model, 64)
     probs = np.asarray(fn(np.zeros((2, 64, 64, 3), np.float32)))
     assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert parsed == []

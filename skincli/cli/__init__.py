@@ -13,7 +13,21 @@ import yaml
 from rich.markup import escape as rich_escape
 
 from skincli import __version__, ui
-from skincli.cli import audit, card, demo, eda, evaluate, monitor, predict, serve, split, train
+from skincli.cli import (
+    audit,
+    card,
+    demo,
+    eda,
+    evaluate,
+    export,
+    learning_curve,
+    monitor,
+    predict,
+    receive,
+    serve,
+    split,
+    train,
+)
 from skincli.errors import SkinError
 
 app = typer.Typer(
@@ -31,13 +45,14 @@ app.command("eda", help=eda.HELP)(eda.command)
 app.command("split", help=split.HELP)(split.command)
 app.command("train", help=train.HELP)(train.command)
 app.command("evaluate", help=evaluate.HELP)(evaluate.command)
+app.command("learning-curve", help=learning_curve.HELP)(learning_curve.command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("serve", help=serve.HELP)(serve.command)
-for extra_name, extra_cmd, extra_help in getattr(serve, "EXTRA_COMMANDS", []):
-    app.command(extra_name, help=extra_help)(extra_cmd)
+app.command("export", help=export.HELP)(export.command)
 app.add_typer(monitor.app, name="monitor")
 app.command("card", help=card.HELP)(card.command)
 app.add_typer(audit.app, name="audit")
+app.command("receive", help=receive.HELP)(receive.command)
 
 
 def _version(value: bool) -> None:

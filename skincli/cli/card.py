@@ -39,6 +39,14 @@ def show_triage(result: dict[str, Any]) -> None:
         f"{pct(tri['sensitivity'], tri['sensitivity_ci95'])}, specificity "
         f"{pct(tri['specificity'], tri['specificity_ci95'])}, referral rate "
         f"{tri['referral_rate']:.0%}.", highlight=False)
+    if tri.get("target_check"):
+        words = {"held": "holds (one-sided 95% lower bound {lo:.1%} >= target)",
+                 "point only": "met by the point estimate only (lower bound {lo:.1%})",
+                 "missed": "missed (lower bound {lo:.1%})"}[tri["target_check"]]
+        fit = "lower confidence bound" if rec.get("fit") == "lower-bound" else "point estimate"
+        ui.console.print(f"  Target sensitivity {rec['target_sensitivity']:.0%} on these "
+                         f"images: {words.format(lo=tri['sensitivity_lower95'] or 0.0)}; "
+                         f"threshold fitted on the validation {fit}.", highlight=False)
 
 
 @handle_errors

@@ -6,7 +6,7 @@ import json as jsonlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,10 +15,14 @@ from skincli.cli.common import (
     ClassMapOpt,
     GroupOpt,
     LabelsOpt,
-    MetadataOpt,
     handle_errors,
     metadata_args,
 )
+from skincli.errors import SkinError
+from skincli.fsutil import json_default
+
+if TYPE_CHECKING:
+    from skincli.data.sources import SourcesPlan
 
 HELP = ("Explore a data set: images per class and balance, sizes, colour, brightness, "
         "sharpness, unreadable files, duplicates, label conflicts, Train/Test leakage and "
@@ -26,6 +30,48 @@ HELP = ("Explore a data set: images per class and balance, sizes, colour, bright
 
 # How many files each problem list shows in the terminal (report.json has them all).
 SHOW = 8
+
+# The data arguments of eda and split: one DATA, or several pooled sources.
+DataArg = Annotated[list[Path] | None, typer.Argument(
+    help="Folder of class folders, a Train/Test folder, or a CSV (image, label[, group]); "
+    "several are pooled as sources (each named by its folder).", show_default=False)]
+MetadataListOpt = Annotated[list[Path] | None, typer.Option(
+    "--metadata", dir_okay=False,
+    help="Image metadata CSV (ISIC archive export, HAM10000_metadata.csv or ISIC challenge "
+    "ground truth): its diagnosis is the label, lesion_id the group, age/sex/site the "
+    "subgroups. Rows join images by file name without suffix. With several DATA: once for "
+    "all, or once per DATA in order.")]
+SourcesOpt = Annotated[Path | None, typer.Option(
+    "--sources", dir_okay=False,
+    help="YAML file of data sources (per source: path, name, layout, metadata, class_map, "
+    "images); pooled with any DATA given. See docs/data.md.")]
+DropUnmappedOpt = Annotated[bool, typer.Option(
+    "--drop-unmapped", help="With several sources: drop images whose class maps to no "
+    "pooled class (default: keep them under their own name, with a warning).")]
+
+
+def data_plan(data: list[Path] | None, metadata: list[Path] | None, sources: Path | None,
+              csv_options: dict[str, Any]) -> SourcesPlan | None:
+    """The pooled sources, or None for one DATA (the single-source path, unchanged)."""
+    from skincli.data.sources import check_specs, plan_sources
+
+    data, metadata = list(data or []), list(metadata or [])
+    if sources is None and len(data) <= 1:
+        if not data:
+            raise SkinError("No data given", hint="Pass DATA (a folder or CSV), or --sources "
+                            "FILE")
+        if len(metadata) > 1:
+            raise SkinError(f"{len(metadata)} --metadata files for one DATA",
+                            hint="Give one metadata file (or pass several DATA sources)")
+        return None
+    given = [f"--{k.replace('_', '-')}" for k, v in csv_options.items() if v]
+    if given:
+        raise SkinError(f"{' and '.join(given)} apply to one DATA, not to pooled sources",
+                        hint="Give each CSV source its options in a --sources file (images:, "
+                        "label_col:, ...)")
+    plan = plan_sources(data, metadata, sources)
+    check_specs(plan.specs)  # a missing path or a repeated name fails before anything else
+    return plan
 
 
 @contextmanager
@@ -48,9 +94,7 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
 
 @handle_errors
 def command(
-    data: Annotated[Path, typer.Argument(help="Folder of class folders, a Train/Test folder, "
-                                         "or a CSV (image, label[, group]).",
-                                         show_default=False)],
+    data: DataArg = None,
     out: Annotated[Path, typer.Option(help="Report folder (replaced atomically).")]
     = Path("reports/eda"),
     images: Annotated[Path | None, typer.Option(help="Image folder for a CSV (searched "
@@ -73,24 +117,30 @@ def command(
     near_dup_distance: Annotated[int, typer.Option(min=0, max=32, help="Largest perceptual-hash "
                                                    "distance (bits of 64) for near-duplicate "
                                                    "suspects.")] = 10,
-    metadata: MetadataOpt = None,
+    metadata: MetadataListOpt = None,
     labels: LabelsOpt = None,
     group: GroupOpt = None,
     class_map: ClassMapOpt = None,
+    sources: SourcesOpt = None,
+    drop_unmapped: DropUnmappedOpt = False,
 ) -> None:
-    """Explore a data set and write a report folder."""
+    """Explore a data set (or several pooled sources) and write a report folder."""
     from skincli.data.duplicates import NearDupParams
     from skincli.eda import run_eda
 
+    plan = data_plan(data, metadata, sources, {"images": images, "label_col": label_col,
+                                               "image_col": image_col, "group_col": group_col})
     params = NearDupParams(max_distance=near_dup_distance,
                            strict_distance=min(NearDupParams.strict_distance, near_dup_distance))
+    meta = metadata_args((metadata or [None])[0] if plan is None else None, labels, group,
+                         class_map)
     with progress_bar(not json) as progress:
-        report = run_eda(data, out, images=images, label_col=label_col, image_col=image_col,
-                         group_col=group_col, workers=workers, plots=plots, cache=cache,
-                         params=params, progress=progress,
-                         **metadata_args(metadata, labels, group, class_map))
+        report = run_eda(data[0] if data else Path("."), out, images=images, label_col=label_col,
+                         image_col=image_col, group_col=group_col, workers=workers, plots=plots,
+                         cache=cache, params=params, progress=progress, sources=plan,
+                         drop_unmapped=drop_unmapped, **meta)
     if json:
-        typer.echo(jsonlib.dumps(report, indent=2, default=str))
+        typer.echo(jsonlib.dumps(report, indent=2, default=json_default))
         return
     show_report(report)
 
@@ -202,6 +252,8 @@ def show_report(report: dict[str, Any]) -> None:
 
     if "metadata" in report:
         show_metadata(report["metadata"], out)
+    if "sources" in report:
+        show_sources(report["sources"], out)
 
     t = report["timing"]
     where = f"Report: {out}/ (report.json, manifest.csv" + (
@@ -252,3 +304,42 @@ def show_metadata(m: dict[str, Any], out: str) -> None:
     parts = [f"{k}: {len(v)} values" for k, v in sub.items() if v]
     if parts:
         c.print("Subgroups for `skin evaluate`: " + "; ".join(parts), highlight=False)
+
+
+def show_sources(src: dict[str, Any], out: str) -> None:
+    """Pooled sources: each one's size and class mapping, and what every pair shares."""
+    c = ui.console
+    listing = {s["name"]: s for s in src["listing"]}
+    rows = []
+    for s in src.get("per_source", []):
+        info = listing.get(s["name"], {})
+        mapped = ", ".join(f"{a}→{b}" for a, b in info.get("class_mapping", {}).items())
+        rows.append([s["name"], info.get("layout_description", ""), s["files"], s["images"],
+                     s["lesions"] or "-", len(s["classes"]), mapped or "-"])
+    c.print(ui.table("Sources", ["source", "layout", "files", "distinct images", "lesions",
+                                 "classes", "class names mapped"], rows))
+    for info in src["listing"]:
+        for w in info.get("warnings", []):
+            ui.warn(w)
+    rows = []
+    for p in src.get("pairs", []):
+        rows.append([" + ".join(p["sources"]),
+                     f"{p['shared_images']} ({p['identical']} identical, {p['re_encoded']} "
+                     f"re-encoded, {p['resized']} resized)",
+                     p["images_label_disagreements"], p["shared_lesions"],
+                     p["lesions_label_disagreements"]])
+    if rows:
+        c.print(ui.table("Shared between sources (`skin split` keeps each in one split)",
+                         ["sources", "images", "labels differ", "lesions", "labels differ"],
+                         rows))
+    for p in src.get("pairs", []):
+        differ = [i for i in p["images"] if not i["labels_agree"]]
+        differ += [x for x in p["lesions"] if not x["labels_agree"]]
+        if differ:
+            c.print(f"\n[bold]Labels that {' and '.join(p['sources'])} disagree on[/] "
+                    "(`skin split --conflicts` decides identical files):", highlight=False)
+        for item in differ[:SHOW]:
+            what = f"lesion {item['id']}" if "id" in item else item["kind"]
+            c.print(f"  {what}: " + " = ".join(f"{f['source']}:{f['path']} ({f['label']})"
+                                              for f in item["files"]), highlight=False)
+        _more(len(differ), out)

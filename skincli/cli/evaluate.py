@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from skincli import ui
+from skincli.cli.answer import show_curves, show_operating_point, show_result
 from skincli.cli.card import show_triage
 from skincli.cli.common import (
     ClassMapOpt,
@@ -231,6 +232,15 @@ def command(
         "--triage-malignant", help="Comma-separated classes summed into the malignancy "
         "score when refitting (default: melanoma, basal cell carcinoma, squamous cell "
         "carcinoma).")] = None,
+    triage_fit: Annotated[str | None, typer.Option(
+        "--triage-fit", help="Refit the referral threshold on the validation split: point "
+        "(the estimate reaches the sensitivity) or lower-bound (its one-sided 95% "
+        "Clopper-Pearson lower bound does; refers more).")] = None,
+    defer_target: Annotated[float | None, typer.Option(
+        "--defer-target", help="Answer or defer: print the risk-coverage curves and fit, on "
+        "validation only, per-class thresholds at which the answered images reach this "
+        "balanced accuracy and macro F1 (every class recall >= 0.75, coverage >= 20%); "
+        "stored in run.json, or 'infeasible'.")] = None,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="Inference engine: litert or tf (default: $SKIN_ENGINE, else "
         "litert; runs that do not convert use tf).")] = None,
@@ -245,11 +255,12 @@ def command(
 
     if out is not None:
         check_writable(out)  # before the images are read, not after
-    if triage_sensitivity is not None or triage_malignant is not None:
+    if triage_sensitivity is not None or triage_malignant is not None or triage_fit:
         from skincli.evaluate import load_predictor, refit_triage
 
         for name in runs or [None]:
-            refit_triage(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant)
+            refit_triage(load_predictor(name, runs_dir), triage_sensitivity, triage_malignant,
+                         method=triage_fit)
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=ui.err_console, transient=True,
@@ -265,13 +276,21 @@ def command(
                           calibrate=calibrate, tta=tta, n_boot=bootstrap, seed=seed,
                           batch_size=batch_size, progress=progress,
                           metadata=metadata_args(metadata, labels, group, class_map),
-                          engine=engine)
+                          engine=engine, defer_target=defer_target)
     for w in result["warnings"]:
         ui.warn(w)
+    singles = result.get("runs", [result])
+    for res in singles:  # the validation operating point comes before any test figure
+        if res.get("defer"):
+            show_operating_point(res["defer"], res["run"]["run_dir"])
     if "runs" in result:
         _show_comparison(result)
     else:
         _show_single(result)
+    for res in singles:
+        if res.get("defer"):
+            show_curves(res["defer"])
+            show_result(res["defer"])
     folder = write_report(result, out or default_out(result))
     stored = [r["run"]["name"] for r in result.get("runs", [result]) if r["stored_test_metrics"]]
     if stored:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -17,6 +16,8 @@ import typer
 
 from skincli import DISCLAIMER, ui
 from skincli.cli.common import handle_errors
+from skincli.defer import describe as describe_op
+from skincli.defer import record_of as defer_record_of
 from skincli.errors import SkinError
 from skincli.imageio import ImageError, is_image_file
 
@@ -26,10 +27,6 @@ if TYPE_CHECKING:  # imported when the command runs: `skin --help` stays fast
 HELP = ("Classify images or folders of images with a trained run (default: the current/latest): "
         "top-k calibrated probabilities, an uncertain verdict, out-of-distribution warnings; "
         "--json/--csv for machines, --explain for Grad-CAM heat maps.")
-
-# Overlays are drawn on the original image, scaled so its longer side is within these bounds.
-EXPLAIN_MIN_SIDE, EXPLAIN_MAX_SIDE = 256, 512
-
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders as their image files (recursively, sorted, hidden ones skipped)."""
@@ -68,9 +65,13 @@ def build_document(predictor: Predictor, results: list[Any], tta: bool,
                 d["explanation"] = explanations[i]
             preds.append(d)
     decision = getattr(predictor, "decision", None)
+    op = defer_record_of(predictor.info)
     return {
         "model": predictor.model_summary(),
         "decision": decision.summary() if decision is not None else {"rule": "balanced"},
+        **({"operating_point": {"target": op["target"], "thresholds": op["thresholds"],
+                                "validation_coverage": op["validation"]["coverage"],
+                                "description": describe_op(op)}} if op else {}),
         "disclaimer": DISCLAIMER,
         "tta": tta,
         "predictions": preds,
@@ -117,10 +118,8 @@ def _unique_png(folder: Path, stem: str, used: set[str]) -> Path:
 def write_explanations(predictor: Predictor, results: list[Any], folder: Path,
                        batch_size: int) -> dict[int, str]:
     """Grad-CAM overlays of each prediction's class, one PNG per predicted image."""
-    from PIL import Image
-
-    from skincli.explain import GradCamExplainer, explain, save_overlay
-    from skincli.imageio import load_rgb
+    from skincli.explain import GradCamExplainer, decode_side, explain, save_overlay
+    from skincli.imageio import open_image
 
     explainer = GradCamExplainer(predictor.model)
     index = {c: i for i, c in enumerate(predictor.classes)}
@@ -133,29 +132,25 @@ def write_explanations(predictor: Predictor, results: list[Any], folder: Path,
         batch = np.stack(arrays).astype(np.float32)
         cams = explain(predictor, batch, [index[results[i].label] for i in chunk], explainer)
         for i, cam in zip(chunk, cams):
-            original = load_rgb(results[i].source, max_pixels=predictor.max_pixels)
-            h, w = original.shape[:2]
-            side = min(max(max(h, w), EXPLAIN_MIN_SIDE), EXPLAIN_MAX_SIDE)
-            scale = side / max(h, w)
-            if scale != 1.0:
-                original = np.asarray(Image.fromarray(original).resize(
-                    (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+            # Decoded as the server decodes an upload, so the picture is the API's.
+            original = open_image(results[i].source, max_pixels=predictor.max_pixels,
+                                  target=decode_side(predictor.input_size))
             path = _unique_png(folder, Path(results[i].source).stem, used)
-            save_overlay(path, original, cam)
+            save_overlay(path, np.asarray(original, dtype=np.uint8), cam)
             out[i] = str(path)
     return out
 
 
-def log_predictions(predictor: Predictor, results: list[Any], store_url: str | None) -> int:
-    """Append the predictions to the monitoring store (if that module is installed)."""
-    try:
-        from skincli.monitor.store import open_store
-    except ImportError:
-        return 0
-    try:
-        from skincli.monitor.store import summarize_embedding
-    except ImportError:  # an older store without embedding summaries
-        summarize_embedding = None
+def log_predictions(predictor: Predictor, results: list[Any], store_url: str | None,
+                    source: str | None = None) -> int:
+    """Append the predictions to the monitoring store.
+
+    `source` names where the images came from (a clinic, a data source); default "cli".
+    """
+    from skincli.fsutil import sha256_file
+    from skincli.monitor.rows import prediction_row
+    from skincli.monitor.store import open_store, summarize_embedding
+
     run_id = uuid.uuid4().hex[:12]
     now = time.time()
     rows = []
@@ -163,19 +158,16 @@ def log_predictions(predictor: Predictor, results: list[Any], store_url: str | N
         if isinstance(r, ImageError):
             continue
         try:
-            sha = hashlib.sha256(Path(r.source).read_bytes()).hexdigest()
+            sha = sha256_file(r.source)
         except OSError:
             sha = ""
-        emb = None
-        if r.embedding is not None and summarize_embedding is not None:
-            emb = summarize_embedding(r.embedding)
-        rows.append({"time": now, "request_id": f"cli-{run_id}-{i}",
-                     "model_version": predictor.info.version, "image_sha256": sha,
-                     # calibrated, before the decision rule: what label-shift estimation needs
-                     "predicted": r.label, "probabilities": r.calibrated or r.probabilities,
-                     "top_probability": r.probability, "uncertain": r.uncertain,
-                     "latency_ms": r.meta.get("latency_ms"), "source": "cli",
-                     "image_stats": r.meta.get("image_stats"), "embedding": emb})
+        rows.append(prediction_row(
+            request_id=f"cli-{run_id}-{i}", model_version=predictor.info.version,
+            image_sha256=sha, predicted=r.label, probabilities=r.calibrated or r.probabilities,
+            top_probability=r.probability, uncertain=r.uncertain,
+            latency_ms=r.meta.get("latency_ms"), source=source or "cli",
+            image_stats=r.meta.get("image_stats"), when=now,
+            embedding=None if r.embedding is None else summarize_embedding(r.embedding)))
     if rows:
         store = open_store(store_url)
         try:
@@ -186,10 +178,7 @@ def log_predictions(predictor: Predictor, results: list[Any], store_url: str | N
 
 
 def _stats_hook() -> Any:
-    try:
-        from skincli.monitor.store import image_stats
-    except ImportError:
-        return None
+    from skincli.monitor.store import image_stats
 
     def hook(arr: np.ndarray) -> dict[str, Any]:
         try:
@@ -222,12 +211,21 @@ def _show_table(doc: dict[str, Any], top_k: int) -> None:
             verdict += (f"; [bold red]refer[/] (malignancy {tri['malignancy_score']:.0%} >= "
                         f"{tri['threshold']:.0%})" if tri["refer"] else
                         f"; no referral suggested (malignancy {tri['malignancy_score']:.0%})")
+        dfr = p.get("deferral")
+        if dfr:  # the run's answer-or-defer operating point; a referral above still stands
+            verdict += ("; answered" if not dfr["deferred"] else
+                        "; [bold yellow]deferred to a dermatologist[/]"
+                        + (f" (differential: {', '.join(dfr['differential'])})"
+                           if dfr.get("differential") else ""))
         rows.append((names.get(p.get("file", ""), ""), top, verdict, "; ".join(p["warnings"])))
     m = doc["model"]
     ui.console.print(ui.table(f"Predictions by {m['name']} (model {m['version']}, decision "
                               f"{doc['decision']['rule']})",
                               ["file", f"top {top_k} (calibrated probability)", "verdict",
                                "notes"], rows))
+    if doc.get("operating_point"):
+        ui.console.print(f"Answer or defer: the model {doc['operating_point']['description']}.",
+                         highlight=False)
 
 
 def _metadata_records(path: Path, paths: list[Path]) -> list[dict[str, str]]:
@@ -257,10 +255,47 @@ def _metadata_records(path: Path, paths: list[Path]) -> list[dict[str, str]]:
     return out
 
 
+def _checked_inputs(inputs: list[Path], outputs: dict[str, Path | None],
+                    explain_dir: Path | None) -> list[Path]:
+    """The image paths to predict; fails before the model loads when there is nothing to do
+    or an output (option -> path) cannot be written."""
+    from skincli.fsutil import check_writable
+
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise SkinError("No images to predict",
+                        hint="Pass image files or folders holding .jpg/.jpeg/.png/.bmp files")
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):  # nothing to do: say so before loading the model
+        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise SkinError(f"{shown} does not exist" if len(missing) == 1 else
+                        f"None of the {len(missing)} inputs exist ({shown})",
+                        hint="Check the path(s); folders are searched for images recursively")
+    for option, target in outputs.items():
+        if target is not None:
+            check_writable(target, option)
+    if explain_dir is not None:
+        check_writable(explain_dir / "x.png", "--explain-dir")
+    return paths
+
+
+def _predict_with_bar(predictor: Predictor, paths: list[Path], show_bar: bool,
+                      metadata: list[dict[str, str]] | None, **options: Any) -> list[Any]:
+    """predictor.predict_paths with a progress bar on the terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+                  console=ui.err_console, transient=True, disable=not show_bar) as bar:
+        task = bar.add_task("predict", total=len(paths))
+        return list(predictor.predict_paths(
+            [str(p) for p in paths], progress=lambda done, total: bar.update(
+                task, completed=done), metadata=metadata, **options))
+
+
 @handle_errors
 def command(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Image files and/or folders (searched recursively).", show_default=False)],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Image files and/or folders (searched recursively).", show_default=False)] = None,
     run: Annotated[str | None, typer.Option(
         "--run", help="Run folder or name under --runs-dir (default: current/latest).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 3,
@@ -286,6 +321,10 @@ def command(
     store: Annotated[str | None, typer.Option(
         "--store", help="Monitoring store URL (default: $SKIN_STORE or "
         "sqlite:///runs/predictions.db).")] = None,
+    source: Annotated[str | None, typer.Option(
+        "--source", metavar="NAME", help="Where these images come from (a clinic or data "
+        "source, as named in `skin split`): logged with each prediction (default: cli).")]
+    = None,
     fhir_out: Annotated[Path | None, typer.Option(
         "--fhir", help="Also write the results as an HL7 FHIR R4 Bundle (JSON) to this file.",
         dir_okay=False)] = None,
@@ -314,14 +353,34 @@ def command(
         "--metadata", help="Per-image age, sex and site from a metadata CSV (ISIC archive "
         "export, HAM10000_metadata.csv or ISIC challenge metadata), joined by file name; for a "
         "model trained with --use-metadata.", dir_okay=False)] = None,
+    dicomweb: Annotated[str | None, typer.Option(
+        "--dicomweb", help="Read the images from this configured DICOMweb source instead of "
+        "files (with --study; see docs/clinical.md).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="With --dicomweb: the Study "
+                                              "Instance UID.")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="With --dicomweb: only this "
+                                               "series.")] = None,
+    instance: Annotated[str | None, typer.Option("--instance", help="With --dicomweb: only "
+                                                 "this SOP instance.")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="With --dicomweb: the job's "
+                                               "id (a repeat prints the stored result).")] = None,
+    clinical_config: Annotated[Path | None, typer.Option(
+        "--clinical-config", help="With --dicomweb: the sources/destinations YAML (default: "
+        "$SKIN_CLINICAL_CONFIG).", dir_okay=False)] = None,
 ) -> None:
     """Predict images."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    if dicomweb is not None:
+        from skincli.cli.dicomweb import predict_dicomweb
 
+        return predict_dicomweb(source=dicomweb, study=study, series=series, instance=instance,
+                                job_id=job_id, config_path=clinical_config, run=run,
+                                runs_dir=runs_dir, engine=engine, audit_log=audit_log,
+                                as_json=as_json)
+    inputs = inputs or []
     from skincli.decision import check_rule
     from skincli.engines.base import resolve_engine_name
-    from skincli.fsutil import check_writable, write_json, write_text
+    from skincli.fsutil import write_json, write_text
     from skincli.predictor import load_predictor
 
     rule = check_rule(decision)  # a typo is one line before anything slow
@@ -337,21 +396,8 @@ def command(
         raise SkinError("--metadata gives each image its own age, sex and site; it does not "
                         "combine with --age/--sex/--site", hint="Use one or the other")
 
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise SkinError("No images to predict",
-                        hint="Pass image files or folders holding .jpg/.jpeg/.png/.bmp files")
-    missing = [p for p in paths if not p.exists()]
-    if len(missing) == len(paths):  # nothing to do: say so before loading the model
-        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise SkinError(f"{shown} does not exist" if len(missing) == 1 else
-                        f"None of the {len(missing)} inputs exist ({shown})",
-                        hint="Check the path(s); folders are searched for images recursively")
-    for target, option in ((json_out, "--json-out"), (csv_out, "--csv"), (fhir_out, "--fhir")):
-        if target is not None:
-            check_writable(target, option)
-    if explain_dir is not None:
-        check_writable(explain_dir / "x.png", "--explain-dir")
+    paths = _checked_inputs(inputs, {"--json-out": json_out, "--csv": csv_out,
+                                     "--fhir": fhir_out}, explain_dir)
     predictor = load_predictor(run, runs_dir, engine=engine, on_warning=ui.warn)
     if rule != "balanced":
         from skincli.evaluate import resolve_decision  # fitting needs the evaluation stack
@@ -361,19 +407,13 @@ def command(
         for message in chosen.warnings:
             ui.warn(message)
         predictor.set_decision(chosen)
-    hook = None if no_log else _stats_hook()
     # One record per image: from the file, or the --age/--sex/--site for every image.
     per_image = (_metadata_records(metadata_file, paths) if metadata_file is not None
                  else None if record is None else [record] * len(paths))
     # Off the terminal a transient bar shows nothing but leaves a blank line in logs.
     show_bar = len(paths) > batch_size and not as_json and ui.err_console.is_terminal
-    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-                  console=ui.err_console, transient=True, disable=not show_bar) as bar:
-        task = bar.add_task("predict", total=len(paths))
-        results = predictor.predict_paths(
-            [str(p) for p in paths], batch_size=batch_size, tta=tta, top_k=top_k,
-            progress=lambda done, total: bar.update(task, completed=done), image_hook=hook,
-            metadata=per_image)
+    results = _predict_with_bar(predictor, paths, show_bar, per_image, batch_size=batch_size,
+                                tta=tta, top_k=top_k, image_hook=None if no_log else _stats_hook())
     n_ok = sum(not isinstance(r, ImageError) for r in results)
     explanations: dict[int, str] = {}
     if do_explain and n_ok:
@@ -395,7 +435,7 @@ def command(
         write_json(fhir_out, fhir_document(predictor, results))
     if not no_log and n_ok:
         try:
-            log_predictions(predictor, results, store)
+            log_predictions(predictor, results, store, source)
         except Exception as exc:  # monitoring must never break a prediction
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             ui.warn(f"predictions were not logged to the monitoring store ({first}); "
@@ -404,7 +444,15 @@ def command(
         write_json(json_out, doc)
     if csv_out:
         write_text(csv_out, document_csv(doc))
-    if n_ok == 0 and len(results) == 1 and not (as_json or json_out or csv_out):
+    _show(doc, len(results), top_k, as_json, json_out, csv_out, fhir_out, explanations)
+
+
+def _show(doc: dict[str, Any], n_results: int, top_k: int, as_json: bool,
+          json_out: Path | None, csv_out: Path | None, fhir_out: Path | None,
+          explanations: dict[int, str]) -> None:
+    """The table (or the JSON document) and what was written; the errors last."""
+    n_ok = len(doc["predictions"])
+    if n_ok == 0 and n_results == 1 and not (as_json or json_out or csv_out):
         # One file, one reason: say it in the error line itself.
         raise SkinError(f"Cannot predict {doc['errors'][0]['error']}",
                         hint="Pass a JPEG, PNG or BMP image")
@@ -431,8 +479,8 @@ def command(
         ui.console.print(f"[bold]{DISCLAIMER}[/]", highlight=False)
     if doc["errors"]:
         if n_ok:
-            ui.warn(f"{len(doc['errors'])} of {len(results)} file(s) could not be read "
+            ui.warn(f"{len(doc['errors'])} of {n_results} file(s) could not be read "
                     "(listed above); the others were predicted")
         else:
-            raise SkinError(f"None of the {len(results)} file(s) could be read (reasons above)",
+            raise SkinError(f"None of the {n_results} file(s) could be read (reasons above)",
                             hint="Check they are JPEG/PNG/BMP images")

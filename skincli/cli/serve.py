@@ -1,11 +1,11 @@
-"""`skin serve`: the REST API and clinician page; `skin export`: SavedModel or TFLite."""
+"""`skin serve`: the REST API and the clinician page, on Uvicorn."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,15 +13,12 @@ from skincli import ui
 from skincli.cli.common import handle_errors
 from skincli.errors import SkinError
 
+if TYPE_CHECKING:
+    from skincli.serve.settings import Settings
+
 HELP = ("Serve a trained run over HTTP: POST /v1/predict, /v1/predict/batch, /v1/explain, "
         "GET /v1/model, /health, /ready, /metrics, and a web page at /. Every option can also "
         "be set as SKIN_<OPTION> in the environment (e.g. SKIN_PORT=9000, SKIN_API_KEY=...).")
-
-EXPORT_HELP = ("Export a run for other runtimes: --format savedmodel (TensorFlow Serving, "
-               "<out>/<run>/<version>/), tflite or tflite-int8 (for Android/iOS apps: "
-               "<out>/<run>.tflite + a .json with classes and preprocessing), with the measured "
-               "agreement with the float model.")
-
 
 def check_listen(host: str, port: int) -> None:
     """Bind host:port once and let go, so a busy port or a wrong address is one clear line
@@ -98,6 +95,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _loaded_target(settings: Settings) -> Any:
+    """What Uvicorn runs, once the model is known to load: the app itself for one worker, the
+    factory's import string for several (each worker loads its own copy)."""
+    if settings.workers == 1:
+        from skincli.serve.app import create_app
+
+        # One process: load the model here so a run that cannot be loaded is one error line
+        # (inside Uvicorn's startup it would be a traceback), and serve this very app.
+        app = create_app(settings)
+        with ui.err_console.status("Loading the model..."):
+            app.state.skin.preload()
+        return app
+    from skincli.serve.model import load_model
+
+    # Check once here that the run can be loaded at all.
+    with ui.err_console.status("Checking that the model loads..."):
+        load_model(settings)
+    return "skincli.serve.app:create_app"
+
+
 @handle_errors
 def command(
     run: Annotated[str | None, typer.Argument(
@@ -161,6 +178,9 @@ def command(
     prevalence: Annotated[Path | None, typer.Option(
         help="With --decision prevalence: the clinic's class prior (YAML or CSV), e.g. from "
         "`skin monitor --suggest-prevalence`.", dir_okay=False)] = None,
+    rate_limit: Annotated[str | None, typer.Option(
+        help="Requests to /v1/* per API key (per client address without keys) and worker, "
+        "e.g. 60/minute; beyond it 429 + Retry-After (default: no limit).")] = None,
     engine: Annotated[str | None, typer.Option(
         help="Inference engine: litert or tf (default: $SKIN_ENGINE, else litert; runs that "
         "do not convert use tf).")] = None,
@@ -184,7 +204,8 @@ def command(
         decode_mpx=decode_mpx, max_connections=max_connections, max_requests=max_requests,
         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
         keep_alive_s=keep_alive_s, log_flush_s=log_flush_s,
-        decision=decision, prevalence=str(prevalence) if prevalence else None)
+        decision=decision, prevalence=str(prevalence) if prevalence else None,
+        rate_limit=rate_limit)
     # Fail here, in one line, rather than inside a worker process.
     run_dir = resolve_run(settings.run, settings.runs_dir)
     info = load_run_info(run_dir)
@@ -199,21 +220,7 @@ def command(
         import uvicorn
     except ImportError as exc:
         raise SkinError("uvicorn is not installed", hint="pip install uvicorn") from exc
-    if settings.workers == 1:
-        from skincli.serve.app import create_app
-
-        # One process: load the model here so a run that cannot be loaded is one error line
-        # (inside Uvicorn's startup it would be a traceback), and serve this very app.
-        target: Any = create_app(settings)
-        with ui.err_console.status("Loading the model..."):
-            target.state.skin.preload()
-    else:
-        from skincli.serve.model import load_model
-
-        # Each worker loads its own copy; check once here that the run can be loaded at all.
-        with ui.err_console.status("Checking that the model loads..."):
-            load_model(settings)
-        target = "skincli.serve.app:create_app"
+    target = _loaded_target(settings)
     os.environ.update(settings.to_env())  # the factory in each worker reads these
     ui.err_console.print(
         f"Serving [bold]{info.version}[/] ({info.arch}, {len(info.classes)} classes) on "
@@ -221,7 +228,7 @@ def command(
         f"API keys {'on' if keys else 'off'}, CORS "
         f"{', '.join(settings.cors_origins) if settings.cors_origins else 'off'}, "
         f"prediction log {'off' if settings.no_log else 'on'}, decision rule "
-        f"{settings.decision}.", highlight=False)
+        f"{settings.decision}, rate limit {settings.rate_limit or 'off'}.", highlight=False)
     # The protocol class adds the request head/body deadlines and the connection cap that
     # Uvicorn lacks (see skincli/serve/protocol.py); the request cap is the app's (JSON 503).
     uvicorn.run(target, factory=settings.workers > 1, host=settings.host,
@@ -231,87 +238,3 @@ def command(
                 timeout_keep_alive=max(1, round(settings.keep_alive_s)),
                 backlog=min(2048, settings.max_connections))
 
-
-@handle_errors
-def export(
-    run: Annotated[str | None, typer.Argument(
-        help="Run name or folder (default: runs/CURRENT, else the latest run).")] = None,
-    fmt: Annotated[str, typer.Option(
-        "--format", help="savedmodel (TensorFlow Serving), tflite (float32, for apps) or "
-        "tflite-int8 (quantised; refused beyond --tolerance unless --force).")] = "savedmodel",
-    out: Annotated[Path, typer.Option(
-        help="Folder for exported models; savedmodel writes <out>/<run name>/<version>/, "
-        "tflite <out>/<run name>[-int8].tflite + .json.", file_okay=False)] = Path("exported"),
-    version: Annotated[int | None, typer.Option(
-        help="SavedModel version number (default: one more than the largest there).")] = None,
-    int8: Annotated[str, typer.Option(
-        "--int8", help="tflite-int8 only: full (integer weights and activations, calibrated "
-        "on the run's validation images) or dynamic (int8 weights).")] = "full",
-    tolerance: Annotated[float, typer.Option(
-        help="tflite-int8 only: the largest share of test images whose top-1 may change "
-        "(and the largest macro-F1 drop).")] = 0.02,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Write a tflite-int8 model even beyond --tolerance.")] = False,
-    runs_dir: Annotated[str, typer.Option(help="Folder of runs.")] = "runs",
-    decision: Annotated[str, typer.Option(
-        help="Decision rule built into the probabilities: balanced, prevalence, macro-f1.")
-    ] = "balanced",
-    prevalence: Annotated[Path | None, typer.Option(
-        help="With --decision prevalence: the class prior (YAML or CSV).", dir_okay=False)
-    ] = None,
-) -> None:
-    """Write the SavedModel or the TFLite model and say how to use it."""
-    from skincli.decision import check_rule
-
-    fmt = fmt.strip().lower()
-    if fmt in ("tflite", "tflite-int8"):
-        if check_rule(decision) != "balanced" or prevalence is not None:
-            raise SkinError("--decision and --prevalence apply to --format savedmodel",
-                            hint="A .tflite answers with calibrated probabilities; its JSON "
-                            "names the temperature, and the app applies any prior itself")
-        _export_tflite(run, out, runs_dir, fmt, int8, tolerance, force)
-        return
-    if fmt != "savedmodel":
-        from skincli.errors import did_you_mean
-
-        raise SkinError(f"Unknown --format {fmt!r}."
-                        f"{did_you_mean(fmt, ['savedmodel', 'tflite', 'tflite-int8'])}",
-                        hint="Use savedmodel, tflite or tflite-int8")
-    from skincli.serve.export import export_saved_model
-
-    rule = check_rule(decision)
-    with ui.err_console.status("Exporting SavedModel..."):
-        target = export_saved_model(run, out, runs_dir, version, decision=rule,
-                                    prevalence=prevalence)
-    ui.console.print(f"Decision rule: {rule}", highlight=False)
-    base = target.parent.resolve()
-    ui.console.print(f"Wrote {target}", highlight=False)
-    ui.console.print(
-        f"Serve it with TensorFlow Serving:\n  docker run -p 8501:8501 -v {base}:/models/"
-        f"{base.name} -e MODEL_NAME={base.name} tensorflow/serving\n"
-        f"  curl -d '{{\"signature_name\": \"serving_default\", \"instances\": [{{\"b64\": "
-        f"\"<base64 JPEG>\"}}]}}' localhost:8501/v1/models/{base.name}:predict",
-        highlight=False, soft_wrap=True)
-
-
-def _export_tflite(run: str | None, out: Path, runs_dir: str, fmt: str, int8: str,
-                   tolerance: float, force: bool) -> None:
-    from skincli.serve.export import export_tflite
-
-    with ui.err_console.status("Converting and measuring against the float model..."):
-        meta = export_tflite(run, out, runs_dir, fmt=fmt, int8_mode=int8.strip().lower(),
-                             tolerance=tolerance, force=force)
-    q = meta["measured_against_float_model"]
-    ui.console.print(f"Wrote {meta['path']} ({meta['bytes'] / 1e6:.1f} MB, "
-                     f"{meta['quantization']}) and {meta['metadata_path']}", highlight=False)
-    ui.console.print(
-        f"Against the float model on {q['images']}: top-1 agreement "
-        f"{q['top1_agreement']:.1%}, macro-F1 {q['macro_f1_float']:.3f} -> {q['macro_f1']:.3f} "
-        f"({q['macro_f1_change']:+.3f}), max |delta p| {q['max_abs_prob']:.2g}",
-        highlight=False, soft_wrap=True)
-    if fmt == "tflite-int8" and (1 - q["top1_agreement"] > tolerance
-                                 or -q["macro_f1_change"] > tolerance):
-        ui.warn(f"beyond the tolerance {tolerance:g}; written because of --force")
-
-
-EXTRA_COMMANDS = [("export", export, EXPORT_HELP)]

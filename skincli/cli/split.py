@@ -13,11 +13,18 @@ from skincli.cli.common import (
     ClassMapOpt,
     GroupOpt,
     LabelsOpt,
-    MetadataOpt,
     handle_errors,
     metadata_args,
 )
-from skincli.cli.eda import progress_bar
+from skincli.cli.eda import (
+    DataArg,
+    DropUnmappedOpt,
+    MetadataListOpt,
+    SourcesOpt,
+    data_plan,
+    progress_bar,
+)
+from skincli.errors import SkinError, did_you_mean
 
 HELP = ("Split a data set into train/val/test, stratified by class and leakage-proof (identical "
         "images, the same group and near-duplicates stay together). Writes splits/split.csv "
@@ -37,9 +44,7 @@ class Conflicts(str, Enum):
 
 @handle_errors
 def command(
-    data: Annotated[Path, typer.Argument(help="Folder of class folders, a Train/Test folder, "
-                                         "or a CSV (image, label[, group]).",
-                                         show_default=False)],
+    data: DataArg = None,
     out: Annotated[Path, typer.Option(help="Split file to write (a .json sidecar goes beside "
                                       "it).")] = Path("splits/split.csv"),
     val: Annotated[float, typer.Option(help="Fraction of images for validation (with "
@@ -55,7 +60,8 @@ def command(
     conflicts: Annotated[Conflicts | None, typer.Option(
         help="Same image under different classes: keep the copy whose folder matches the "
         "metadata (resolve; the default with --metadata), drop all copies (the default "
-        "without), keep the first listed, or stop with an error.", show_default=False)]
+        "without), keep the first listed (with several sources: the earlier source's "
+        "label), or stop with an error.", show_default=False)]
     = None,
     keep_duplicates: Annotated[bool, typer.Option(help="Keep every copy of an image within a "
                                                   "class (default: keep one).")] = False,
@@ -69,14 +75,21 @@ def command(
     = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel readers (default: CPU "
                                                 "count).")] = None,
-    metadata: MetadataOpt = None,
+    metadata: MetadataListOpt = None,
     labels: LabelsOpt = None,
     group: GroupOpt = None,
     class_map: ClassMapOpt = None,
+    sources: SourcesOpt = None,
+    drop_unmapped: DropUnmappedOpt = False,
+    test_source: Annotated[str | None, typer.Option(
+        "--test-source", metavar="NAME", help="With several sources: hold this source out "
+        "entirely as the test split (the others give train and --val); their copies of its "
+        "images and lesions are dropped.", show_default=False)] = None,
 ) -> None:
     """Write a stratified, leakage-proof split file."""
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
+    from skincli.data.sources import load_sources
     from skincli.data.split import (
         SPLITS,
         check_out,
@@ -87,17 +100,37 @@ def command(
     )
 
     # Cheap checks first, so a typo does not cost a full read of the data.
-    check_ratios(val, 0.0 if keep_given_test else test)
+    plan = data_plan(data, metadata, sources, {"images": images, "label_col": label_col,
+                                               "image_col": image_col, "group_col": group_col})
+    if test_source is not None:
+        if plan is None:
+            raise SkinError(f"--test-source {test_source} needs two or more sources",
+                            hint="Pass several DATA folders (or --sources FILE)")
+        if keep_given_test:
+            raise SkinError("--test-source and --keep-given-test both choose the test split",
+                            hint="Use one of them")
+    check_ratios(val, 0.0 if keep_given_test or test_source else test)
     check_out(out)
-    dataset = load_dataset(data, csv_image_dir=images, label_col=label_col,
-                           image_col=image_col, group_col=group_col,
-                           **metadata_args(metadata, labels, group, class_map))
+    meta_args = metadata_args((metadata or [None])[0] if plan is None else None, labels, group,
+                              class_map)
+    if plan is None:
+        dataset = load_dataset(data[0], csv_image_dir=images, label_col=label_col,
+                               image_col=image_col, group_col=group_col, **meta_args)
+    else:
+        names = [s.label for s in plan.specs]
+        if test_source is not None and test_source not in names:
+            raise SkinError(f"--test-source {test_source} names no source."
+                            f"{did_you_mean(test_source, names)}",
+                            hint=f"Sources: {', '.join(names)}")
+        meta_args.pop("metadata")
+        dataset = load_sources(plan, drop_unmapped=drop_unmapped, **meta_args)
     with progress_bar(True) as progress:
         manifest = build_manifest(dataset, workers=workers, progress=progress)
     result = make_split(manifest, val=val, test=test, seed=seed,
                         keep_given_test=keep_given_test,
                         conflicts=conflicts.value if conflicts else None,
-                        keep_duplicates=keep_duplicates, group_near_dups=group_near_dups)
+                        keep_duplicates=keep_duplicates, group_near_dups=group_near_dups,
+                        test_source=test_source)
     path = write_split(result, out)
 
     meta = result.meta
@@ -106,11 +139,17 @@ def command(
             for label in counts.index]
     rows.append(["total", *[int(counts[s].sum()) for s in SPLITS], int(counts.values.sum())])
     r = meta["ratios"]
-    ratios = (f"given Test kept; train/val {r['train']:.2f}/{r['val']:.2f} of the rest"
+    ratios = (f"source {test_source} is the test split; train/val {r['train']:.2f}/"
+              f"{r['val']:.2f} of the others" if test_source else
+              f"given Test kept; train/val {r['train']:.2f}/{r['val']:.2f} of the rest"
               if keep_given_test else
               f"train/val/test {r['train']:.2f}/{r['val']:.2f}/{r['test']:.2f}")
     title = f"Split of {meta['n_images']} images (seed {seed}; {ratios})"
     ui.console.print(ui.table(title, ["class", *SPLITS, "total"], rows))
+    if meta.get("sources"):
+        rows = [[name, *[s[sp] for sp in SPLITS], s["total"]]
+                for name, s in meta["sources"].items()]
+        ui.console.print(ui.table("Images per source", ["source", *SPLITS, "total"], rows))
     if meta["n_units"] < meta["n_images"]:
         ui.console.print(f"{meta['n_images']} images in {meta['n_units']} units (identical "
                          "images, groups and near-duplicates are kept together).",

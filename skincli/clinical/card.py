@@ -10,7 +10,6 @@ section the run has no data for says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from skincli import DISCLAIMER
 from skincli.clinical.snomed import concept
 from skincli.clinical.triage import record_of
 from skincli.decision import decision_summary
+from skincli.defer import record_of as defer_record_of
 from skincli.errors import SkinError
-from skincli.fsutil import write_json, write_text
+from skincli.fsutil import sha256_file, write_json, write_text
 from skincli.runs import MODEL_FILE, RunInfo, load_run_info
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
@@ -48,11 +48,7 @@ OUT_OF_SCOPE = [
 
 def _sha256(path: Path) -> str | None:
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -131,6 +127,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
             "dropped_counts": meta.get("dropped_counts") or {},
             "skipped_at_training": int(extra.get("skipped_images", 0) or 0),
             "split_seed": meta.get("seed"), "split_ratios": meta.get("ratios"),
+            "sources": meta.get("sources") or {}, "test_source": meta.get("test_source") or "",
         },
         "evaluation": {
             "test": test or None, "validation": val or None,
@@ -138,6 +135,7 @@ def build(run_dir: str | Path, info: RunInfo | None = None) -> dict[str, Any]:
             "uncertain_threshold": info.uncertain_threshold,
             "uncertain_rule": extra.get("uncertain_rule"),
             "triage": triage,
+            "answer_or_defer": defer_record_of(info),
             "decision": _decision(info),
             "subgroups": test.get("subgroups") or extra.get("subgroups"),
         },
@@ -180,7 +178,8 @@ def _label_provenance(meta: dict[str, Any]) -> str:
                    if emptied else "")
                 + f"; images grouped by {m.get('group') or 'lesion'}")
     layout = {"folders": "class folder names", "kaggle": "class folder names (Train/Test)",
-              "csv": "a CSV's label column", "flat": "class folder names"}.get(
+              "csv": "a CSV's label column", "flat": "class folder names",
+              "sources": "each source's class names, mapped onto one set of classes"}.get(
         str(meta.get("layout")), "unknown (no split sidecar in the run)")
     if m:
         layout += f" (metadata {Path(str(m.get('path', ''))).name} used for groups only)"
@@ -220,6 +219,11 @@ def markdown(card: dict[str, Any]) -> str:
             f"- Source: `{data['source']}` (layout: {data['layout']})",
             f"- Labels from: {data['label_provenance']}",
             f"- Split: seed {data['split_seed']}, ratios {data['split_ratios']}"]
+    for name, src in (data.get("sources") or {}).items():
+        held = " (held out: the whole test split)" if name == data.get("test_source") else ""
+        out.append(f"- Source {name}{held}: `{src.get('path', '')}`, {src.get('total', 0)} "
+                   f"images (train {src.get('train', 0)}, val {src.get('val', 0)}, test "
+                   f"{src.get('test', 0)})")
     dropped = data["dropped_counts"]
     out.append("- Dropped before splitting: " + (", ".join(
         f"{n} {k.replace('_', ' ')}" for k, n in dropped.items()) if dropped else "none recorded"))
@@ -288,6 +292,7 @@ def markdown(card: dict[str, Any]) -> str:
             out.append("- Test: not yet measured (run `skin evaluate`).")
     else:
         out.append("Not fitted" + (f": {tri['reason']}" if tri and tri.get("reason") else "."))
+    out += _answer_or_defer(ev.get("answer_or_defer"))
     sub = ev["subgroups"]
     dec = ev.get("decision") or {}
     out += ["", "### Decision rule", ""]
@@ -329,3 +334,32 @@ def write(run_dir: str | Path, info: RunInfo | None = None) -> tuple[Path, Path]
     md = write_text(run_dir / CARD_MD, markdown(card))
     js = write_json(run_dir / CARD_JSON, card)
     return md, js
+
+
+def _answer_or_defer(op: dict[str, Any] | None) -> list[str]:
+    """The card's answer-or-defer section: thresholds, validation and test figures."""
+    out = ["", "### Answer or defer", ""]
+    if not op:
+        return out + ["No operating point: every image is answered (`skin evaluate "
+                      "--defer-target 0.85` fits one on validation)."]
+    v = op["validation"]
+    out += ["- The model answers an image when its top calibrated probability reaches the "
+            "threshold of the predicted class; otherwise it is **deferred to a "
+            "dermatologist**. A triage referral stands either way.",
+            f"- Fitted on {op['n_val']} validation images for balanced accuracy and macro F1 >= "
+            f"{_f(op['target'])}, every class recall >= {_f(op['recall_floor'])} and coverage "
+            f">= {_f(op['coverage_floor'], True)}: answers {_f(v['coverage'], True)} "
+            f"(balanced accuracy {_f(v['balanced_accuracy'])}, macro F1 {_f(v['macro_f1'])}).",
+            "- Thresholds: " + ", ".join(
+                f"{c} {'never' if t is None else _f(t)}" for c, t in op["thresholds"].items())]
+    t = op.get("test")
+    if t:
+        out.append(f"- Test: answers {_f(t['coverage'], True)} ({t['n_accepted']} images), "
+                   f"balanced accuracy {_f(t['balanced_accuracy'])}"
+                   f"{_ci(t.get('balanced_accuracy_ci95'))}, macro F1 {_f(t['macro_f1'])}"
+                   f"{_ci(t.get('macro_f1_ci95'))}; target "
+                   + ("met (95% lower bounds clear it)." if t["met"] else "not met on the "
+                      "95% lower bounds."))
+    else:
+        out.append("- Test: not yet measured (run `skin evaluate --defer-target`).")
+    return out

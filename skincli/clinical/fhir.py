@@ -27,6 +27,7 @@ from skincli import DISCLAIMER
 from skincli.clinical.snomed import codings, concept
 from skincli.clinical.triage import record_of
 from skincli.decision import decision_summary
+from skincli.defer import record_of as defer_record_of
 from skincli.predictor import Predictor
 
 FHIR_JSON = "application/fhir+json"
@@ -68,6 +69,11 @@ def device_resource(model: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (int, float)):
             props.append({"type": _local(f"metric-{which}-{key}", f"{which} {key}"),
                           "valueQuantity": [{"value": round(float(value), 6)}]})
+    op = model.get("defer") or {}
+    if op.get("thresholds"):
+        props.append({"type": _local("defer-target", "answer-or-defer target (balanced "
+                                     "accuracy and macro F1 on validation)"),
+                      "valueQuantity": [_probability(op["target"])]})
     triage = model.get("triage") or {}
     if triage.get("threshold") is not None:
         props.append({"type": _local("triage-threshold", "referral threshold on the "
@@ -127,6 +133,15 @@ def bundle(prediction: dict[str, Any], model: dict[str, Any], *,
              "valueCodeableConcept": _local(triage["decision"].replace(" ", "-"),
                                             triage["decision"])},
         ]
+    deferral = prediction.get("deferral")
+    if deferral:
+        components.append({"code": _local("answer-or-defer", "answered, or deferred to a "
+                                          "dermatologist, at the run's operating point"),
+                           "valueCodeableConcept": _local(deferral["status"], deferral["text"])})
+        if deferral.get("threshold") is not None:
+            components.append({"code": _local("defer-threshold", "answer threshold of the "
+                                              "predicted class"),
+                               "valueQuantity": _probability(deferral["threshold"])})
     identifiers = []
     if request_id:
         identifiers.append({"system": f"{LOCAL}:request-id", "value": str(request_id)})
@@ -160,6 +175,10 @@ def bundle(prediction: dict[str, Any], model: dict[str, Any], *,
     conclusion = f"AI suggests {label} ({prediction['probability']:.1%})"
     if prediction["uncertain"]:
         conclusion += ", uncertain"
+    if deferral:
+        conclusion += f"; {deferral['text']}"
+        if deferral.get("differential"):
+            conclusion += f" (differential: {', '.join(deferral['differential'])})"
     if triage:
         conclusion += (f"; malignancy score {triage['malignancy_score']:.3f} vs threshold "
                        f"{triage['threshold']:.3f}: {triage['decision']}")
@@ -199,4 +218,5 @@ def model_info(predictor: Predictor) -> dict[str, Any]:
     return {"name": info.name, "version": info.version, "arch": info.arch,
             "classes": list(info.classes), "test_metrics": info.test_metrics or {},
             "val_metrics": info.val_metrics or {}, "triage": record_of(info),
+            "defer": defer_record_of(info),
             "decision": decision_summary(info, predictor.decision)}

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
 
 from skincli.clinical import audit, dicom, fhir
+from skincli.fsutil import sha256_file
 from skincli.imageio import ImageError
 from skincli.predictor import Prediction, Predictor
 
 
 def _sha256(path: str | None) -> str:
     try:
-        return hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
+        return sha256_file(str(path))
     except OSError:
         return ""
 

@@ -51,11 +51,12 @@ class Entry:
     age: str = ""
     sex: str = ""
     site: str = ""
+    source: str = ""        # the data source's name when several are pooled (skincli.data.sources)
 
 
 # Columns of Dataset.frame(), in order.
 ENTRY_FIELDS = ["path", "label", "given_split", "group", "folder_label", "image_id",
-                "lesion_id", "patient_id", "age", "sex", "site"]
+                "lesion_id", "patient_id", "age", "sex", "site", "source"]
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Dataset:
     """A listed data set: its root folder, layout and one Entry per image file."""
 
     root: Path
-    layout: str                      # "folders", "kaggle" or "csv"
+    layout: str                      # "folders", "kaggle", "csv" or "sources" (several pooled)
     entries: list[Entry]
     source: Path                     # what the user passed (folder or CSV file)
     csv_path: Path | None = None
@@ -72,6 +73,8 @@ class Dataset:
     columns: dict[str, str] = field(default_factory=dict)  # CSV columns used (image/label/group)
     # What the metadata join found (skincli.data.metadata.JoinReport.to_dict()), or None.
     metadata: dict[str, Any] | None = None
+    # One dict per pooled source (name, path, layout, images, class mapping...); [] for one.
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -95,6 +98,8 @@ class Dataset:
             "folders": "class folders",
             "kaggle": "Kaggle layout (Train/ and Test/ above class folders)",
             "csv": f"CSV {self.csv_path.name if self.csv_path else ''} + image folder",
+            "sources": f"{len(self.sources)} sources ("
+            + ", ".join(s["name"] for s in self.sources) + ")",
         }[self.layout]
 
 

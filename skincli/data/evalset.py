@@ -136,6 +136,15 @@ def load_eval_set(run_dir: Path, classes: Sequence[str], data: str | Path | None
                    subgroups=groups_from_frame(part), metadata=records_from_frame(part))
 
 
+def lesion_groups(eval_set: EvalSet, filepaths: Sequence[str]) -> list[str] | None:
+    """Each scored image's lesion group from the split file (None for other data)."""
+    if eval_set.kind != "split" or eval_set.split_path is None:
+        return None
+    df = load_split(eval_set.split_path)
+    where = dict(zip(df["filepath"].astype(str), df["group"].astype(str)))
+    return [where.get(str(p), "") for p in filepaths]
+
+
 def read_batches(eval_set: EvalSet, classes: Sequence[str], size: int, batch_size: int = 32,
                  max_pixels: int = DEFAULT_MAX_PIXELS, limit: int | None = None
                  ) -> Iterator[EvalBatch]:

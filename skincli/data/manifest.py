@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image, ImageStat
 
 from skincli.data.dataset import ENTRY_FIELDS, Dataset
-from skincli.fsutil import atomic_path
+from skincli.fsutil import atomic_path, cache_dir
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, open_image
 
 # Bump when the computed columns change so old caches are ignored.
@@ -34,12 +34,6 @@ FILE_COLUMNS = ["sha256", "width", "height", "size_bytes", "readable", "error", 
 ENTRY_COLUMNS = ["path", "filepath"] + ENTRY_FIELDS[1:]
 COLUMNS = ENTRY_COLUMNS + FILE_COLUMNS
 STR_COLUMNS = ENTRY_COLUMNS + ["sha256", "error", "error_code", "phash"]
-
-
-def cache_dir() -> Path:
-    """The user cache folder: $SKIN_CACHE_DIR, else ~/.cache/skincli."""
-    env = os.environ.get("SKIN_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "skincli"
 
 
 def cache_file(root: Path) -> Path:
@@ -174,7 +168,7 @@ def build_manifest(dataset: Dataset, workers: int | None = None, cache: bool = T
     df = _fix_types(df)
     df.attrs.update(root=str(dataset.root), layout=dataset.layout, cache_hits=len(unique) -
                     len(todo), files_read=len(todo), skipped=list(dataset.skipped),
-                    metadata=dataset.metadata)
+                    metadata=dataset.metadata, sources=list(dataset.sources))
     return df
 
 

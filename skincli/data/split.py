@@ -22,8 +22,10 @@ import pandas as pd
 
 from skincli import __version__
 from skincli.data.duplicates import NearDupParams, UnionFind, near_duplicate_pairs
+from skincli.data.overlap import cross_source_disagreements
+from skincli.data.sources import check_test_source, check_training_classes, source_summary
 from skincli.errors import SkinError
-from skincli.fsutil import check_writable, write_text
+from skincli.fsutil import check_writable, json_default, sha256_file, write_text
 
 DEFAULT_SPLIT_PATH = Path("splits/split.csv")
 SPLITS = ("train", "val", "test")
@@ -33,7 +35,9 @@ MIN_PER_SPLIT = 5
 # Columns written to the split file, in order (the manifest's, minus what is true of every
 # row that survives: readable, no error).
 # Metadata columns travel with the split so evaluate can report subgroups.
-META_COLUMNS = ["folder_label", "image_id", "lesion_id", "patient_id", "age", "sex", "site"]
+# `source` names the pooled data source of each image (skincli.data.sources), "" for one.
+META_COLUMNS = ["folder_label", "image_id", "lesion_id", "patient_id", "age", "sex", "site",
+                "source"]
 SPLIT_COLUMNS = ["path", "label", "split", "given_split", "group", "sha256", "width", "height",
                  "size_bytes", "phash", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b",
                  "brightness", "sharpness", *META_COLUMNS]
@@ -59,15 +63,20 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
                keep_given_test: bool = False, conflicts: str | None = None,
                keep_duplicates: bool = False, group_near_dups: bool = True,
                near_dup_params: NearDupParams | None = None,
-               min_per_split: int = MIN_PER_SPLIT) -> SplitResult:
+               min_per_split: int = MIN_PER_SPLIT, test_source: str | None = None) -> SplitResult:
     """Split a manifest (from build_manifest) into train/val/test without leakage.
 
     With keep_given_test the given Test rows are the test split, `val` is the fraction of the
     remaining images, and Train images that duplicate (or share a group / near-duplicate link
     with) a test image are dropped from Train. `conflicts` defaults to "resolve" when the
     manifest carries metadata labels, else "drop".
+
+    With `test_source` (pooled sources) every image of that source is the test split, the
+    other sources give train and val (`val` of them), and their images that share a unit with
+    a test image are dropped; a class left with no training image is an error.
     """
-    check_ratios(val, 0.0 if keep_given_test else test)
+    held_out = keep_given_test or bool(test_source)
+    check_ratios(val, 0.0 if held_out else test)
     join = manifest.attrs.get("metadata") or None
     if conflicts is None:
         conflicts = "resolve" if join and join.get("labels") == "metadata" else "drop"
@@ -79,13 +88,19 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     for col in META_COLUMNS + ["group"]:
         if col not in df:
             df[col] = ""
+    if test_source:
+        check_test_source(test_source, df, keep_given_test)
+    # Rows that are the test split by the user's word (given Test, or the held-out source).
+    df["_test"] = (df["source"] == test_source) if test_source else \
+        (df["given_split"] == "test") if keep_given_test else False
     dropped: list[dict[str, str]] = []
 
     def drop(rows: pd.DataFrame, kind: str, reasons: list[str] | str) -> None:
         reasons = [reasons] * len(rows) if isinstance(reasons, str) else reasons
         for (_, r), why in zip(rows.iterrows(), reasons, strict=True):
             dropped.append({"path": r["path"], "label": r["label"],
-                            "given_split": r["given_split"], "kind": kind, "reason": why})
+                            "given_split": r["given_split"], "kind": kind, "reason": why,
+                            **({"source": r["source"]} if r["source"] else {})})
 
     bad = df[~df["readable"]]
     drop(bad, "unreadable", [f"unreadable: {e}" for e in bad["error"]])
@@ -98,7 +113,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
                         "none", hint="Use the Train/ + Test/ layout, or drop --keep-given-test")
 
     if not keep_duplicates:
-        df = _drop_exact_copies(df, keep_given_test, drop)
+        df = _drop_exact_copies(df, held_out, drop)
 
     if df.empty:
         raise SkinError("No usable images left to split",
@@ -108,7 +123,8 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
     df = df.reset_index(drop=True)
     uf = UnionFind(len(df))
     for col in ("sha256", "group"):
-        for idx in df[df[col] != ""].groupby(col).indices.values():
+        # Index labels (df has a fresh 0..n-1 index), not positions within the filtered rows.
+        for idx in df[df[col] != ""].groupby(col).groups.values():
             for other in idx[1:]:
                 uf.union(int(idx[0]), int(other))
     near = pd.DataFrame()
@@ -120,7 +136,7 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
             uf.union(row_of[a], row_of[b])
     df["_unit"] = uf.components()
 
-    if keep_given_test:
+    if held_out:
         df = _keep_given_test(df, drop)
         ratios = {"train": round(1.0 - val, 6), "val": val, "test": 0.0}
         pool = df["split"] == ""
@@ -131,12 +147,18 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
 
     result = SplitResult(frame=_finish(df), meta={})
     counts = result.counts()
+    if test_source:
+        check_training_classes(counts, test_source)
     before = manifest.loc[manifest["readable"], "label"].value_counts()
     losses = pd.Series([d["label"] for d in dropped if d["kind"] == "label_conflict"],
                        dtype=object).value_counts()
     result.warnings = _warnings(counts, ratios, min_per_split, before, losses, conflicts)
     if join:
         result.warnings = list(join.get("warnings", [])) + result.warnings
+    sources = list(manifest.attrs.get("sources") or [])
+    result.warnings = [w for s in sources for w in s.get("warnings", [])] + result.warnings
+    if len(sources) > 1 and not near.empty:
+        result.warnings += cross_source_disagreements(df, near)
     grouped = df[df["group"] != ""].groupby("group").size()
     result.meta = {
         "skincli_version": __version__,
@@ -158,6 +180,8 @@ def make_split(manifest: pd.DataFrame, *, val: float = 0.15, test: float = 0.15,
         "groups_kept_together": int((grouped > 1).sum()),
         "images_in_those_groups": int(grouped[grouped > 1].sum()),
         "metadata": _join_summary(join),
+        "test_source": test_source or "",
+        "sources": source_summary(sources, result.frame, SPLITS),
         "counts": {c: {s: int(counts.loc[c, s]) for s in SPLITS} for c in counts.index},
         "totals": {s: int(counts[s].sum()) for s in SPLITS},
         "dropped_counts": pd.Series([d["kind"] for d in dropped], dtype=object)
@@ -240,10 +264,15 @@ def _apply_conflict_policy(df: pd.DataFrame, policy: str, drop: Any) -> pd.DataF
 def provenance(meta: dict[str, Any]) -> dict[str, Any]:
     """Where a split's labels and groups came from, for the run folder (run.json)."""
     m = meta.get("metadata") or {}
-    return {"label_source": m.get("labels") or "layout", "group": m.get("group") or "",
-            "metadata_file": m.get("path", ""), "metadata_sha256": m.get("sha256", ""),
-            "metadata_format": m.get("format", ""), "conflicts": meta.get("conflicts", ""),
-            "layout": meta.get("layout", "")}
+    out = {"label_source": m.get("labels") or "layout", "group": m.get("group") or "",
+           "metadata_file": m.get("path", ""), "metadata_sha256": m.get("sha256", ""),
+           "metadata_format": m.get("format", ""), "conflicts": meta.get("conflicts", ""),
+           "layout": meta.get("layout", "")}
+    if meta.get("sources"):
+        out["sources"] = {name: {"path": s.get("path", ""), "images": s.get("total", 0)}
+                          for name, s in meta["sources"].items()}
+        out["test_source"] = meta.get("test_source", "")
+    return out
 
 
 def _join_summary(join: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -259,15 +288,15 @@ def _join_summary(join: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _drop_exact_copies(df: pd.DataFrame, prefer_test: bool, drop: Any) -> pd.DataFrame:
-    """Keep one file per content hash (a test copy first when the given test is kept)."""
-    rank = (df["given_split"] != "test").astype(int) if prefer_test else 0
+    """Keep one file per content hash (a test copy first when the test split is given)."""
+    rank = (~df["_test"]).astype(int) if prefer_test else 0
     ordered = df.assign(_rank=rank).sort_values(["_rank", "_order"])
     keep = ordered.drop_duplicates("sha256")
-    kept = {sha: (path, given) for sha, path, given in
-            zip(keep["sha256"], keep["path"], keep["given_split"], strict=True)}
+    kept = {sha: (path, held) for sha, path, held in
+            zip(keep["sha256"], keep["path"], keep["_test"], strict=True)}
     extra = ordered[ordered.duplicated("sha256")]
-    leak = [prefer_test and kept[sha][1] == "test" and given != "test"
-            for sha, given in zip(extra["sha256"], extra["given_split"], strict=True)]
+    leak = [prefer_test and bool(kept[sha][1]) and not held
+            for sha, held in zip(extra["sha256"], extra["_test"], strict=True)]
     leak_mask = np.array(leak, dtype=bool)
     drop(extra[leak_mask], "leaks_into_test",
          [f"exact copy of test image {kept[sha][0]} (would leak into training)"
@@ -278,9 +307,10 @@ def _drop_exact_copies(df: pd.DataFrame, prefer_test: bool, drop: Any) -> pd.Dat
 
 
 def _keep_given_test(df: pd.DataFrame, drop: Any) -> pd.DataFrame:
-    """Test rows stay test; Train rows in a unit with a test image are dropped from Train."""
+    """Test rows (given Test, or the held-out source) stay test; other rows in a unit with a
+    test image are dropped (they would leak into training)."""
     df = df.copy()
-    df["split"] = np.where(df["given_split"] == "test", "test", "")
+    df["split"] = np.where(df["_test"], "test", "")
     test_units = set(df.loc[df["split"] == "test", "_unit"])
     leaking = df[(df["split"] == "") & df["_unit"].isin(test_units)]
     if len(leaking):
@@ -395,7 +425,7 @@ def write_split(result: SplitResult, out: str | os.PathLike[str] = DEFAULT_SPLIT
     meta["csv_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     meta["csv_file"] = out.name
     # Sidecar first: if the CSV write then fails, load_split sees the mismatch and says so.
-    write_text(sidecar_path(out), json.dumps(meta, indent=2, default=str) + "\n")
+    write_text(sidecar_path(out), json.dumps(meta, indent=2, default=json_default) + "\n")
     write_text(out, text)
     return out
 
@@ -404,7 +434,7 @@ def split_file_sha256(path: str | os.PathLike[str] = DEFAULT_SPLIT_PATH) -> str:
     """sha256 of the split CSV file (recorded in training run folders)."""
     p = Path(path)
     try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
+        return sha256_file(p)
     except FileNotFoundError as exc:
         raise SkinError(f"No split file at {path}", hint="Run `skin split DATA` first") from exc
 
@@ -446,7 +476,7 @@ def load_split(path: str | os.PathLike[str] = DEFAULT_SPLIT_PATH,
         raise SkinError(f"Split file {p} has unknown split value(s) {', '.join(bad)}",
                         hint="Re-run `skin split DATA`")
     data_root = _resolve_root(meta, p, side, root)
-    for col in ("group", "given_split"):
+    for col in ("group", "given_split", "source"):
         if col not in df:
             df[col] = ""
     df = df.drop(columns=["filepath"], errors="ignore")

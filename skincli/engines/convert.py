@@ -39,7 +39,7 @@ from skincli.calibration import softmax
 from skincli.engines.base import EngineUnavailable
 from skincli.engines.litert import LiteRTEngine
 from skincli.engines.tf import TFEngine
-from skincli.fsutil import atomic_path, write_json
+from skincli.fsutil import atomic_path, cache_dir, sha256_file, write_json
 from skincli.models.colour import load_keras_model
 from skincli.models.graph import embedding_model
 from skincli.runs import MODEL_FILE, RunInfo
@@ -57,15 +57,6 @@ Warn = Callable[[str], None]
 
 class ConversionFailed(Exception):
     """The model cannot be converted, or the converted model does not match it."""
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- conversion and parity (these need TensorFlow) ---------------------------------------------
@@ -253,9 +244,7 @@ def tflite_for_run(run_dir: Path, info: RunInfo) -> tuple[Path, str]:
 
 
 def cache_folder() -> Path:
-    """<cache dir>/tflite (the cache dir of skincli.data.manifest)."""
-    from skincli.data.manifest import cache_dir
-
+    """<cache dir>/tflite (skincli.fsutil.cache_dir)."""
     return cache_dir() / "tflite"
 
 

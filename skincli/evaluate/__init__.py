@@ -15,6 +15,7 @@ uncertain threshold on the calibrated probabilities, computes the out-of-distrib
 from the same images if run.json has none, and stores all of it in run.json.
 """
 
+from skincli.data.evalset import lesion_groups, load_eval_set
 from skincli.evaluate.evaluation import (
     MAX_BOOTSTRAP,
     evaluate,
@@ -35,5 +36,5 @@ from skincli.predictor import load_predictor
 
 __all__ = ["MAX_BOOTSTRAP", "Scored", "Validation", "calibrate_run", "default_out",
            "ensure_triage", "evaluate", "evaluate_predictor", "is_own_test_split",
-           "load_predictor", "public", "refit_triage", "resolve_decision", "score",
-           "store_test_metrics", "write_report"]
+           "lesion_groups", "load_eval_set", "load_predictor", "public", "refit_triage",
+           "resolve_decision", "score", "store_test_metrics", "write_report"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -12,12 +11,20 @@ from typing import Any
 import numpy as np
 
 from skincli import DISCLAIMER
-from skincli.data.evalset import EvalSet, check_labels, check_subset, load_eval_set
+from skincli.data.evalset import (
+    EvalSet,
+    check_labels,
+    check_subset,
+    lesion_groups,
+    load_eval_set,
+)
+from skincli.defer import check_target, evaluation_section
 from skincli.errors import SkinError
 from skincli.evaluate.compare import HEADLINE, compare_results, headline, result_warnings
 from skincli.evaluate.refit import Validation, calibrate_run
 from skincli.evaluate.rules import evaluate_decisions, triage_section
 from skincli.evaluate.scoring import Progress, Scored, score
+from skincli.fsutil import sha256_file
 from skincli.metrics import classification_summary, expected_calibration_error
 from skincli.predictor import Predictor, load_predictor
 from skincli.runs import DEFAULT_RUNS_DIR, update_run_info
@@ -38,11 +45,12 @@ def _uncertain_stats(probs: np.ndarray, y: np.ndarray, threshold: float | None
 
 def evaluate_predictor(predictor: Predictor, eval_set: EvalSet, calibrate: bool = False,
                        tta: bool = False, n_boot: int = 1000, seed: int = 0,
-                       batch_size: int = 32, progress: Progress | None = None
-                       ) -> dict[str, Any]:
+                       batch_size: int = 32, progress: Progress | None = None,
+                       defer_target: float | None = None) -> dict[str, Any]:
     """All metrics for one loaded run on one EvalSet (and its calibration if asked).
 
     The run's validation images are scored at most once, for every refit that needs them.
+    `defer_target`: also fit and report the answer-or-defer operating point (skincli.defer).
     """
     started = time.perf_counter()
     calibration = None
@@ -68,6 +76,10 @@ def evaluate_predictor(predictor: Predictor, eval_set: EvalSet, calibrate: bool 
     }
     result["triage"] = triage_section(predictor, eval_set, scored.y, probs, validation,
                                       store=is_own_test_split(predictor, eval_set))
+    if defer_target is not None:
+        # Without TTA: the thresholds are fitted, and applied by predict, on single views.
+        result["defer"] = _defer(predictor, eval_set, scored, scored.probs(temperature, False),
+                                 defer_target, n_boot, seed, validation)
     if tta:
         plain = classification_summary(scored.y, scored.probs(temperature, False),
                                        predictor.classes, n_boot=0)
@@ -92,6 +104,32 @@ def evaluate_predictor(predictor: Predictor, eval_set: EvalSet, calibrate: bool 
     return result
 
 
+def _defer(predictor: Predictor, eval_set: EvalSet, scored: Scored, probs: np.ndarray,
+           target: float, n_boot: int, seed: int, validation: Validation) -> dict[str, Any]:
+    """Answer-or-defer (skincli.defer): curves, the operating point fitted on the run's own
+    validation split (stored in run.json when feasible) and what it reaches here."""
+    val = validation.scored()
+    assert validation.eval_set is not None
+    section = evaluation_section(
+        (val.probs(float(predictor.info.temperature or 1.0), False), val.y,
+         lesion_groups(validation.eval_set, val.filepaths)),
+        (probs, scored.y, lesion_groups(eval_set, scored.filepaths)), predictor.classes,
+        target, eval_set.subset, n_boot=n_boot, seed=seed,
+        source=f"validation split ({len(val.y)} images), skin evaluate --defer-target")
+    section["stored"] = bool(section["operating_point"]["feasible"])
+    if section["stored"]:
+        extra = dict(predictor.info.extra or {})
+        record = dict(section["operating_point"])
+        if is_own_test_split(predictor, eval_set):  # the card states what test reached
+            res = section["result"]
+            record["test"] = {k: res[k] for k in (
+                "coverage", "n_accepted", "balanced_accuracy", "balanced_accuracy_ci95",
+                "macro_f1", "macro_f1_ci95", "met", "few_accepted")}
+        extra["defer"] = record
+        predictor.info = update_run_info(predictor.run_dir, extra=extra)
+    return section
+
+
 def _subgroups(eval_set: EvalSet, scored: Scored, probs: np.ndarray, classes: Sequence[str],
                n_boot: int, seed: int) -> dict[str, Any]:
     """Subgroup metrics of the images that were scored (unreadable ones are left out)."""
@@ -111,7 +149,7 @@ def is_own_test_split(predictor: Predictor, eval_set: EvalSet) -> bool:
         return True
     want = predictor.info.split_sha256
     try:
-        return bool(want) and hashlib.sha256(eval_set.split_path.read_bytes()).hexdigest() == want
+        return bool(want) and sha256_file(eval_set.split_path) == want
     except OSError:
         return False
 
@@ -142,13 +180,17 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
              n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
              progress: Progress | None = None,
              metadata: dict[str, Any] | None = None,
-             engine: str | None = None) -> dict[str, Any]:
+             engine: str | None = None, defer_target: float | None = None) -> dict[str, Any]:
     """Evaluate one run, or compare two on the same images (paired test).
+
+    `defer_target`: also fit and report the answer-or-defer operating point (skincli.defer).
 
     `metadata`: load_dataset's metadata keyword arguments for `data` (labels, groups and
     subgroups from an image metadata file).
     """
     check_subset(subset)
+    if defer_target is not None:
+        check_target(defer_target)
     if n_boot < 0:
         raise SkinError(f"--bootstrap must be 0 or more, got {n_boot}")
     if n_boot > MAX_BOOTSTRAP:  # would run for hours; the intervals stop moving long before
@@ -176,10 +218,14 @@ def evaluate(runs: Sequence[str | Path] | None = None, runs_dir: str | Path = DE
             warnings.append(f"{other.info.name} was trained on a different split than "
                             f"{first.info.name}: some of these test images may have been in its "
                             "training data, which would flatter it")
+    if defer_target is not None:  # no validation images: one line now, before any scoring
+        for p in predictors:
+            load_eval_set(p.run_dir, p.classes, subset="val")
     results = []
     for p in predictors:
         res = evaluate_predictor(p, eval_set, calibrate=calibrate, tta=tta, n_boot=n_boot,
-                                 seed=seed, batch_size=batch_size, progress=progress)
+                                 seed=seed, batch_size=batch_size, progress=progress,
+                                 defer_target=defer_target)
         res["stored_test_metrics"] = is_own_test_split(p, eval_set) and data is None
         if res["stored_test_metrics"]:
             store_test_metrics(p, res)

@@ -9,24 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from skincli.fsutil import atomic_path
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on the headless Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig: Any, path: Path) -> None:
-    """Write a figure as PNG atomically and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
+from skincli.plots import pyplot, save_figure
 
 
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
@@ -53,7 +36,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=axes, fraction=0.025)
     fig.suptitle(f"Confusion matrix: {title}")
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
@@ -73,7 +56,7 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Pat
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
            title=f"ROC (one-vs-rest): {title}")
     ax.legend(fontsize=7, loc="lower right")
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
@@ -93,7 +76,7 @@ def plot_pr(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall: {title}")
     ax.legend(fontsize=7, loc="lower left")
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reliability(bins: list[dict[str, Any]], ece: float, temperature: float, path: Path,
@@ -125,7 +108,7 @@ def plot_reliability(bins: list[dict[str, Any]], ece: float, temperature: float,
                ylabel="accuracy", title=f"T = {t:.3g}: ECE {e:.3f}")
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Reliability: {title}" + (" (before / after calibration)" if before else ""))
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_frontier(result: dict[str, Any], path: Path, title: str) -> None:
@@ -148,4 +131,4 @@ def plot_frontier(result: dict[str, Any], path: Path, title: str) -> None:
     ax.set(xlabel="balanced accuracy", ylabel="accuracy", title=f"Decision frontier: {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    save_png(fig, path)
+    save_figure(fig, path)

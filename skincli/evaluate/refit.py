@@ -18,7 +18,7 @@ import numpy as np
 
 from skincli.calibration import UNCERTAIN_ACCURACY, calibrate
 from skincli.clinical import triage
-from skincli.data.evalset import load_eval_set
+from skincli.data.evalset import EvalSet, load_eval_set
 from skincli.decision import (
     Decision,
     balanced,
@@ -45,6 +45,7 @@ class Validation:
         self.batch_size = batch_size
         self.progress = progress
         self.description = ""
+        self.eval_set: EvalSet | None = None
         self._scored: Scored | None = None
         self._error: SkinError | None = None
 
@@ -55,6 +56,7 @@ class Validation:
             try:
                 val_set = load_eval_set(p.run_dir, p.classes, subset="val")
                 self.description = val_set.description
+                self.eval_set = val_set
                 self._scored = score(p, val_set, batch_size=self.batch_size,
                                      progress=self.progress, stage="validation")
             except SkinError as exc:
@@ -113,8 +115,12 @@ def calibrate_run(predictor: Predictor, validation: Validation) -> dict[str, Any
 
 def refit_triage(predictor: Predictor, target: float | None = None,
                  malignant: str | Sequence[str] | None = None,
-                 validation: Validation | None = None) -> dict[str, Any]:
-    """Fit (or refit) the triage threshold on the run's validation split; store it in run.json."""
+                 validation: Validation | None = None, method: str | None = None
+                 ) -> dict[str, Any]:
+    """Fit (or refit) the triage threshold on the run's validation split; store it in run.json.
+
+    `method`: "point" or "lower-bound" (skincli.clinical.triage); default the stored record's.
+    """
     info = predictor.info
     old = triage.record_of(info) or {}
     target = float(target if target is not None else old.get("target_sensitivity")
@@ -122,11 +128,16 @@ def refit_triage(predictor: Predictor, target: float | None = None,
                    or triage.DEFAULT_SENSITIVITY)
     if malignant is None:
         malignant = old.get("malignant") or (info.config or {}).get("triage_malignant") or None
+    method = method or old.get("fit") or "point"
+    if method not in triage.FIT_METHODS:  # before the images are read
+        raise SkinError(f"Unknown triage fit {method!r}",
+                        hint=f"Use one of: {', '.join(triage.FIT_METHODS)}")
     scored = (validation or Validation(predictor)).scored()
     probs = scored.probs(predictor.temperature, False)
     record = triage.fit(probs, scored.y, predictor.classes, target, malignant,
                         count_premalignant=bool(old.get("count_premalignant", False)),
-                        source=f"validation split ({len(scored.y)} images), fitted on first need")
+                        source=f"validation split ({len(scored.y)} images), fitted on first need",
+                        method=method)
     extra = dict(predictor.info.extra or {})
     extra["triage"] = record
     predictor.info = update_run_info(predictor.run_dir, extra=extra)

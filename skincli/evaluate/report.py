@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from skincli.defer import plot_risk_coverage
 from skincli.evaluate.plots import (
     plot_confusion,
     plot_frontier,
@@ -76,6 +77,8 @@ def _write_single(result: dict[str, Any], folder: Path) -> None:
               cal["temperature_before"]) if cal else None
     plot_reliability(m["reliability"], m["ece"], result["run"]["temperature"],
                      folder / "reliability.png", title, before=before)
+    if result.get("defer"):
+        plot_risk_coverage(result["defer"], folder / "risk_coverage.png", title)
     if result.get("decisions", {}).get("frontier"):
         plot_frontier(result["decisions"], folder / "decision_frontier.png", title)
 

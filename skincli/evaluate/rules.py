@@ -129,6 +129,13 @@ def triage_section(predictor: Predictor, eval_set: EvalSet, y: np.ndarray, probs
     s = triage.scores(probs, classes, names)
     positive = np.isin(np.asarray(y), [classes.index(c) for c in names])
     point = triage.operating_point(s, positive, float(rec["threshold"]))
+    target = rec.get("target_sensitivity")
+    if target is not None and point["sensitivity"] is not None:
+        # "held": the lower bound clears the target; "point only": the estimate does, the
+        # interval does not; "missed": the estimate is below it.
+        point["target_check"] = ("held" if (point["sensitivity_lower95"] or 0) >= target
+                                 else "point only" if point["sensitivity"] >= target
+                                 else "missed")
     out = {"available": True, "subset": eval_set.subset, "record": rec, **point}
     if store:
         extra = dict(predictor.info.extra or {})

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from skincli.errors import SkinError
-from skincli.fsutil import atomic_path, write_json
+from skincli.fsutil import atomic_path, cache_dir, write_json
 from skincli.models.efficientnet_lite import block_specs, check_variant
 from skincli.models.pth import load_state_dict
 
@@ -57,15 +57,9 @@ def lite_pth_path(variant: str) -> Path:
     return path
 
 
-def cache_dir() -> Path:
-    """Where converted weights live: $SKIN_CACHE_DIR or ~/.cache/skincli, plus /weights."""
-    base = os.environ.get("SKIN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "skincli")
-    return Path(base) / "weights"
-
-
 def cache_path(variant: str) -> Path:
-    return cache_dir() / f"efficientnet_{check_variant(variant)}_imagenet.weights.h5"
+    """Where converted weights live: <cache dir>/weights (skincli.fsutil.cache_dir)."""
+    return cache_dir() / "weights" / f"efficientnet_{check_variant(variant)}_imagenet.weights.h5"
 
 
 # --- conversion --------------------------------------------------------------------------------

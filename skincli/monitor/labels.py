@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from skincli.errors import SkinError
+from skincli.fsutil import sha256_file
 
 HASH_COLUMNS = ("image_sha256", "sha256", "hash", "image_hash")
 PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "file", "image", "filename")
@@ -26,15 +26,6 @@ class LabelFile:
     problems: list[str] = field(default_factory=list)  # one line per skipped row (capped)
     skipped: int = 0
     conflicts: int = 0  # the same image given two different labels: the last one wins
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (what the prediction log stores for an uploaded image)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:

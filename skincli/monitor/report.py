@@ -328,11 +328,9 @@ def write_report(report: MonitorReport, out_dir: str | Path, plots: bool = True)
 
 
 def _plots(report: MonitorReport, folder: Path) -> None:
-    import matplotlib
+    from skincli.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ws = report.windows
     x = [datetime.fromtimestamp(w["start_ts"], tz=timezone.utc) for w in ws]
     width = (ws[0]["end_ts"] - ws[0]["start_ts"]) / DAY * 0.8 if ws else 0.8

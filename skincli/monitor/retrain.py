@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from skincli.errors import SkinError
-from skincli.fsutil import write_json
+from skincli.fsutil import json_default, write_json
 from skincli.runs import load_run_info, next_run_dir, resolve_run, set_current
 
 LOG_FILE = "retrain-log.jsonl"
@@ -69,21 +69,13 @@ class RetrainResult:
 def _append_log(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line; a single O_APPEND write so concurrent writers never interleave."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, default=_json_default, sort_keys=False) + "\n"
+    line = json.dumps(record, default=json_default, sort_keys=False) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 # ---------------------------------------------------------------------------------------------

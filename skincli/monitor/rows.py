@@ -1,11 +1,14 @@
 """A prediction row and the store interface, shared by the SQLite and the SQLAlchemy stores:
-the columns, how a logged dict becomes a stored row and back, the schema migrations."""
+the row `skin predict` and `skin serve` record for each answered image (built in one place, so
+the monitoring reports read the same fields from both), the columns, how a logged dict becomes
+a stored row and back, the schema migrations."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,26 @@ SCHEMA_VERSION = 2
 COLUMNS = ["time", "request_id", "model_version", "image_sha256", "predicted", "probabilities",
            "top_probability", "uncertain", "latency_ms", "source", "image_stats", "embedding",
            "label"]
+
+
+def prediction_row(*, request_id: str, model_version: str, image_sha256: str, predicted: str,
+                   probabilities: Mapping[str, float], top_probability: float,
+                   uncertain: bool, latency_ms: float | None, source: str,
+                   row_key: str | None = None, image_stats: dict[str, float] | None = None,
+                   embedding: list[float] | None = None, when: float | None = None
+                   ) -> dict[str, Any]:
+    """One row for the monitoring store (`skincli.monitor.store`).
+
+    probabilities: the calibrated ones, before any decision rule (label-shift estimation needs
+    them). row_key: one key per answered image, so a row written twice (a retry, a replayed
+    journal) is stored once; the store makes one up when it is None.
+    """
+    return {"time": time.time() if when is None else when, "request_id": request_id,
+            "row_key": row_key, "model_version": model_version, "image_sha256": image_sha256,
+            "predicted": predicted, "probabilities": dict(probabilities),
+            "top_probability": top_probability, "uncertain": uncertain,
+            "latency_ms": latency_ms, "source": source, "image_stats": image_stats,
+            "embedding": embedding}
 
 
 def _float(value: Any, default: float = float("nan")) -> float:

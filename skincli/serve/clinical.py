@@ -1,4 +1,5 @@
-"""The API's clinical side: FHIR negotiation, the audit trail, and the model card.
+"""The API's clinical side: FHIR negotiation and the audit trail (the model card is a route of
+skincli.serve.routes.model).
 
 - `POST /v1/predict?format=fhir` or `Accept: application/fhir+json`: the answer is a FHIR R4
   Bundle (`skincli.clinical.fhir`), built from the same prediction the JSON answer carries.
@@ -9,9 +10,9 @@
   the request's remaining time budget). If the record cannot be written in time, or at all,
   the answer is withheld and the client gets 503 `audit_unavailable`: never a prediction
   without its record.
-- `GET /v1/model/card`: the served run's model card (JSON; `?format=markdown` for Markdown).
 
-The routes in app.py only call `note_prediction`; everything else happens here.
+The routes (skincli.serve.routes.predict) only call `note_prediction`; everything else happens
+here.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -163,27 +163,3 @@ class ClinicalMiddleware:
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-
-router = APIRouter()
-
-
-@router.get("/v1/model/card", tags=["model"], summary="The served run's model card",
-            responses={200: {"content": {"application/json": {}, "text/markdown": {}},
-                             "description": "model_card.json, or MODEL_CARD.md with "
-                                            "format=markdown"}})
-async def model_card(request: Request, format: str = Query(
-        "json", pattern="^(json|markdown)$", description="json or markdown")) -> Response:
-    """Intended use, data, evaluation with CIs, the triage operating point, limitations."""
-    from skincli.clinical import card
-
-    state = request.app.state.skin
-    state.keys.require(request)
-    model = state.model()
-    doc = await run_in_threadpool(card.build, model.run_dir, model.predictor.info)
-    doc["model"].pop("config", None)  # file-system paths of the training machine
-    doc["training_data"]["source"] = "(not shown by the API)"
-    if format == "markdown":
-        return Response(card.markdown(doc), media_type="text/markdown; charset=utf-8")
-    from skincli.serve.model import json_safe
-
-    return JSONResponse(json_safe(doc))

@@ -37,6 +37,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_explainable": (422, "this model has no feature map Grad-CAM can explain"),
     "invalid_run": (422, "the run to reload does not exist or cannot be loaded"),
     "reload_in_progress": (409, "another reload is running"),
+    "job_conflict": (409, "the job id is taken by a job with other UIDs"),
+    "rate_limited": (429, "more requests than --rate-limit from this client (API key, else "
+                          "address); retry after the Retry-After seconds"),
     "not_acceptable": (406, "the Accept header allows neither JSON nor FHIR JSON"),
     "request_timeout": (408, "the request body did not arrive within --body-timeout-s"),
     "overloaded": (503, "the queue is full; retry after the Retry-After seconds"),

@@ -204,12 +204,14 @@ class Metrics:
         self.model_info = Gauge("skin_model_info", "The model being served (value 1)",
                                 ("name", "version", "arch"))
         self.ready = Gauge("skin_ready", "1 when the model is loaded and warm")
+        self.rate_limited = Counter("skin_rate_limited_total",
+                                    "Requests refused with 429 by the per-client --rate-limit")
         self._all: list[_Metric] = [
             self.requests, self.latency, self.predictions, self.uncertain, self.batch_size,
             self.inference, self.queue_depth, self.decoding, self.rejected, self.logged,
             self.log_dropped,
             self.log_errors, self.log_spooled, self.log_replayed, self.log_lost,
-            self.client_closed, self.reloads, self.model_info, self.ready,
+            self.client_closed, self.reloads, self.model_info, self.ready, self.rate_limited,
         ]
 
     def render(self) -> str:

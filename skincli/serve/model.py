@@ -83,10 +83,11 @@ class LoadedModel:
         side for explain), holding its pixels in the server's decode budget meanwhile.
         """
         from skincli.clinical import dicom
+        from skincli.explain import decode_side, display_image
         from skincli.imageio import open_image
-        from skincli.serve.explaining import OVERLAY_MAX_SIDE, display_image
 
-        need = max(self.predictor.input_size, OVERLAY_MAX_SIDE if display else 0)
+        size = self.predictor.input_size
+        need = decode_side(size) if display else size
         img = open_image(data, max_pixels=self.predictor.max_pixels, target=need,
                          budget=budget)
         array = self.predictor.preprocess(img)

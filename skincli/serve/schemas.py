@@ -34,6 +34,25 @@ class TriageOut(BaseModel):
     target_sensitivity: float | None = None
 
 
+class DeferralOut(BaseModel):
+    """Answered, or deferred to a dermatologist, at the run's operating point."""
+
+    status: str = Field(description='"answered" or "deferred"')
+    text: str = Field(description='"answered" or "deferred to a dermatologist"')
+    deferred: bool
+    predicted: str = Field(description="The predicted class whose threshold applies")
+    confidence: float = Field(description="Top calibrated probability")
+    threshold: float | None = Field(None, description="That class's threshold (None: the "
+                                    "class is never answered)")
+    target: float | None = Field(None, description="Balanced accuracy and macro F1 target "
+                                 "the operating point was fitted for on validation")
+    validation_coverage: float | None = None
+    differential: list[str] | None = Field(None, description="Deferred only: the "
+                                           "class-conditional conformal set, most probable "
+                                           "first")
+    differential_note: str | None = None
+
+
 class PredictionOut(BaseModel):
     """One image's calibrated prediction."""
 
@@ -51,6 +70,10 @@ class PredictionOut(BaseModel):
     filename: str | None = None
     triage: TriageOut | None = Field(None, description="Refer / no referral suggested (absent "
                                      "when the run has no triage operating point)")
+    deferral: DeferralOut | None = Field(None, description="Answered or deferred to a "
+                                         "dermatologist (absent when the run has no "
+                                         "answer-or-defer operating point); never cancels a "
+                                         "triage referral")
 
 
 class ErrorOut(BaseModel):

@@ -58,6 +58,7 @@ class Settings:
     journal_mb: float = 256.0  # bound on the local journal of rows the store could not take
     decision: str = "balanced"  # decision rule: balanced, prevalence, macro-f1 (docs/decisions.md)
     prevalence: str | None = None  # class-prior file for the prevalence rule (YAML or CSV)
+    rate_limit: str | None = None  # per API key (else client address) and worker: "60/minute"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -99,6 +100,10 @@ class Settings:
             if not value >= 0 or (not zero_ok and value == 0):
                 kind = "0 or more" if zero_ok else "positive"
                 raise SkinError(f"{_label(name)} {value} is not valid: it must be {kind}")
+        if self.rate_limit is not None:
+            from skincli.serve.ratelimit import parse_rate
+
+            self.rate_limit = str(parse_rate(self.rate_limit))
         from skincli.decision import check_rule
 
         self.decision = check_rule(self.decision)
@@ -142,7 +147,8 @@ class Settings:
                 "decode_mpx": self.decode_mpx, "max_connections": self.max_connections,
                 "max_requests": self.max_requests, "header_timeout_s": self.header_timeout_s,
                 "body_timeout_s": self.body_timeout_s, "keep_alive_s": self.keep_alive_s,
-                "prediction_log": not self.no_log, "decision": self.decision}
+                "prediction_log": not self.no_log, "decision": self.decision,
+                "rate_limit": self.rate_limit}
 
 
 # Settings that `skin serve` also takes as options (the others exist only as SKIN_* variables).
@@ -150,7 +156,7 @@ _CLI_OPTIONS = {"host", "port", "workers", "max_batch", "batch_window_ms", "max_
                 "max_pixels", "max_files", "timeout_s", "queue_size", "api_keys_file", "store",
                 "tta", "runs_dir", "decode_mpx", "max_connections", "max_requests",
                 "header_timeout_s", "body_timeout_s", "keep_alive_s", "log_flush_s", "decision",
-                "prevalence"}
+                "prevalence", "rate_limit"}
 
 
 def _label(name: str) -> str:

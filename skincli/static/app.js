@@ -7,6 +7,12 @@
   const KEY_STORAGE = "skin-api-key";
   let generation = 0; // ignore answers for an image that was replaced meanwhile
   let previewUrl = null;
+  let inputSize = 0; // the model's input side (from /v1/model), for on-device downscaling
+  let stream = null; // the live camera, while its view is open
+  // A photo is downscaled on the device until its shorter side is this (or twice the model's
+  // input side, if larger): a 12-megapixel phone photo becomes ~1.3 megapixels, still more
+  // than the model and the heat map use, and uploads in a fraction of the time.
+  const UPLOAD_SIDE = 1024;
 
   function headers() {
     const key = $("api-key").value.trim();
@@ -42,6 +48,7 @@
       const r = await fetch("/v1/model", { headers: headers() });
       const body = await readJson(r);
       if (r.ok && body) {
+        inputSize = body.input_size || 0;
         $("model-line").textContent = "Model " + body.version + " (" + body.arch + ", " +
           body.classes.length + " classes)";
         if (body.disclaimer) { $("disclaimer").textContent = body.disclaimer; }
@@ -128,7 +135,24 @@
     box.hidden = false;
   }
 
-  function renderPrediction(body) {
+  // Answered, or deferred to a dermatologist, at the run's operating point (absent when the
+  // run has none). Independent of triage: a deferred image can still say "refer" above.
+  function renderDeferral(d) {
+    const box = $("deferral");
+    if (!d) { box.hidden = true; return; }
+    box.dataset.deferred = String(d.deferred);
+    $("deferral-decision").textContent = d.deferred ? "Deferred to a dermatologist" : "Answered";
+    $("deferral-detail").textContent = " \u2014 top probability " + pct(d.confidence) +
+      (d.threshold === null ? " (this class is never answered alone)" :
+        (d.deferred ? " < " : " \u2265 ") + "threshold " + pct(d.threshold) + " for " +
+        d.predicted) + " (operating point for " + Math.round(100 * (d.target || 0)) +
+      " % balanced accuracy on validation images)" +
+      (d.differential && d.differential.length ?
+        "; differential: " + d.differential.join(", ") : "");
+    box.hidden = false;
+  }
+
+  function renderPrediction(body, sentNote) {
     const p = body.prediction;
     $("label").textContent = p.label;
     $("probability").textContent = pct(p.probability);
@@ -144,11 +168,12 @@
     warnings.hidden = !(p.warnings && p.warnings.length);
     renderBars(p.probabilities, p.label);
     renderTriage(p.triage);
+    renderDeferral(p.deferral);
     if (p.disclaimer) { $("disclaimer").textContent = p.disclaimer; }
     $("meta").textContent = "Model " + body.model.version + " \u00b7 decision rule " +
       (p.decision || "balanced") + " \u00b7 " + body.latency_ms +
       " ms \u00b7 request " + body.request_id + " \u00b7 image SHA-256 " +
-      p.image_sha256.slice(0, 12) + "\u2026";
+      p.image_sha256.slice(0, 12) + "\u2026" + (sentNote ? " \u00b7 " + sentNote : "");
     $("result").hidden = false;
   }
 
@@ -181,9 +206,38 @@
     }
   }
 
-  async function analyse(file) {
-    if (!file) return;
+  // A large photo, redrawn smaller on this device (JPEG); anything else (small images, DICOM,
+  // files the browser cannot decode) is sent as it is, and the server judges it.
+  function fitSide() { return Math.max(UPLOAD_SIDE, 2 * inputSize); }
+
+  async function fitForUpload(file) {
+    const side = fitSide();
+    let bitmap;
+    try { bitmap = await createImageBitmap(file); } catch (e) { return { file, note: "" }; }
+    const w = bitmap.width, h = bitmap.height;
+    const scale = side / Math.min(w, h);
+    if (scale >= 1) { bitmap.close(); return { file, note: "" }; }
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(w * scale));
+    canvas.height = Math.max(1, Math.round(h * scale));
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    const blob = await new Promise((done) => canvas.toBlob(done, "image/jpeg", 0.92));
+    if (!blob) return { file, note: "" };
+    const name = (file.name || "photo").replace(/\.[^.]*$/, "") + ".jpg";
+    return { file: new File([blob], name, { type: "image/jpeg" }),
+             note: "sent " + canvas.width + "\u00d7" + canvas.height + " px, downscaled on " +
+                   "this device from " + w + "\u00d7" + h };
+  }
+
+  async function analyse(original) {
+    if (!original) return;
     const gen = ++generation;
+    setStatus("Preparing " + original.name + "\u2026");
+    const { file, note } = await fitForUpload(original);
+    if (gen !== generation) return;
     showError("");
     $("result").hidden = true;
     $("heatmap").hidden = true;
@@ -212,8 +266,47 @@
       return;
     }
     setStatus("");
-    renderPrediction(body);
+    renderPrediction(body, note);
     explain(file, gen, body.prediction.label);
+  }
+
+  // The live camera (getUserMedia): for browsers where "Take photo" only chooses a file.
+  function stopCamera() {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    $("camera-view").srcObject = null;
+    $("camera").hidden = true;
+  }
+
+  async function startCamera() {
+    showError("");
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: false, video: {
+        facingMode: "environment", width: { ideal: 1920 }, height: { ideal: 1080 } } });
+    } catch (e) {
+      showError("The camera cannot be used: " + (e.message || e.name) +
+                ". Use \u201cTake photo\u201d or choose a file instead.");
+      return;
+    }
+    $("camera-view").srcObject = stream;
+    $("camera").hidden = false;
+  }
+
+  function shoot() {
+    const video = $("camera-view");
+    if (!stream || !video.videoWidth) return; // no frame yet
+    // Drawn straight at the upload size (see fitForUpload): one JPEG encoding, not two.
+    const scale = Math.min(1, fitSide() / Math.min(video.videoWidth, video.videoHeight));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(video.videoWidth * scale));
+    canvas.height = Math.max(1, Math.round(video.videoHeight * scale));
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(video, 0, 0, canvas.width, canvas.height);
+    stopCamera();
+    canvas.toBlob((blob) => {
+      if (blob) analyse(new File([blob], "camera-" + Date.now() + ".jpg", { type: "image/jpeg" }));
+    }, "image/jpeg", 0.92);
   }
 
   function init() {
@@ -228,6 +321,18 @@
       e.target.value = ""; // choosing the same file again (e.g. after entering a key) re-runs
       analyse(file);
     });
+    $("photo-input").addEventListener("change", (e) => {
+      const file = e.target.files[0];
+      e.target.value = "";
+      analyse(file);
+    });
+    // getUserMedia exists only in a secure context (https, or this machine).
+    if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+      $("camera-start").hidden = false;
+      $("camera-start").addEventListener("click", startCamera);
+      $("camera-shoot").addEventListener("click", shoot);
+      $("camera-stop").addEventListener("click", stopCamera);
+    }
     const zone = $("dropzone");
     ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => {
       e.preventDefault(); zone.classList.add("dragging");
