@@ -8,17 +8,20 @@ visualisation, not for diagnosis; Burned In Annotation is NO (no text is drawn o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from skincli.clinical.sr import DEFAULT_DEVICE
 
+if TYPE_CHECKING:  # annotations only: loading stays where it was
+    from skincli.predictor import Predictor
+
 SC_SERIES_NUMBER = 9902
 NOT_FOR_DIAGNOSIS = "AI heat map (Grad-CAM) - NOT FOR DIAGNOSIS"
 
 
-def overlays(predictor: Any, images: list[Any], infer: Any) -> list[np.ndarray]:
+def overlays(predictor: Predictor, images: list[Any], infer: Any) -> list[np.ndarray]:
     """The heat map of each image's predicted class over the image (RGB uint8, image size)."""
     from skincli.explain import explain, overlay
 

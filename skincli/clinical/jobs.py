@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skincli.clinical import audit, dicom, ehr, fhir, heatmap, sr
 from skincli.clinical.config import ClinicalConfig
@@ -30,6 +30,9 @@ from skincli.clinical.dicomweb import IMAGE_CLASSES, DicomWeb, InstanceRef
 from skincli.clinical.outbound import Outbound
 from skincli.errors import SkinError
 from skincli.fsutil import write_json
+
+if TYPE_CHECKING:  # annotations only: loading stays where it was
+    from skincli.predictor import Predictor
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -119,7 +122,7 @@ def _job_uid(job_id: str, what: str) -> str:
     return str(generate_uid(entropy_srcs=[job_id, what]))
 
 
-def run(cfg: ClinicalConfig, predictor: Any, req: JobRequest, *, audit_log: audit.AuditLog,
+def run(cfg: ClinicalConfig, predictor: Predictor, req: JobRequest, *, audit_log: audit.AuditLog,
         caller: str = "cli", infer: Callable[[Callable[[], Any]], Any] | None = None
         ) -> tuple[dict[str, Any], bool]:
     """Run a job (or return the stored one); (record, replayed). SkinError only for a bad
@@ -132,7 +135,7 @@ def run(cfg: ClinicalConfig, predictor: Any, req: JobRequest, *, audit_log: audi
                     infer)
 
 
-def _execute(cfg: ClinicalConfig, predictor: Any, req: JobRequest, job_id: str,
+def _execute(cfg: ClinicalConfig, predictor: Predictor, req: JobRequest, job_id: str,
              audit_log: audit.AuditLog, caller: str,
              infer: Callable[[Callable[[], Any]], Any] | None,
              received: bytes | None = None) -> tuple[dict[str, Any], bool]:
@@ -154,7 +157,7 @@ def _execute(cfg: ClinicalConfig, predictor: Any, req: JobRequest, job_id: str,
     return record, False
 
 
-def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[str, Any],
+def _steps(cfg: ClinicalConfig, predictor: Predictor, req: JobRequest, record: dict[str, Any],
            store: JobStore, audit_log: audit.AuditLog, caller: str,
            infer: Callable[[Callable[[], Any]], Any], received: bytes | None = None) -> None:
     def step(name: str) -> None:
@@ -238,7 +241,7 @@ def _steps(cfg: ClinicalConfig, predictor: Any, req: JobRequest, record: dict[st
             dw.close()
 
 
-def run_received(cfg: ClinicalConfig, predictor: Any, raw: bytes, *,
+def run_received(cfg: ClinicalConfig, predictor: Predictor, raw: bytes, *,
                  audit_log: audit.AuditLog, caller: str = "dimse",
                  infer: Callable[[Callable[[], Any]], Any] | None = None
                  ) -> tuple[dict[str, Any], bool]:

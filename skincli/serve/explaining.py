@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:  # annotations only: loading stays where it was
+    from skincli.predictor import Predictor
 
-def heatmap_for(predictor: Any, image: np.ndarray, target: int | None) -> tuple[np.ndarray, int]:
+
+def heatmap_for(predictor: Predictor, image: np.ndarray, target: int | None
+                ) -> tuple[np.ndarray, int]:
     """(heat map (S, S) in 0..1, explained class) for one preprocessed image.
 
     The same Grad-CAM as `skin predict --explain`; the explainer is built once per loaded

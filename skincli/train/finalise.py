@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -34,6 +34,9 @@ from skincli.train.config import TrainConfig
 from skincli.train.data import SplitData
 from skincli.train.model import RunModel, clean_copy, metadata_head
 from skincli.train.runtime import disk_guard, package_versions
+
+if TYPE_CHECKING:  # annotations only: the Predictor is loaded when a run is finalised
+    from skincli.predictor import Predictor
 
 # progress(event, info): the trainer's progress function (see skincli.train.trainer).
 Progress = Callable[[str, dict[str, Any]], None]
@@ -150,7 +153,7 @@ class ValidationOutputs:
     colour: np.ndarray                # (N, 7) colour statistics of the model-input images
 
 
-def validation_outputs(predictor: Any, dataset: Any) -> ValidationOutputs:
+def validation_outputs(predictor: Predictor, dataset: Any) -> ValidationOutputs:
     """One pass over an evaluation dataset with `Predictor.logits_and_embeddings`."""
     from skincli.ood import colour_features
 
