@@ -6,7 +6,9 @@ What to evaluate on and how its images are read is `skincli.data.evalset`. The r
 - `refit`:      the validation images scored once; the temperature and uncertain threshold,
                 the decision rules' operating points and the triage threshold fitted on them.
 - `rules`:      every decision rule and the triage threshold on the evaluated images.
-- `evaluation`: one run, or two compared, on one set of images (`evaluate`).
+- `evaluation`: one run, or two compared, on one set of images (`evaluate`); with a defer target
+                also the answer-or-defer operating point (skincli.defer) fitted on the same
+                scored validation images.
 - `compare`:    the paired comparison of two runs and the warnings of a result.
 - `report`, `plots`: the report folder (metrics.json, CSVs, PNG plots).
 
