@@ -57,7 +57,7 @@ def _make_run(tmp_path: Path, test_f1: float = 0.8) -> Path:
 
 def _log(db: Path, n: int, seed: int, mix: list[float] = MIX, bright: float = 0.0,
          version: str = "champ@2026-01-01T00:00:00", ago: float = 3600.0,
-         accuracy: float | None = None) -> list[dict]:
+         accuracy: float | None = None, source: str = "api") -> list[dict]:
     rng = np.random.default_rng(seed)
     probs, stats, emb, y = _sample(rng, n, mix, bright)
     now = time.time()
@@ -70,7 +70,7 @@ def _log(db: Path, n: int, seed: int, mix: list[float] = MIX, bright: float = 0.
                      "predicted": CLASSES[pred], "top_probability": float(probs[i].max()),
                      "probabilities": dict(zip(CLASSES, probs[i].tolist())),
                      "uncertain": bool(probs[i].max() < 0.5), "latency_ms": 20 + i % 7,
-                     "source": "api", "image_stats": stats[i], "embedding": emb[i].tolist(),
+                     "source": source, "image_stats": stats[i], "embedding": emb[i].tolist(),
                      "_true": CLASSES[int(y[i])]})
     open_store(db).log(rows)
     return rows
@@ -102,6 +102,29 @@ def test_check_alerts_on_a_shifted_stream(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["status"] == "alert"
     assert len(report["alerts"]) == len(alerts)
+
+
+def test_drift_per_source_names_the_shifted_clinic(tmp_path: Path) -> None:
+    """Traffic that says its source is tested per source: one clinic's shift is named."""
+    run_dir = _make_run(tmp_path)
+    db = tmp_path / "p.db"
+    _log(db, 300, seed=5, source="clinic-a")
+    _log(db, 120, seed=6, bright=40, source="clinic-b")
+    _log(db, 60, seed=7)  # the API channel: not a source of its own
+    result = _monitor(run_dir, db, tmp_path / "rep", "--check")
+    assert result.exit_code == 2, result.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    per_source = report["drift"]["per_source"]
+    assert set(per_source) == {"clinic-a", "clinic-b"}
+    assert per_source["clinic-b"]["n"] == 120
+    verdict = {name: {r["name"]: r["verdict"] for r in v["results"]}
+               for name, v in per_source.items()}
+    assert verdict["clinic-b"]["input_stats_ks"] == "drift"
+    assert "drift" not in verdict["clinic-a"].values()
+    assert any("(source clinic-b)" in a for a in report["alerts"])
+    assert not any("(source clinic-a)" in a for a in report["alerts"])
+    shown = _monitor(run_dir, db, tmp_path / "rep2")
+    assert "Drift per source" in shown.output and "clinic-b" in shown.output
 
 
 def test_old_traffic_outside_the_trailing_window_is_not_tested(tmp_path: Path) -> None:

@@ -268,6 +268,12 @@ def _print_report(rep: Any, folder: Path, plots: bool = True) -> None:
                          ["test", "statistic", "p-value", "drift if", "verdict"], drows))
         for r in results:
             c.print(f"  {r['name']}: {r['detail']}", highlight=False, soft_wrap=True)
+    per_source = rep.drift.get("per_source") or {}
+    if per_source:
+        c.print(ui.table(f"Drift per source: last {rep.window}", ["source", "predictions"]
+                         + [r["name"] for r in next(iter(per_source.values()))["results"]],
+                         [[name, v["n"], *[r["verdict"] for r in v["results"]]]
+                          for name, v in per_source.items()]))
 
     perf = rep.performance
     overall = perf["overall"]

@@ -239,6 +239,23 @@ def model_rows(df: pd.DataFrame, info: Any) -> pd.DataFrame:
     return df[df["model_version"].isin({info.version, info.name})]
 
 
+# The channels a prediction arrived by; any other `source` value names where the image came
+# from (a clinic, a data source: `skin predict --source NAME`), and drift is also tested per such
+# source, since a shift in one clinic's images can hide inside the pooled traffic.
+CHANNELS = frozenset({"", "cli", "api"})
+
+
+def source_drift(reference: dict[str, Any], current: pd.DataFrame,
+                 th: Thresholds) -> dict[str, dict[str, Any]]:
+    """The drift tests run on each named source's share of the current window."""
+    if not len(current) or "source" not in current.columns:
+        return {}
+    names = current["source"].fillna("").astype(str)
+    return {name: {"n": int((names == name).sum()),
+                   "results": run_drift(reference, current[names == name], th)}
+            for name in sorted(set(names) - CHANNELS)}
+
+
 def build_report(df: pd.DataFrame, info: Any, reference: dict[str, Any] | None,
                  window: Window, last: int = 14, now: float | None = None,
                  th: Thresholds | None = None, store_url: str = "",
@@ -276,15 +293,19 @@ def build_report(df: pd.DataFrame, info: Any, reference: dict[str, Any] | None,
     current = mine[(mine["time"] >= now - window.seconds) & (mine["time"] < now)] \
         if len(mine) else mine
     results: list[DriftResult] = []
+    per_source: dict[str, dict[str, Any]] = {}
     if reference is None:
         notes.append("no drift reference (run without split.csv); drift tests skipped")
     else:
         results = run_drift(reference, current, th)
+        per_source = source_drift(reference, current, th)
     drift = {"current": {"start": iso(now - window.seconds), "end": iso(now),
                          "n": int(len(current))},
              "reference": {k: reference.get(k) for k in ("source", "n", "created", "run")}
              if reference else None,
-             "results": [r.to_dict() for r in results]}
+             "results": [r.to_dict() for r in results],
+             "per_source": {name: {"n": v["n"], "results": [r.to_dict() for r in v["results"]]}
+                            for name, v in per_source.items()}}
 
     mine_period = mine[(mine["time"] >= start) & (mine["time"] < end)] if len(mine) else mine
     baseline = test_baseline(info.test_metrics)
@@ -303,6 +324,8 @@ def build_report(df: pd.DataFrame, info: Any, reference: dict[str, Any] | None,
                      f"run's classes ({', '.join(classes)}) and are not scored")
 
     alerts = [f"{r.name}: {r.detail}" for r in results if r.verdict == DRIFT]
+    alerts += [f"{r.name} (source {name}): {r.detail}" for name, v in per_source.items()
+               for r in v["results"] if r.verdict == DRIFT]
     if verdict == "degraded":
         alerts.append(f"performance: {reason}")
     return MonitorReport(
