@@ -81,3 +81,50 @@ def test_journal_bound_counts_lost_rows(runs: Path, tmp_path: Path,
     # 100 bytes of journal hold no row: each is counted lost and logged, never silent.
     assert metrics.log_lost.value() == 3 and metrics.log_spooled.value() == 0
     assert "rows lost" in caplog.text
+
+
+def test_two_replicas_sharing_a_journal_lose_and_repeat_no_row(tmp_path: Path) -> None:
+    """Replicas on one runs folder share its journal: concurrent appends and replays by two
+    processes' journals (two Journal objects, two file descriptors) keep every row once."""
+    import threading
+
+    from skincli.monitor.predlog import Journal
+
+    path = tmp_path / "predictions.journal.jsonl"
+    a, b = Journal(path), Journal(path)
+    written: list[dict] = []
+
+    class Store:
+        def log(self, rows: list[dict]) -> None:
+            written.extend(rows)
+
+    errors: list[BaseException] = []
+    appended = threading.Event()
+
+    def append() -> None:
+        try:
+            for i in range(200):
+                a.append([{"request_id": f"r{i}-{k}", "image_sha256": "x"} for k in range(3)])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            appended.set()
+
+    def replay(journal: Journal) -> None:
+        try:
+            while not appended.is_set():
+                journal.replay(Store())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append), threading.Thread(target=replay, args=(a,)),
+               threading.Thread(target=replay, args=(b,))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    b.replay(Store())  # whatever the last append left
+    assert errors == []
+    ids = [r["request_id"] for r in written]
+    assert len(ids) == 600 and len(set(ids)) == 600
+    assert not a.pending()

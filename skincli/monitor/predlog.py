@@ -17,12 +17,14 @@ and a local journal so that a locked, slow or absent store loses nothing silentl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,8 +85,28 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+@contextlib.contextmanager
+def _process_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path`.lock across processes: replicas that share a runs folder
+    share its journal, and one's replay (rename, read, write, unlink) must not interleave with
+    another's replay or append. Without fcntl (Windows) only the thread lock applies."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 class Journal:
-    """An append-only JSON-lines file of rows, bounded in size, safe across threads."""
+    """An append-only JSON-lines file of rows, bounded in size, safe across threads and across
+    the processes that share it."""
 
     def __init__(self, path: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.path = Path(path)
@@ -96,7 +118,7 @@ class Journal:
         if not rows:
             return
         text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows).encode()
-        with self._lock:
+        with self._lock, _process_lock(self.path):
             size = self.path.stat().st_size if self.path.exists() else 0
             if size + len(text) > self.max_bytes:
                 raise OSError(f"journal {self.path} would exceed its bound of "
@@ -118,16 +140,20 @@ class Journal:
         """Write the journal's rows to the store (skipping rows it has); return rows written.
 
         The file is renamed first, so appends during the replay go to a fresh journal; if the
-        store fails midway the renamed file stays and is retried next time."""
+        store fails midway the renamed file stays and is retried next time. The whole replay
+        holds the cross-process lock, so two replicas never replay the same rows at once."""
+        with self._lock, _process_lock(self.path):
+            return self._replay(store)
+
+    def _replay(self, store: Any) -> int:
         work = self._replaying()
-        with self._lock:
-            if self.path.exists():
-                if work.exists():  # an earlier replay was interrupted: keep both
-                    with open(work, "ab") as out, open(self.path, "rb") as src:
-                        out.write(src.read())
-                    self.path.unlink()
-                else:
-                    os.replace(self.path, work)
+        if self.path.exists():
+            if work.exists():  # an earlier replay was interrupted: keep both
+                with open(work, "ab") as out, open(self.path, "rb") as src:
+                    out.write(src.read())
+                self.path.unlink()
+            else:
+                os.replace(self.path, work)
         if not work.exists():
             return 0
         rows = []
