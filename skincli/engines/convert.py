@@ -68,13 +68,22 @@ def convert_model(model: Any, quantize: str | None = None,
     quantize: None (float32), "dynamic" (int8 weights, float activations) or "int8" (integer
     weights and activations, calibrated on `calibration` images; float input and outputs).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
     both = embedding_model(model)
     if both is None:
         raise ConversionFailed("the model has no pooled embedding layer before its logits")
-    converter = tf.lite.TFLiteConverter.from_keras_model(both)
+    return convert_keras(both, quantize, calibration)
+
+
+def convert_keras(model: Any, quantize: str | None = None,
+                  calibration: np.ndarray | None = None) -> bytes:
+    """Any Keras model -> .tflite bytes with TFLite builtin ops only (what every runtime has).
+
+    quantize as in `convert_model`; a failure is a ConversionFailed naming the cause.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -95,8 +104,6 @@ def convert_model(model: Any, quantize: str | None = None,
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Statistics for quantized inputs..."
             return bytes(converter.convert())
-    except ConversionFailed:
-        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConversionFailed(f"{type(exc).__name__}: {first[:200]}") from exc

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from skincli.engines.convert import ConversionFailed, convert_keras
 from skincli.errors import SkinError
 from skincli.export.tasks_metadata import (
     INSTALL_HINT,
@@ -194,36 +193,14 @@ def app_keras_model(model: Any, size: int, temperature: float,
 def convert_app_model(model: Any, size: int, temperature: float, weights: list[float] | None,
                       quant: str | None, calibration: Any = None) -> bytes:
     """The app model as .tflite bytes (TFLite builtin ops only: what every runtime has)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from skincli._quiet import silenced_stderr_fd
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(
-        app_keras_model(model, size, temperature, weights))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quant:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quant == "full":
-        if calibration is None or len(calibration) == 0:
-            raise SkinError("Full-integer quantisation needs the run's validation images",
-                            hint="Use --int8 dynamic")
-        images = np.asarray(calibration, dtype=np.float32)
-
-        def representative() -> Any:
-            for i in range(len(images)):
-                yield [images[i:i + 1]]
-
-        converter.representative_dataset = representative
+    if quant == "full" and (calibration is None or len(calibration) == 0):
+        raise SkinError("Full-integer quantisation needs the run's validation images",
+                        hint="Use --int8 dynamic")
     try:
-        with contextlib.redirect_stdout(io.StringIO()), silenced_stderr_fd(), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return bytes(converter.convert())
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise SkinError(f"The run's model does not convert to TFLite builtin ops "
-                        f"({type(exc).__name__}: {first})",
+        return convert_keras(app_keras_model(model, size, temperature, weights),
+                             {"full": "int8"}.get(quant or "", quant), calibration)
+    except ConversionFailed as exc:
+        raise SkinError(f"The run's model does not convert to TFLite builtin ops ({exc})",
                         hint="Export --format savedmodel instead") from None
 
 
