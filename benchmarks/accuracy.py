@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
-    from skincli.data.split import load_split, make_split, write_split
+    from skincli.data.split import make_split
+    from skincli.data.splitfile import load_split, write_split
     from skincli.errors import SkinError
     from skincli.train import resolve, train
 

@@ -54,7 +54,7 @@ def fold_result(run_dir: Path, split_csv: Path) -> dict[str, Any]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from skincli.data.split import load_split
+    from skincli.data.splitfile import load_split
     from skincli.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir)

@@ -60,7 +60,7 @@ def evaluate_test(run_dir: Path, split: Path, tta: bool) -> dict[str, Any]:
     """Scores of the saved run on the split's test rows (the Predictor's own preprocessing)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-    from skincli.data.split import load_split
+    from skincli.data.splitfile import load_split
     from skincli.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir)

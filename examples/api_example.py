@@ -13,7 +13,8 @@ from pathlib import Path
 
 from skincli.data.dataset import load_dataset
 from skincli.data.manifest import build_manifest
-from skincli.data.split import make_split, write_split
+from skincli.data.split import make_split
+from skincli.data.splitfile import write_split
 from skincli.predictor import Predictor
 from skincli.train import resolve, train
 

@@ -155,7 +155,7 @@ def check_split(df: pd.DataFrame, shares: Sequence[float], seeds: int) -> None:
 def share_counts(split: str | Path, shares: Sequence[float] = DEFAULT_SHARES,
                  seeds: int = DEFAULT_SEEDS) -> dict[str, Any]:
     """Per share (seed 0): training images and lesions of each class; checks, writes nothing."""
-    from skincli.data.split import load_split
+    from skincli.data.splitfile import load_split
 
     shares = check_shares(shares)
     df = load_split(split)
@@ -180,7 +180,8 @@ def run_name(share: float, seed: int) -> str:
 
 def write_share_split(df: pd.DataFrame, rows: list[int], path: Path) -> Path:
     """The split file of one share: its training rows plus every val and test row."""
-    from skincli.data.split import SplitResult, write_split
+    from skincli.data.split import SplitResult
+    from skincli.data.splitfile import write_split
 
     train = df[df["split"] == "train"].reset_index(drop=True)
     keep = pd.concat([train.iloc[sorted(rows)], df[df["split"] != "train"]])
@@ -276,7 +277,7 @@ def measure(split: str | Path, out: str | Path, shares: Sequence[float] = DEFAUL
             seeds: int = DEFAULT_SEEDS, overrides: dict[str, Any] | None = None,
             progress: Progress | None = None) -> dict[str, Any]:
     """Train and score every (share, seed); resumable; returns the results (results.json)."""
-    from skincli.data.split import load_split
+    from skincli.data.splitfile import load_split
 
     say = progress or (lambda _msg: None)
     shares = check_shares(shares)

@@ -46,7 +46,8 @@ def make_split(run_dir: Path, files: dict[str, dict[str, Sequence[Path]]],
     """
     import hashlib
 
-    from skincli.data.split import SplitResult, write_split
+    from skincli.data.split import SplitResult
+    from skincli.data.splitfile import write_split
 
     flat = [(part, label, Path(p).resolve()) for part, by_label in files.items()
             for label, paths in by_label.items() for p in paths]

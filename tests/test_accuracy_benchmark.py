@@ -82,7 +82,8 @@ def test_data_variants_keep_the_test_images_and_change_only_training(
 
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
-    from skincli.data.split import load_split, make_split, write_split
+    from skincli.data.split import make_split
+    from skincli.data.splitfile import load_split, write_split
 
     monkeypatch.setenv("SKIN_CACHE_DIR", str(tmp_path / "cache"))
     data, rows = tmp_path / "data", []

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from skincli.cli import app
-from skincli.data.split import load_split
+from skincli.data.splitfile import load_split
 from skincli.imageio import is_image_file
 
 ISIC9 = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic9"

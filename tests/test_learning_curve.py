@@ -41,7 +41,7 @@ def make_lc_split(root: Path, n_train: int = 12, n_val: int = 3, n_test: int = 3
 
 
 def test_shares_are_nested_grouped_and_stratified(tmp_path: Path) -> None:
-    from skincli.data.split import load_split
+    from skincli.data.splitfile import load_split
 
     df = load_split(make_lc_split(tmp_path, n_train=20, lesion_size=2))
     train = df[df["split"] == "train"].reset_index(drop=True)

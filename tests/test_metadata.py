@@ -14,7 +14,8 @@ from skincli.cli import app
 from skincli.data.dataset import load_dataset
 from skincli.data.manifest import build_manifest
 from skincli.data.metadata import image_id, load_metadata
-from skincli.data.split import load_split, make_split
+from skincli.data.split import make_split
+from skincli.data.splitfile import load_split
 from skincli.errors import SkinError
 
 runner = CliRunner()

@@ -171,7 +171,7 @@ def test_evaluate_uses_the_splits_metadata(meta_run: Path, tmp_path: Path) -> No
     # The same images without their metadata: the image model alone (the images look alike).
     from sklearn.metrics import f1_score
 
-    from skincli.data.split import load_split
+    from skincli.data.splitfile import load_split
     from skincli.predictor import Predictor
 
     predictor = Predictor.from_run(meta_run)

@@ -47,7 +47,8 @@ def test_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from skincli.cli import app
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
-    from skincli.data.split import make_split, write_split
+    from skincli.data.split import make_split
+    from skincli.data.splitfile import write_split
     from skincli.synthetic import make_synthetic_dataset
     from skincli.train import train
 

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from skincli.data.dataset import load_dataset
 from skincli.data.manifest import build_manifest
-from skincli.data.split import load_split, make_split, write_split
+from skincli.data.split import make_split
+from skincli.data.splitfile import load_split, write_split
 from skincli.errors import SkinError
 from skincli.monitor.retrain import LOG_FILE, retrain
 from skincli.runs import CURRENT_FILE, RunInfo, load_run_info, save_run_info, set_current

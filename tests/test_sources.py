@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from skincli.cli import app
 from skincli.data.manifest import build_manifest
 from skincli.data.sources import SourceSpec, SourcesPlan, load_sources, plan_sources
-from skincli.data.split import load_split, make_split, provenance
+from skincli.data.split import make_split, provenance
+from skincli.data.splitfile import load_split
 from skincli.errors import SkinError
 from skincli.subgroups import groups_from_frame
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from skincli.cli import app
-from skincli.data.split import load_split
+from skincli.data.splitfile import load_split
 
 # ../shared/data beside the checkout; SKIN_SHARED_DATA points elsewhere (e.g. from a worktree).
 DATA = Path(os.environ.get("SKIN_SHARED_DATA")

@@ -14,13 +14,8 @@ from typer.testing import CliRunner
 from skincli.cli import app
 from skincli.data.dataset import load_dataset
 from skincli.data.manifest import build_manifest
-from skincli.data.split import (
-    DEFAULT_SPLIT_PATH,
-    load_split,
-    make_split,
-    split_file_sha256,
-    write_split,
-)
+from skincli.data.split import DEFAULT_SPLIT_PATH, make_split
+from skincli.data.splitfile import load_split, split_file_sha256, write_split
 from skincli.errors import SkinError
 
 runner = CliRunner()

@@ -24,7 +24,8 @@ COUNTS = {"synthetic-nevus": 16, "synthetic-melanoma": 16}
 def split_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
-    from skincli.data.split import make_split, write_split
+    from skincli.data.split import make_split
+    from skincli.data.splitfile import write_split
     from skincli.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("mwdata")

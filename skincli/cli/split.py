@@ -90,14 +90,8 @@ def command(
     from skincli.data.dataset import load_dataset
     from skincli.data.manifest import build_manifest
     from skincli.data.sources import load_sources
-    from skincli.data.split import (
-        SPLITS,
-        check_out,
-        check_ratios,
-        make_split,
-        sidecar_path,
-        write_split,
-    )
+    from skincli.data.split import SPLITS, check_ratios, make_split
+    from skincli.data.splitfile import check_out, sidecar_path, write_split
 
     # Cheap checks first, so a typo does not cost a full read of the data.
     plan = data_plan(data, metadata, sources, {"images": images, "label_col": label_col,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from skincli.data.dataset import load_dataset
-from skincli.data.split import load_split
+from skincli.data.splitfile import load_split
 from skincli.errors import SkinError, did_you_mean
 from skincli.imageio import DEFAULT_MAX_PIXELS, ImageError, read_images
 from skincli.metahead import records_from_frame

@@ -36,7 +36,7 @@ def read_split(run_dir: str | Path) -> pd.DataFrame:
         raise SkinError(f"{run_dir} has no {SPLIT_FILE}, so there is no reference to compare with",
                         hint="Use a run trained by `skin train` (it saves its split)")
     if path.with_suffix(".json").is_file():
-        from skincli.data.split import load_split
+        from skincli.data.splitfile import load_split
 
         return load_split(path)  # resolves paths against the recorded data root
     # A bare CSV (no sidecar) with absolute or CSV-relative paths.

@@ -308,7 +308,8 @@ def retrain(new_data: str | Path, champion: str | Path | None = None,
             progress: Progress | None = None,
             metadata: dict[str, Any] | None = None) -> RetrainResult:
     """Merge new data, train a challenger, compare on the same held-out data, maybe promote."""
-    from skincli.data.split import SplitResult, load_split, split_file_sha256, write_split
+    from skincli.data.split import SplitResult
+    from skincli.data.splitfile import load_split, split_file_sha256, write_split
 
     say = progress or (lambda _msg: None)
     if not (margin >= 0):

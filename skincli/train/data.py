@@ -37,7 +37,7 @@ class SplitData:
 
 def load_split_data(path: str | Path) -> SplitData:
     """Read the split CSV and check it can train a model (every class has training images)."""
-    from skincli.data.split import load_split, split_file_sha256
+    from skincli.data.splitfile import load_split, split_file_sha256
     from skincli.metahead import records_from_frame
 
     path = Path(path)
