@@ -57,3 +57,34 @@ def test_lower_bound_needs_enough_malignant_cases() -> None:
         triage.fit(p, y, CLASSES, 0.99, method="lower-bound")
     with pytest.raises(SkinError, match="Unknown triage fit"):
         triage.fit(p, y, CLASSES, 0.95, method="upper")
+
+
+def test_training_fits_the_lower_bound_by_default() -> None:
+    from skincli.train.config import TrainConfig
+
+    p, y = _data()
+    cfg = TrainConfig()
+    assert cfg.triage_fit == "lower-bound"
+    rec = triage.fit_for_training(p, y, CLASSES, cfg)
+    assert rec["fit"] == "lower-bound" and "fallback" not in rec
+    assert rec["validation"]["sensitivity_lower95"] >= 0.95
+    cfg.triage_fit = "point"
+    assert triage.fit_for_training(p, y, CLASSES, cfg)["fit"] == "point"
+
+
+def test_training_says_when_the_bound_cannot_be_fitted() -> None:
+    from skincli.train.config import TrainConfig
+
+    p, y = _data(n=120, seed=1)
+    cfg = TrainConfig(triage_sensitivity=0.99)
+    rec = triage.fit_for_training(p, y, CLASSES, cfg)
+    # Not silent: the record says the point estimate stands in, and why.
+    assert rec["fit"] == "point" and rec["threshold"] is not None
+    assert "needs at least" in rec["fallback"]
+
+
+def test_triage_fit_option_is_checked() -> None:
+    from skincli.train.config import TrainConfig, validate
+
+    with pytest.raises(SkinError, match="triage-fit"):
+        validate(TrainConfig(triage_fit="upper"))

@@ -128,6 +128,11 @@ def command(
         "--triage-sensitivity", help="Fit the referral threshold on the malignancy score for "
         "this sensitivity on the validation images (stored in run.json).",
         key="triage_sensitivity")] = None,
+    triage_fit: Annotated[str | None, _opt(
+        "--triage-fit", help="How the referral threshold is fitted: lower-bound (default; the "
+        "one-sided 95% Clopper-Pearson bound of validation sensitivity reaches the target, so "
+        "it holds on unseen lesions at the cost of more referrals) or point (the estimate "
+        "reaches it).", key="triage_fit")] = None,
     preset: Annotated[str | None, _opt("--preset", help=f"Named defaults: "
                                        f"{', '.join(PRESETS)} (explicit options win).")] = None,
     list_archs: Annotated[bool, typer.Option("--list-archs", help="List the architectures "
@@ -238,9 +243,11 @@ def _triage_text(rec: dict[str, Any]) -> str:
     if rec.get("threshold") is None:
         return f"none ({rec.get('reason', 'not fitted')})"
     val = rec.get("validation") or {}
-    return (f"{rec['threshold']:.3f} for {rec['target_sensitivity']:.0%} sensitivity "
+    fit = "95% lower bound" if rec.get("fit") == "lower-bound" else "point estimate"
+    text = (f"{rec['threshold']:.3f} for {rec['target_sensitivity']:.0%} sensitivity, {fit} "
             f"(validation: {val.get('sensitivity') or 0:.0%} sensitivity, "
             f"{val.get('specificity') or 0:.0%} specificity)")
+    return f"{text}; {rec['fallback']}" if rec.get("fallback") else text
 
 
 def _print_summary(run_dir: Path, info: Any) -> None:

@@ -215,7 +215,17 @@ def fit_for_training(probs: np.ndarray, labels: np.ndarray, classes: Sequence[st
     """The record `skin train` stores, from its validation pass (calibrated probabilities)."""
     if len(labels) == 0:
         return {"threshold": None, "reason": "no readable validation images"}
-    return fit(probs, labels, classes, float(getattr(cfg, "triage_sensitivity",
-                                                     DEFAULT_SENSITIVITY)),
-               getattr(cfg, "triage_malignant", None) or None,
-               source=f"validation split ({len(labels)} images), skin train")
+    target = float(getattr(cfg, "triage_sensitivity", DEFAULT_SENSITIVITY))
+    malignant = getattr(cfg, "triage_malignant", None) or None
+    method = getattr(cfg, "triage_fit", "point") or "point"
+    source = f"validation split ({len(labels)} images), skin train"
+    try:
+        return fit(probs, labels, classes, target, malignant, source=source, method=method)
+    except SkinError as exc:
+        if method != "lower-bound":
+            raise
+        # Too few malignant validation cases for the bound: the point estimate, said aloud in
+        # run.json and the training summary (never silently).
+        record = fit(probs, labels, classes, target, malignant, source=source, method="point")
+        record["fallback"] = f"lower-bound fit not possible: {exc.message}; point estimate used"
+        return record
