@@ -479,6 +479,27 @@ def test_predictions_are_logged_without_images(runs: Path, tmp_path: Path) -> No
     assert data[0][:64] not in raw  # no image bytes in the store
 
 
+def test_a_request_names_its_source_for_drift_per_source(runs: Path, tmp_path: Path) -> None:
+    from skincli.monitor.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    with serving(runs, no_log=False, store=url) as c:
+        r = c.post("/v1/predict?source=clinic-a", files=upload(image_bytes(seed=1)),
+                   headers={"X-Request-ID": "one"})
+        assert r.status_code == 200
+        r = c.post("/v1/predict/batch?source=clinic.b_2",
+                   files=[("files", ("x.png", image_bytes(seed=2), "image/png"))],
+                   headers={"X-Request-ID": "two"})
+        assert r.status_code == 200
+        for bad in ("", "a b", "-x", "x" * 65, "clinic/../a"):
+            r = c.post("/v1/predict", params={"source": bad}, files=upload(image_bytes(seed=3)))
+            assert r.status_code == 422, bad
+    with open_store(url) as store:
+        df = store.predictions()
+    # The refused requests logged nothing; each answered one carries its source.
+    assert dict(zip(df["request_id"], df["source"])) == {"one": "clinic-a", "two": "clinic.b_2"}
+
+
 def test_broken_store_never_breaks_requests_and_rows_are_spooled(runs: Path,
                                                                    tmp_path: Path) -> None:
     from skincli.monitor.predlog import replay_journal

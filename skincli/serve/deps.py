@@ -87,3 +87,11 @@ def patient(age: Age = None, sex: Sex = None, site: Site = None) -> dict[str, st
 
 
 Patient = Annotated[dict[str, str] | None, Depends(patient)]
+
+# Where the images come from (a clinic, a device, a data source as named in `skin split`):
+# logged with each prediction so `skin monitor drift` tests every source on its own.
+Source = Annotated[str | None, Query(
+    min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    description="Where the images come from (a clinic or data source; letters, digits, "
+    "'.', '_' and '-', at most 64): logged with each prediction for drift per source "
+    "(default: api)")]

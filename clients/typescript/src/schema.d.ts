@@ -674,6 +674,8 @@ export interface operations {
                 top_k?: number | null;
                 /** @description json, or fhir for an HL7 FHIR R4 Bundle (as Accept: application/fhir+json) */
                 format?: "json" | "fhir";
+                /** @description Where the images come from (a clinic or data source; letters, digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source (default: api) */
+                source?: string | null;
                 /** @description The patient's age in years (used by models trained with --use-metadata; otherwise ignored, with a warning) */
                 age?: number | null;
                 /** @description The patient's sex (as age) */
@@ -792,6 +794,8 @@ export interface operations {
             query?: {
                 /** @description How many classes to list (default: the server's --top-k) */
                 top_k?: number | null;
+                /** @description Where the images come from (a clinic or data source; letters, digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source (default: api) */
+                source?: string | null;
                 /** @description The patient's age in years (used by models trained with --use-metadata; otherwise ignored, with a warning) */
                 age?: number | null;
                 /** @description The patient's sex (as age) */

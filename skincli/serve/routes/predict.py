@@ -16,7 +16,7 @@ from skincli.image_quality import blank_reason, is_flagged, warning_for
 from skincli.imageio import ImageError
 from skincli.monitor.rows import prediction_row
 from skincli.serve import clinical, schemas
-from skincli.serve.deps import Deadline, Patient, State, TopK, answering, require_key
+from skincli.serve.deps import Deadline, Patient, Source, State, TopK, answering, require_key
 from skincli.serve.errors import ApiError, from_image_error
 from skincli.serve.explaining import heatmap_for
 from skincli.serve.model import LoadedModel, Prepared, Row
@@ -61,7 +61,7 @@ def prediction(model: LoadedModel, row: Row, top_k: int, prepared: Prepared,
 
 
 def record(request: Request, state: ServerState, model: LoadedModel, prepared: Prepared,
-           row: Row, pred: dict[str, Any]) -> None:
+           row: Row, pred: dict[str, Any], source: str | None = None) -> None:
     """Count the answer, note it for the audit trail and queue its monitoring row."""
     state.metrics.predictions.inc(label=pred["label"])
     if pred["uncertain"]:
@@ -78,7 +78,7 @@ def record(request: Request, state: ServerState, model: LoadedModel, prepared: P
         image_sha256=prepared.sha256, predicted=pred["label"],
         probabilities=dict(zip(model.classes, row.probabilities.tolist())),
         top_probability=pred["probability"], uncertain=pred["uncertain"],
-        latency_ms=elapsed_ms(request), source="api",
+        latency_ms=elapsed_ms(request), source=source or "api",
     ), image=prepared.array.astype("uint8"), embedding=row.embedding)
 
 
@@ -91,7 +91,8 @@ Format = Annotated[Literal["json", "fhir"], Query(
              responses={**error_responses(*IMAGE_ERRORS, "not_acceptable"),
                         200: {"content": {"application/fhir+json": {}}}})
 async def predict(request: Request, state: State, deadline: Deadline, subject: Patient,
-                  top_k: TopK = None, format: Format = "json") -> dict[str, Any]:
+                  top_k: TopK = None, format: Format = "json",
+                  source: Source = None) -> dict[str, Any]:
     """One image (multipart field `file`, or the raw body): calibrated top-k classes, the
     uncertain flag, and the model that answered. `age`, `sex` and `site` feed a model
     trained with the patient's metadata."""
@@ -106,7 +107,7 @@ async def predict(request: Request, state: State, deadline: Deadline, subject: P
                                  metadata=subject))[0]
     pred = prediction(model, row, top_k or settings.top_k, prepared, uploads[0].filename,
                       subject)
-    record(request, state, model, prepared, row, pred)
+    record(request, state, model, prepared, row, pred, source)
     return {"request_id": request.scope["skin.request_id"], "model": model.ref(),
             "latency_ms": elapsed_ms(request), "prediction": pred}
 
@@ -116,7 +117,7 @@ async def predict(request: Request, state: State, deadline: Deadline, subject: P
              openapi_extra=upload_body(True),
              responses=error_responses(*IMAGE_ERRORS, "too_many_files"))
 async def predict_batch(request: Request, state: State, deadline: Deadline, subject: Patient,
-                        top_k: TopK = None) -> dict[str, Any]:
+                        top_k: TopK = None, source: Source = None) -> dict[str, Any]:
     """Several images (repeated multipart field `files`). A bad file gets its own error
     entry; the others are still classified. `age`, `sex` and `site` apply to every image
     (one patient)."""
@@ -137,7 +138,7 @@ async def predict_batch(request: Request, state: State, deadline: Deadline, subj
         if isinstance(p, Prepared):
             pred = prediction(model, by_id[id(p)], top_k or settings.top_k, p, up.filename,
                               subject)
-            record(request, state, model, p, by_id[id(p)], pred)
+            record(request, state, model, p, by_id[id(p)], pred, source)
             results.append({"filename": up.filename, "prediction": pred})
         elif isinstance(p, ApiError):
             results.append({"filename": up.filename, "error": {

@@ -19,6 +19,7 @@ def _get_kwargs(
     body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
     format_: PredictFormat | Unset = PredictFormat.JSON,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictSexType0 | Unset = UNSET,
     site: None | PredictSiteType0 | Unset = UNSET,
@@ -39,6 +40,13 @@ def _get_kwargs(
         json_format_ = format_.value
 
     params["format"] = json_format_
+
+    json_source: None | str | Unset
+    if isinstance(source, Unset):
+        json_source = UNSET
+    else:
+        json_source = source
+    params["source"] = json_source
 
     json_age: float | None | Unset
     if isinstance(age, Unset):
@@ -156,6 +164,7 @@ def sync_detailed(
     body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
     format_: PredictFormat | Unset = PredictFormat.JSON,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictSexType0 | Unset = UNSET,
     site: None | PredictSiteType0 | Unset = UNSET,
@@ -170,6 +179,9 @@ def sync_detailed(
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
         format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
             application/fhir+json) Default: PredictFormat.JSON.
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictSexType0 | Unset): The patient's sex (as age)
@@ -190,6 +202,7 @@ def sync_detailed(
         body=body,
         top_k=top_k,
         format_=format_,
+        source=source,
         age=age,
         sex=sex,
         site=site,
@@ -208,6 +221,7 @@ def sync(
     body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
     format_: PredictFormat | Unset = PredictFormat.JSON,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictSexType0 | Unset = UNSET,
     site: None | PredictSiteType0 | Unset = UNSET,
@@ -222,6 +236,9 @@ def sync(
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
         format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
             application/fhir+json) Default: PredictFormat.JSON.
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictSexType0 | Unset): The patient's sex (as age)
@@ -243,6 +260,7 @@ def sync(
         body=body,
         top_k=top_k,
         format_=format_,
+        source=source,
         age=age,
         sex=sex,
         site=site,
@@ -255,6 +273,7 @@ async def asyncio_detailed(
     body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
     format_: PredictFormat | Unset = PredictFormat.JSON,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictSexType0 | Unset = UNSET,
     site: None | PredictSiteType0 | Unset = UNSET,
@@ -269,6 +288,9 @@ async def asyncio_detailed(
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
         format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
             application/fhir+json) Default: PredictFormat.JSON.
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictSexType0 | Unset): The patient's sex (as age)
@@ -289,6 +311,7 @@ async def asyncio_detailed(
         body=body,
         top_k=top_k,
         format_=format_,
+        source=source,
         age=age,
         sex=sex,
         site=site,
@@ -305,6 +328,7 @@ async def asyncio(
     body: PredictFilesBody | File | Unset = UNSET,
     top_k: int | None | Unset = UNSET,
     format_: PredictFormat | Unset = PredictFormat.JSON,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictSexType0 | Unset = UNSET,
     site: None | PredictSiteType0 | Unset = UNSET,
@@ -319,6 +343,9 @@ async def asyncio(
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
         format_ (PredictFormat | Unset): json, or fhir for an HL7 FHIR R4 Bundle (as Accept:
             application/fhir+json) Default: PredictFormat.JSON.
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictSexType0 | Unset): The patient's sex (as age)
@@ -341,6 +368,7 @@ async def asyncio(
             body=body,
             top_k=top_k,
             format_=format_,
+            source=source,
             age=age,
             sex=sex,
             site=site,

@@ -17,6 +17,7 @@ def _get_kwargs(
     *,
     body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictBatchSexType0 | Unset = UNSET,
     site: None | PredictBatchSiteType0 | Unset = UNSET,
@@ -31,6 +32,13 @@ def _get_kwargs(
     else:
         json_top_k = top_k
     params["top_k"] = json_top_k
+
+    json_source: None | str | Unset
+    if isinstance(source, Unset):
+        json_source = UNSET
+    else:
+        json_source = source
+    params["source"] = json_source
 
     json_age: float | None | Unset
     if isinstance(age, Unset):
@@ -138,6 +146,7 @@ def sync_detailed(
     client: AuthenticatedClient,
     body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictBatchSexType0 | Unset = UNSET,
     site: None | PredictBatchSiteType0 | Unset = UNSET,
@@ -150,6 +159,9 @@ def sync_detailed(
 
     Args:
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
@@ -168,6 +180,7 @@ def sync_detailed(
     kwargs = _get_kwargs(
         body=body,
         top_k=top_k,
+        source=source,
         age=age,
         sex=sex,
         site=site,
@@ -185,6 +198,7 @@ def sync(
     client: AuthenticatedClient,
     body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictBatchSexType0 | Unset = UNSET,
     site: None | PredictBatchSiteType0 | Unset = UNSET,
@@ -197,6 +211,9 @@ def sync(
 
     Args:
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
@@ -216,6 +233,7 @@ def sync(
         client=client,
         body=body,
         top_k=top_k,
+        source=source,
         age=age,
         sex=sex,
         site=site,
@@ -227,6 +245,7 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictBatchSexType0 | Unset = UNSET,
     site: None | PredictBatchSiteType0 | Unset = UNSET,
@@ -239,6 +258,9 @@ async def asyncio_detailed(
 
     Args:
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
@@ -257,6 +279,7 @@ async def asyncio_detailed(
     kwargs = _get_kwargs(
         body=body,
         top_k=top_k,
+        source=source,
         age=age,
         sex=sex,
         site=site,
@@ -272,6 +295,7 @@ async def asyncio(
     client: AuthenticatedClient,
     body: PredictBatchBody,
     top_k: int | None | Unset = UNSET,
+    source: None | str | Unset = UNSET,
     age: float | None | Unset = UNSET,
     sex: None | PredictBatchSexType0 | Unset = UNSET,
     site: None | PredictBatchSiteType0 | Unset = UNSET,
@@ -284,6 +308,9 @@ async def asyncio(
 
     Args:
         top_k (int | None | Unset): How many classes to list (default: the server's --top-k)
+        source (None | str | Unset): Where the images come from (a clinic or data source; letters,
+            digits, '.', '_' and '-', at most 64): logged with each prediction for drift per source
+            (default: api)
         age (float | None | Unset): The patient's age in years (used by models trained with --use-
             metadata; otherwise ignored, with a warning)
         sex (None | PredictBatchSexType0 | Unset): The patient's sex (as age)
@@ -304,6 +331,7 @@ async def asyncio(
             client=client,
             body=body,
             top_k=top_k,
+            source=source,
             age=age,
             sex=sex,
             site=site,
