@@ -128,3 +128,24 @@ def test_two_replicas_sharing_a_journal_lose_and_repeat_no_row(tmp_path: Path) -
     ids = [r["request_id"] for r in written]
     assert len(ids) == 600 and len(set(ids)) == 600
     assert not a.pending()
+
+
+def test_the_store_is_opened_at_start_before_any_prediction(tmp_path: Path) -> None:
+    """Opening a store (driver import, connection, schema) happens at start, not on the first
+    prediction, so the first batches do not go to the journal while it is slow."""
+    from skincli.monitor.predlog import PredictionLogger
+    from skincli.serve.metrics import Metrics
+
+    db = tmp_path / "log.db"
+    logger = PredictionLogger(f"sqlite:///{db}", Metrics(),
+                              journal=tmp_path / "journal.jsonl")
+    assert not db.exists()
+    logger.start()
+    try:
+        warm = logger._inflight
+        assert warm is not None and warm.done.wait(30)
+        assert db.exists() and logger._store is not None  # opened, with no row yet
+        assert _rows(db) == []
+    finally:
+        logger.stop()
+    assert not (tmp_path / "journal.jsonl").exists()

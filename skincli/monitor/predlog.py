@@ -225,14 +225,18 @@ class PredictionLogger:
         self.last_error: str | None = None
 
     def start(self) -> None:
-        """Start the threads (no-op when logging is off); replay a journal left from before."""
+        """Start the threads (no-op when logging is off); open the store now, and replay a
+        journal left from before."""
         if self.enabled and not self._thread.is_alive():
             self._store_thread.start()
             self._thread.start()
-            if self.journal is not None and self.journal.pending():
-                batch = _Batch([])  # an empty batch: replay the journal (stop() waits for it)
-                self._inflight = batch
-                self._store_jobs.put(batch)
+            # An empty batch opens the store (importing its driver, connecting, migrating the
+            # schema: seconds for a server database behind another replica's lock) before the
+            # first prediction, which would otherwise wait for all that while the batches
+            # behind it went to the journal; it also replays a journal left from before.
+            batch = _Batch([])
+            self._inflight = batch
+            self._store_jobs.put(batch)
 
     def stop(self, timeout: float | None = None) -> None:
         """Flush: wait up to `timeout` (default flush_s) for the store, then journal the rest."""
@@ -405,7 +409,13 @@ class PredictionLogger:
             # Imported on first use: the store needs pandas, which the server start does not.
             from skincli.monitor.store import open_store
 
-            self._store = open_store(self.url)
+            store = open_store(self.url)
+            try:
+                store.schema_version()  # connect and migrate now, not inside the first write
+            except Exception:
+                store.close()
+                raise
+            self._store = store
         except Exception as exc:
             self._fail(exc, reopen_in=_REOPEN_S)
         return self._store
