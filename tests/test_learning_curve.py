@@ -126,6 +126,24 @@ def test_analysis_and_plan_from_results(tmp_path: Path) -> None:
     assert "Collection plan" in out.output and "hard" in " ".join(a["plan"])
 
 
+def test_markdown_from_results_prints_the_table_and_writes_nothing(tmp_path: Path) -> None:
+    params = {"easy": (0.95, 1.5, 0.5), "hard": (0.9, 4.0, 0.45), "stuck": (0.6, 2.0, 0.6)}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_results(list(params), list(lc.DEFAULT_SHARES), params=params,
+                                        noise=0.005)))
+    out = runner.invoke(app, ["learning-curve", "--from-results", str(path),
+                              "--bootstrap", "40", "--markdown"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0].startswith("| class | images today | F1 today")
+    assert {row.split(" | ")[0][2:] for row in table[1:]} == {"easy", "hard", "stuck", "macro F1"}
+    assert "Collection plan:" in out.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing written
+    out = runner.invoke(app, ["learning-curve", str(path), "--markdown"])
+    assert out.exit_code != 0 and "--from-results" in out.output
+
+
 def test_failed_backtest_gives_no_estimate() -> None:
     params = {"jump": (0.9, 4.0, 0.45), "b": (0.9, 4.0, 0.45), "c": (0.9, 4.0, 0.45)}
     res = _results(list(params), list(lc.DEFAULT_SHARES), params=params, noise=0.0)

@@ -37,8 +37,18 @@ def _iv(iv: list[float] | None, digits: int = 2) -> str:
     return "" if not iv else f" ({iv[0]:.{digits}f}-{iv[1]:.{digits}f})"
 
 
-def show(analysis: dict[str, Any]) -> None:
-    """The per-class table, the backtest and the plan."""
+def _title(analysis: dict[str, Any]) -> str:
+    return (f"Learning curves (shares {', '.join(f'{s:.0%}' for s in analysis['shares'])}, "
+            f"{analysis['seeds']} seed(s) each; intervals 80%; backtest: fitted on shares "
+            "<= 50%, predicting 100%, 95% predictive interval)")
+
+
+HEADERS = ["class", "images today", "F1 today", "asymptote", "exponent", "backtest",
+           "images needed for target"]
+
+
+def show(analysis: dict[str, Any], markdown: bool = False) -> None:
+    """The per-class table, the backtest and the plan (as Markdown for docs with `markdown`)."""
     rows = []
     for c in analysis["classes"] + [analysis["macro"]]:
         fit, bt, need = c["fit"], c["backtest"], c["required"]
@@ -49,12 +59,17 @@ def show(analysis: dict[str, Any]) -> None:
                      _f(fit["a"]) + _iv(fit["a_interval80"]),
                      _f(fit["c"]) + _iv(fit["c_interval80"]), bt_text,
                      f"{c['target']:.2f}: {need['text']}"))
-    ui.console.print(ui.table(
-        f"Learning curves (shares {', '.join(f'{s:.0%}' for s in analysis['shares'])}, "
-        f"{analysis['seeds']} seed(s) each; intervals 80%; backtest: fitted on shares <= 50%, "
-        "predicting 100%, 95% predictive interval)",
-        ["class", "images today", "F1 today", "asymptote", "exponent", "backtest",
-         "images needed for target"], rows))
+    if markdown:  # plain print: no wrapping, no markup
+        print(f"{_title(analysis)}\n")
+        print("| " + " | ".join(HEADERS) + " |")
+        print("|" + "---|" * len(HEADERS))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print("\nCollection plan:\n")
+        for line in analysis["plan"]:
+            print(f"- {line}")
+        return
+    ui.console.print(ui.table(_title(analysis), HEADERS, rows))
     ui.console.print("[bold]Collection plan[/]", highlight=False)
     for line in analysis["plan"]:
         ui.console.print(f"  - {line}", highlight=False)
@@ -91,6 +106,9 @@ def command(
         dir_okay=False, exists=True)] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=20,
                                            help="Bootstrap refits per curve.")] = 200,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="With --from-results: print the table and the plan as Markdown "
+        "(for docs) and write nothing.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Check the split and print each share's images and lesions per "
         "class; train nothing, write nothing.")] = False,
@@ -103,6 +121,9 @@ def command(
     from skincli.errors import SkinError
 
     lc.check_targets(target, macro_target)
+    if markdown and from_results is None:
+        raise SkinError("--markdown prints a finished measurement",
+                        hint="Add --from-results FOLDER/results.json")
     if dry_run:
         plan = lc.share_counts(split, _shares(shares), seeds)
         rows = [(c, *[f"{plan['counts'][s][c]['images']} ({plan['counts'][s][c]['lesions']})"
@@ -126,6 +147,9 @@ def command(
                              progress=lambda msg: ui.console.print(msg, highlight=False))
         folder = out
     analysis = lc.analyse(results, target, macro_target, n_boot=bootstrap)
+    if markdown:
+        show(analysis, markdown=True)
+        return
     show(analysis)
     lc.write_analysis(analysis, folder)
     ui.console.print(f"Report: {folder}/ (results.json, analysis.json, learning_curve.png)",
