@@ -419,16 +419,27 @@ def collection_plan(curves: list[dict[str, Any]]) -> list[str]:
             other.append(f"{name}: the curve failed its backtest, so no size is estimated; "
                          "collect more and measure again")
             continue
+        if any(step.get("status") == "estimate" and step["median"] <= today
+               for step in (need, half)):
+            # The fitted curve runs above today's measured F1 (seed and test-set noise): it
+            # would say "collect nothing", which no one should act on.
+            other.append(f"{name}: the fitted curve lies above the measured F1 "
+                         f"{c['f1_today']:.2f} at today's {today:,.0f} images (seed and "
+                         "test-set noise), so it cannot size the next step; measure again "
+                         "with more seeds or a larger test split")
+            continue
         if half.get("status") == "estimate":
-            stage1.append(f"~{max(0.0, half['median'] - today):,.0f} more {name} "
+            stage1.append(f"~{half['median'] - today:,.0f} more {name} "
                           f"(F1 {c['f1_today']:.2f} -> ~{half['target']:.2f})")
         if need["status"] == "estimate":
-            stage2.append(f"~{max(0.0, need['median'] - today):,.0f} more {name} in all "
+            stage2.append(f"~{need['median'] - today:,.0f} more {name} in all "
                           f"(to ~{need['median']:,.0f}; F1 -> {c['target']:.2f})")
         elif need["status"] == "unreachable":
+            iv = c["fit"].get("a_interval80")
+            iv_text = f", 80% interval {iv[0]:.2f}-{iv[1]:.2f}" if iv else ""
             other.append(f"{name}: more images alike are not predicted to reach "
-                         f"{c['target']:.2f} (asymptote {c['fit']['a']:.2f}); better images, "
-                         "labels or a better model are needed")
+                         f"{c['target']:.2f} (asymptote {c['fit']['a']:.2f}{iv_text}); better "
+                         "images, labels or a better model are needed")
         elif need["status"] == "beyond":
             other.append(f"{name}: the target lies beyond {need['horizon']:,.0f} images (3x "
                          f"today's {today:,.0f}), further than the curve can say; collect "

@@ -159,7 +159,8 @@ def predictive_interval(fit: CurveFit, n: float, sigma: float, level: float = 0.
     rng = np.random.default_rng(seed)
     draws = np.array([float(power_law(n, *p)) for p in fit.boot]) if len(fit.boot) \
         else np.array([fit.predict(n)])
-    draws = draws + rng.normal(0.0, max(sigma, SIGMA_FLOOR), draws.size)
+    # A score lives in [0, 1]: so does any measurement of it.
+    draws = np.clip(draws + rng.normal(0.0, max(sigma, SIGMA_FLOOR), draws.size), 0.0, 1.0)
     lo = (1.0 - level) / 2.0
     return [float(v) for v in np.quantile(draws, [lo, 1.0 - lo])]
 

@@ -224,3 +224,21 @@ def test_interrupted_training_stops_the_curve_and_resumes(tmp_path: Path,
                                        extra={"interrupted": True}))
     with pytest.raises(KeyboardInterrupt):
         lc._train_one(tmp_path / "s.csv", "lc-035-s0", runs, 0, {})
+
+
+def test_plan_never_says_collect_nothing_when_the_curve_runs_above_the_measurement() -> None:
+    def curve(key: str, today_f1: float, half: dict[str, Any] | None,
+              need: dict[str, Any]) -> dict[str, Any]:
+        return {"key": key, "target": 0.75, "images_today": 84.0, "f1_today": today_f1,
+                "fit": {"a": 0.7, "a_interval80": [0.6, 1.0]}, "halfway": half,
+                "required": need}
+
+    above = curve("ak", 0.62, {"status": "estimate", "median": 80.0, "target": 0.685},
+                  {"status": "unreachable", "median": None})
+    normal = curve("df", 0.64, {"status": "estimate", "median": 110.0, "target": 0.695},
+                   {"status": "estimate", "median": 165.0})
+    plan = lc.collection_plan([above, normal])
+    text = " ".join(plan)
+    assert "~26 more df" in text and "~81 more df in all" in text
+    assert "ak: the fitted curve lies above the measured F1 0.62" in text
+    assert "more ak" not in text and "~0 more" not in text

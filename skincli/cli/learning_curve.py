@@ -54,7 +54,8 @@ def show(analysis: dict[str, Any], markdown: bool = False) -> None:
         fit, bt, need = c["fit"], c["backtest"], c["required"]
         bt_text = bt["status"] if "predicted" not in bt else (
             f"{bt['status']}: {bt['predicted']:.2f} vs {bt['truth']:.2f} "
-            f"(error {bt['error']:+.2f})")
+            f"(error {bt['error']:+.2f}; 95% {bt['interval95'][0]:.2f}-"
+            f"{bt['interval95'][1]:.2f})")
         rows.append((c["key"], f"{c['images_today']:,.0f}", _f(c["f1_today"]),
                      _f(fit["a"]) + _iv(fit["a_interval80"]),
                      _f(fit["c"]) + _iv(fit["c_interval80"]), bt_text,
