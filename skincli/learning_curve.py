@@ -371,13 +371,17 @@ def analyse_curve(results: dict[str, Any], key: str, target: float, n_boot: int 
     need = powerlaw.required(fit, target)
     halfway = None
     today_n, today_y = float(n[-1]), float(y[-1])
+    # Stage 1 is half-way from where the fitted curve stands today (not the noisy measured
+    # point: a curve above it would ask for a handful of images) to the target.
+    today_fit = fit.predict(today_n)
     if bt["passed"]:
-        halfway = powerlaw.required(fit, today_y + (target - today_y) / 2) \
-            if today_y < target else None
+        if today_y < target and today_fit < target:
+            halfway = powerlaw.required(fit, today_fit + (target - today_fit) / 2)
     else:
         need = {"status": "no estimate", "median": None, "interval80": None, "target": target,
                 "text": f"no estimate (backtest {bt['status']})"}
     return {"key": key, "target": target, "images_today": today_n, "f1_today": today_y,
+            "f1_today_fit": today_fit,
             "points": {"n": n.tolist(), "y": y.tolist(), "se": se.tolist(),
                        "share": share.tolist()},
             "fit": {"a": fit.a, "b": fit.b, "c": fit.c, "converged": fit.ok,
@@ -429,8 +433,10 @@ def collection_plan(curves: list[dict[str, Any]]) -> list[str]:
                          "with more seeds or a larger test split")
             continue
         if half.get("status") == "estimate":
+            on_curve = c.get("f1_today_fit", c["f1_today"])
             stage1.append(f"~{half['median'] - today:,.0f} more {name} "
-                          f"(F1 {c['f1_today']:.2f} -> ~{half['target']:.2f})")
+                          f"(F1 {c['f1_today']:.2f} measured, {on_curve:.2f} on the curve "
+                          f"-> ~{half['target']:.2f})")
         if need["status"] == "estimate":
             stage2.append(f"~{need['median'] - today:,.0f} more {name} in all "
                           f"(to ~{need['median']:,.0f}; F1 -> {c['target']:.2f})")
