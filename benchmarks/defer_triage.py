@@ -1,7 +1,7 @@
 """Answer-or-defer and triage fits over several trained runs (e.g. the 5 lesion-grouped splits).
 
     python benchmarks/defer_triage.py /work/bench/acc/runs/default-seed{0,1,2,3,4} \
-        --target 0.85 --out benchmarks/measured/isic9-defer-triage.json
+        --target 0.85 --also-target 0.80 0.75 --out benchmarks/measured/isic9-defer-triage.json
     python benchmarks/defer_triage.py --report benchmarks/measured/isic9-defer-triage.json
 
 For each run, on its own split (nothing in the run folder is changed):
@@ -39,16 +39,22 @@ def _arrays(predictor: Any, subset: str) -> tuple[np.ndarray, np.ndarray, list[s
     return probs, scored.y, lesion_groups(eval_set, scored.filepaths)
 
 
-def measure_run(run_dir: Path, target: float, sensitivity: float, n_boot: int
-                ) -> dict[str, Any]:
-    """Both questions for one run."""
-    from skincli.clinical import triage
-    from skincli.defer import evaluation_section
+def run_arrays(run_dir: Path) -> tuple[list[str], tuple[Any, ...], tuple[Any, ...]]:
+    """A run's classes and its validation and test outputs (the slow part: read once)."""
     from skincli.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir)
-    classes = list(predictor.classes)
-    val, test = _arrays(predictor, "val"), _arrays(predictor, "test")
+    return list(predictor.classes), _arrays(predictor, "val"), _arrays(predictor, "test")
+
+
+def measure_run(run_dir: Path, target: float, sensitivity: float, n_boot: int,
+                arrays: tuple[list[str], tuple[Any, ...], tuple[Any, ...]] | None = None
+                ) -> dict[str, Any]:
+    """Both questions for one run (`arrays` from run_arrays, to score several targets)."""
+    from skincli.clinical import triage
+    from skincli.defer import evaluation_section
+
+    classes, val, test = arrays or run_arrays(run_dir)
     section = evaluation_section(val, test, classes, target, "test", n_boot=n_boot)
     op = section["operating_point"]
     out: dict[str, Any] = {"run": str(run_dir), "classes": classes, "target": target,
@@ -171,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--target", type=float, default=0.85)
+    parser.add_argument("--also-target", type=float, nargs="*", default=[], metavar="T",
+                        help="more targets on the same outputs, each saved beside --out as "
+                        "NAME-T.json")
     parser.add_argument("--sensitivity", type=float, default=0.95)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defer-triage.json"))
@@ -185,18 +194,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.runs:
         parser.error("pass run folders, or --report JSON")
-    data: dict[str, Any] = {"target": args.target, "sensitivity": args.sensitivity,
-                            "n_boot": args.bootstrap, "runs": []}
+    targets = [args.target, *args.also_target]
+    outs = [args.out] + [args.out.with_name(f"{args.out.stem}-{t:.2f}{args.out.suffix}")
+                         for t in args.also_target]
+    datas: list[dict[str, Any]] = [{"target": t, "sensitivity": args.sensitivity,
+                                    "n_boot": args.bootstrap, "runs": []} for t in targets]
     try:
         for run in args.runs:
             print(f"{run} ...", file=sys.stderr)
-            data["runs"].append(measure_run(run, args.target, args.sensitivity,
-                                            args.bootstrap))
-            write_json(args.out, data)
+            arrays = run_arrays(run)
+            for t, data, out in zip(targets, datas, outs):
+                data["runs"].append(measure_run(run, t, args.sensitivity, args.bootstrap,
+                                                arrays))
+                write_json(out, data)
     except SkinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report(data, args.markdown))
+    for data in datas:
+        print(report(data, args.markdown))
+        print()
     return 0
 
 
