@@ -21,6 +21,10 @@ combinatorial and would overfit validation anyway):
    Stop at the first point meeting every bar.
 2. Add back: for each class in turn, lower its threshold as far as the bars still hold (a
    few sweeps), which recovers coverage the greedy path gave up.
+3. Several paths: the peel is also run aimed at stricter bars (the grid 0.50, 0.525, ...
+   above the target), each followed by the add-back under the target's own bars, and the
+   largest coverage wins. A greedy path can get stuck where a stricter one does not; with the
+   paths, a target feasible at 0.85 is feasible at 0.75 with at least as much coverage.
 
 The fitted thresholds meet the target on validation by construction (`check` re-verifies);
 test figures come from `evaluate_at`, with lesion-grouped bootstrap intervals.
@@ -119,25 +123,17 @@ def _mask(score: np.ndarray, pred: np.ndarray, levels: list[np.ndarray],
     return score >= thr[pred]
 
 
-def fit_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TARGET,
-                   recall_floor: float = RECALL_FLOOR, coverage_floor: float = COVERAGE_FLOOR,
-                   max_steps_per_class: int = 200, sweeps: int = 3
-                   ) -> tuple[list[float | None] | None, dict[str, Any]]:
-    """Per-class thresholds (None = never answered) for the largest coverage meeting the
-    bars on these cases, or (None, closest) when no thresholds can (see the module doc)."""
-    p = np.asarray(probs, dtype=np.float64)
-    t = np.asarray(y, dtype=np.int64)
-    c = p.shape[1]
-    score, pred = p.max(axis=1), p.argmax(axis=1)
-    bars = _Bars(t, pred, c, target, recall_floor, coverage_floor)
-    levels = _levels(score, pred, c)
-    step = [max(1, (len(v) - 1) // max_steps_per_class) for v in levels]
+def _peel(score: np.ndarray, pred: np.ndarray, levels: list[np.ndarray], step: list[int],
+          bars: _Bars) -> tuple[list[int] | None, dict[str, Any]]:
+    """Step 1 for one set of bars: the threshold positions where they first hold (or None),
+    and the closest point met on the way."""
+    c = len(levels)
     pos = [0] * c
     accepted = _mask(score, pred, levels, pos)
     short, floor_ok, figs = bars.measure(accepted)
-    if not floor_ok:  # cannot happen with everything answered unless a class has no images
-        return None, {"shortfall": short, **figs}
     closest = {"shortfall": short, **figs}
+    if not floor_ok:  # cannot happen with everything answered unless a class has no images
+        return None, closest
     while short > 1e-12:
         best: tuple[float, int, int] | None = None
         n_now = int(accepted.sum())
@@ -160,9 +156,16 @@ def fit_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TAR
         short, _, figs = bars.measure(accepted)
         if short < closest["shortfall"]:
             closest = {"shortfall": short, **figs}
-    for _ in range(sweeps):  # add back: lower each threshold as far as the bars hold
+    return pos, closest
+
+
+def _add_back(score: np.ndarray, pred: np.ndarray, levels: list[np.ndarray], pos: list[int],
+              bars: _Bars, sweeps: int) -> list[int]:
+    """Step 2: lower each threshold as far as the bars still hold, a few sweeps."""
+    pos = list(pos)
+    for _ in range(sweeps):
         changed = False
-        for k in range(c):
+        for k in range(len(levels)):
             for j in range(pos[k]):
                 trial = list(pos)
                 trial[k] = j
@@ -173,9 +176,53 @@ def fit_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TAR
                     break
         if not changed:
             break
+    return pos
+
+
+def path_targets(target: float) -> list[float]:
+    """The bars each peel aims at: the target itself, then the stricter grid points above it
+    (0.50, 0.525, ... 0.975). A greedy peel aimed at 0.85 can end where the bars of 0.75 also
+    hold although the 0.75 peel got stuck; trying the stricter paths too keeps the answer
+    monotone — whatever is feasible at a target is feasible, with as much coverage, below it."""
+    grid = [round(0.5 + 0.025 * i, 3) for i in range(20)]
+    return [float(target)] + [g for g in grid if g > float(target) + 1e-9]
+
+
+def fit_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TARGET,
+                   recall_floor: float = RECALL_FLOOR, coverage_floor: float = COVERAGE_FLOOR,
+                   max_steps_per_class: int = 200, sweeps: int = 3
+                   ) -> tuple[list[float | None] | None, dict[str, Any]]:
+    """Per-class thresholds (None = never answered) for the largest coverage meeting the
+    bars on these cases, or (None, closest) when no thresholds can (see the module doc)."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(y, dtype=np.int64)
+    c = p.shape[1]
+    score, pred = p.max(axis=1), p.argmax(axis=1)
+    bars = _Bars(t, pred, c, target, recall_floor, coverage_floor)
+    levels = _levels(score, pred, c)
+    step = [max(1, (len(v) - 1) // max_steps_per_class) for v in levels]
+    best: tuple[int, list[int]] | None = None
+    closest: dict[str, Any] | None = None
+    for path in path_targets(target):
+        path_bars = bars if path == target else _Bars(t, pred, c, path, recall_floor,
+                                                      coverage_floor)
+        pos, near = _peel(score, pred, levels, step, path_bars)
+        if closest is None:  # the target's own path says how close it came
+            closest = near
+        if pos is None:
+            continue
+        # Stricter bars met imply the target's; adding back under the target's bars then
+        # recovers the coverage the stricter path gave up.
+        pos = _add_back(score, pred, levels, pos, bars, sweeps)
+        n = int(_mask(score, pred, levels, pos).sum())
+        if best is None or n > best[0]:
+            best = (n, pos)
+    if best is None:
+        return None, closest or {}
+    pos = best[1]
     thresholds = [None if math.isinf(levels[k][pos[k]]) else float(levels[k][pos[k]])
                   for k in range(c)]
-    return thresholds, closest
+    return thresholds, closest or {}
 
 
 def conformal_quantiles(probs: np.ndarray, y: np.ndarray, alpha: float = CONFORMAL_ALPHA

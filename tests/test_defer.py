@@ -107,3 +107,19 @@ def test_evaluate_at_reports_met_with_lower_bounds() -> None:
     assert set(out["gap_vs_validation"]) == {"coverage", "balanced_accuracy", "macro_f1"}
     small = defer.evaluate_at(rec, pt[:30], yt[:30], CLASSES, n_boot=50)
     assert set(small["few_accepted"]) == set(CLASSES)
+
+
+def test_a_lower_target_is_never_harder_than_a_higher_one() -> None:
+    """Feasible at a target means feasible, with at least as much coverage, at any lower one
+    (a single greedy path could get stuck at the lower target: several paths are tried)."""
+    grid = [0.7, 0.75, 0.8, 0.85]
+    for seed in (8, 9, 10, 11):  # 8 and 11 got stuck on one path
+        p, y = _probs(n=300, seed=seed, strength=1.3)
+        covered = []
+        for target in grid:
+            thr, _ = defer.fit_thresholds(p, y, target)
+            covered.append(None if thr is None else
+                           float(defer.accepted_mask(p, thr).mean()))
+        for lower, higher in zip(covered, covered[1:]):
+            if higher is not None:
+                assert lower is not None and lower >= higher - 1e-12, (seed, covered)
