@@ -69,9 +69,9 @@ class TrainConfig:
     triage_sensitivity: float = 0.95  # referral threshold: this sensitivity on validation
     triage_malignant: str = ""        # classes summed into the malignancy score ("" = mel+BCC+SCC)
     # lower-bound: the one-sided 95% Clopper-Pearson bound of validation sensitivity reaches the
-    # target (held 95% on test in 5 of 5 lesion-grouped isic9 splits, the point estimate in 2
-    # of 5); a validation split with too few malignant cases for the bound falls back to the
-    # point estimate, and run.json and the summary say so.
+    # target (held 95% on test in 5 of 5 lesion-grouped isic9 splits, the point estimate in 3
+    # of 5, docs/accuracy.md); a validation split with too few malignant cases for the bound
+    # falls back to the point estimate, and run.json and the summary say so.
     triage_fit: str = "lower-bound"
 
     def to_dict(self) -> dict[str, Any]:
