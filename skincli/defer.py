@@ -202,12 +202,11 @@ def fit_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TAR
     levels = _levels(score, pred, c)
     step = [max(1, (len(v) - 1) // max_steps_per_class) for v in levels]
     best: tuple[int, list[int]] | None = None
-    closest: dict[str, Any] | None = None
-    for path in path_targets(target):
-        path_bars = bars if path == target else _Bars(t, pred, c, path, recall_floor,
-                                                      coverage_floor)
+    closest: dict[str, Any] = {}
+    for i, path in enumerate(path_targets(target)):
+        path_bars = bars if i == 0 else _Bars(t, pred, c, path, recall_floor, coverage_floor)
         pos, near = _peel(score, pred, levels, step, path_bars)
-        if closest is None:  # the target's own path says how close it came
+        if i == 0:  # the target's own path says how close it came
             closest = near
         if pos is None:
             continue
@@ -218,11 +217,11 @@ def fit_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TAR
         if best is None or n > best[0]:
             best = (n, pos)
     if best is None:
-        return None, closest or {}
+        return None, closest
     pos = best[1]
     thresholds = [None if math.isinf(levels[k][pos[k]]) else float(levels[k][pos[k]])
                   for k in range(c)]
-    return thresholds, closest or {}
+    return thresholds, closest
 
 
 def conformal_quantiles(probs: np.ndarray, y: np.ndarray, alpha: float = CONFORMAL_ALPHA
